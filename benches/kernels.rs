@@ -1,0 +1,74 @@
+//! Criterion benchmarks of the pure kernels on generated data (fixed seed):
+//! chunk splitting, framing+parse+validate, and the full per-chunk kernel
+//! (parse+validate+encode), with byte and row throughput.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use tripload::chunk;
+use tripload::dims::Dims;
+use tripload::encode::encode_chunk;
+use tripload::parse::{parse_header, parse_trip};
+use tripload::record::{next_record, Fields};
+
+const ROWS: u64 = 200_000;
+
+fn data() -> Vec<u8> {
+    tripload::gen::trips_csv(ROWS, 7)
+}
+
+fn bench_chunk(c: &mut Criterion) {
+    let buf = data();
+    let mut g = c.benchmark_group("chunk_split");
+    g.throughput(Throughput::Bytes(buf.len() as u64));
+    for mib in [1usize, 4] {
+        g.bench_with_input(BenchmarkId::from_parameter(format!("{mib}MiB")), &mib, |b, &mib| {
+            b.iter(|| chunk::split(black_box(&buf), 0, mib << 20).len())
+        });
+    }
+    g.finish();
+}
+
+fn bench_parse(c: &mut Criterion) {
+    let buf = data();
+    let header = parse_header(&buf).expect("generated header");
+    let body = &buf[header.data_start..];
+    let mut g = c.benchmark_group("parse_validate");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("bytes", |b| {
+        b.iter(|| {
+            let mut fields = Fields::new();
+            let mut pos = 0;
+            let mut n = 0u64;
+            while let Some(span) = next_record(body, pos) {
+                pos = span.next;
+                let rec = &body[span.content];
+                if fields.split(rec).is_ok() && parse_trip(&header, &fields, rec).is_ok() {
+                    n += 1;
+                }
+            }
+            assert_eq!(n, ROWS);
+            n
+        })
+    });
+    g.finish();
+}
+
+fn bench_encode(c: &mut Criterion) {
+    let buf = data();
+    let header = parse_header(&buf).expect("generated header");
+    let body = &buf[header.data_start..];
+    let dims = Dims::in_memory();
+    let mut g = c.benchmark_group("parse_validate_encode");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("bytes", |b| {
+        b.iter(|| encode_chunk(black_box(body), &header, 1, &dims).map(|e| e.tuples.len()))
+    });
+    g.throughput(Throughput::Elements(ROWS));
+    g.bench_function("rows", |b| {
+        b.iter(|| encode_chunk(black_box(body), &header, 1, &dims).map(|e| e.rows))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_chunk, bench_parse, bench_encode);
+criterion_main!(benches);

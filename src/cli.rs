@@ -1,0 +1,250 @@
+//! Command-line syntax (clap), checked once into configurations that drive the
+//! work, and the mapping of outcomes to exit codes.
+
+use crate::db::Target;
+use crate::load::{LoadConfig, SetupError};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FILES_FAILED: u8 = 1;
+pub const EXIT_SETUP: u8 = 2;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every file loaded (or was already loaded)
+  1  at least one file failed (moved to failed/ with <file>.error.txt) or was left in place after a database error
+  2  usage or configuration error, or the database could not be reached/prepared; no file was touched
+
+Database: with DATABASE_URL (or --database-url) set, tripload uses that database. Without it, it runs an embedded PostgreSQL cluster in data/pg (--pg-dir), initialised and started on first use and left running (stop it with `tripload db stop`).";
+
+/// Bulk-load vehicle trip CSV files into PostgreSQL/PostGIS, one transaction per file.
+///
+/// Each file is memory-mapped, split at record boundaries, parsed and validated
+/// in parallel, and streamed with binary COPY into the `trips` table in a single
+/// transaction together with its ledger row: a file is loaded completely and
+/// exactly once, or not at all. Bad rows are written to <file>.rejects.csv with
+/// their line number, column and reason.
+#[derive(Debug, Parser)]
+#[command(name = "tripload", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection string (postgresql://user:pass@host:port/db or
+    /// 'host=... dbname=...'); unset means the embedded database.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory of the embedded PostgreSQL cluster (used when no DATABASE_URL).
+    #[arg(long, env = "TRIPLOAD_PG_DIR", default_value = "data/pg", global = true)]
+    pub pg_dir: PathBuf,
+}
+
+impl DbArgs {
+    pub fn target(&self) -> Target {
+        match &self.database_url {
+            Some(u) if !u.trim().is_empty() => Target::Url(u.clone()),
+            _ => Target::Embedded(self.pg_dir.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load trip CSV files (or every file in the given directories) now.
+    ///
+    /// Loaded files move to processed/ and failed ones to failed/, both beside
+    /// the directory the file was in (data/landing -> data/processed) unless
+    /// --processed-dir/--failed-dir say otherwise.
+    #[command(after_help = EXIT_CODES)]
+    Load(LoadArgs),
+    /// Manage the database: migrate the schema, start/stop the embedded server.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Generate a realistic synthetic trip CSV (for tests and benchmarks).
+    Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Files or directories to load (directories: every file in them, skipping
+    /// *.part, *.tmp and dotfiles).
+    #[arg(default_value = "data/landing")]
+    pub paths: Vec<PathBuf>,
+    /// Files loaded at the same time, each on its own connection and transaction.
+    #[arg(long, short = 'j', env = "TRIPLOAD_JOBS", default_value_t = 2)]
+    pub jobs: usize,
+    /// Bad rows tolerated per file. Within the limit, good rows commit and bad
+    /// ones go to <file>.rejects.csv; over it, the file is rolled back and
+    /// moved to failed/.
+    #[arg(long, env = "TRIPLOAD_MAX_REJECTS", default_value_t = 0)]
+    pub max_rejects: u64,
+    /// Where loaded files go (default: processed/ beside the file's directory).
+    #[arg(long, env = "TRIPLOAD_PROCESSED_DIR")]
+    pub processed_dir: Option<PathBuf>,
+    /// Where failed files go (default: failed/ beside the file's directory).
+    #[arg(long, env = "TRIPLOAD_FAILED_DIR")]
+    pub failed_dir: Option<PathBuf>,
+    /// Chunk size in MiB: the unit of parallel parsing and of COPY writes.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub chunk_mib: u64,
+    /// TimescaleDB chunk interval, used when the hypertable is first created.
+    #[arg(long, env = "TRIPLOAD_CHUNK_INTERVAL", default_value = "7 days")]
+    pub chunk_interval: String,
+    /// No progress output; only the summary table and errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create or upgrade the schema (also done automatically before a load).
+    Migrate {
+        /// TimescaleDB chunk interval for a new hypertable.
+        #[arg(long, default_value = "7 days")]
+        chunk_interval: String,
+    },
+    /// Start the embedded PostgreSQL server (initialising it on first use).
+    Start,
+    /// Stop the embedded PostgreSQL server.
+    Stop,
+    /// Print the connection string of the database in use (for psql).
+    Url,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Number of trips.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    /// Random seed (same seed, same file).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output file (`-` for stdout).
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    ExitCode::from(code)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIPLOAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> u8 {
+    let target = cli.db.target();
+    match cli.command {
+        Command::Load(a) => {
+            if a.jobs == 0 {
+                eprintln!("error: --jobs must be at least 1");
+                return EXIT_SETUP;
+            }
+            let cfg = LoadConfig {
+                target,
+                paths: a.paths,
+                jobs: a.jobs,
+                max_rejects: a.max_rejects,
+                chunk_bytes: (a.chunk_mib as usize) << 20,
+                processed_dir: a.processed_dir,
+                failed_dir: a.failed_dir,
+                chunk_interval: a.chunk_interval,
+                quiet: a.quiet,
+            };
+            match crate::load::run(cfg).await {
+                Ok(reports) => {
+                    if !reports.is_empty() {
+                        print!("{}", crate::report::summary_table(&reports));
+                    }
+                    if reports.iter().all(|r| r.ok()) {
+                        EXIT_OK
+                    } else {
+                        EXIT_FILES_FAILED
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    if let SetupError::Db(_) = e {
+                        eprintln!("no file was moved.");
+                    }
+                    EXIT_SETUP
+                }
+            }
+        }
+        Command::Db(cmd) => match db_command(cmd, target).await {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                EXIT_SETUP
+            }
+        },
+        Command::Gen(g) => {
+            let result = if g.out.as_os_str() == "-" {
+                crate::gen::write_trips(std::io::stdout().lock(), g.rows, g.seed)
+            } else {
+                std::fs::File::create(&g.out).and_then(|f| crate::gen::write_trips(f, g.rows, g.seed))
+            };
+            match result {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("error: writing {}: {e}", g.out.display());
+                    EXIT_SETUP
+                }
+            }
+        }
+    }
+}
+
+async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Migrate { chunk_interval } => {
+            let (conninfo, _) = crate::load::prepare(&target, &chunk_interval).await?;
+            println!("schema is up to date at {}", crate::db::describe(&conninfo));
+        }
+        DbCommand::Start => {
+            let conninfo = target.resolve().await?;
+            println!("{conninfo}");
+        }
+        DbCommand::Stop => {
+            let Some(dir) = target.embedded_dir() else {
+                anyhow::bail!("DATABASE_URL is set: tripload only stops its own embedded server");
+            };
+            let dir = dir.to_path_buf();
+            let stopped = tokio::task::spawn_blocking(move || crate::embedded::Embedded::stop(&dir)).await??;
+            println!("{}", if stopped { "stopped" } else { "not running" });
+        }
+        DbCommand::Url => {
+            let conninfo = target.resolve().await?;
+            println!("{conninfo}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! Loading one file: one connection, one transaction — ledger claim, binary
+//! COPY of every encoded chunk in file order, ledger counts, COMMIT — then the
+//! file is archived. Any failure before COMMIT rolls the whole file back.
+
+use crate::archive::{self, RejectWriter};
+use crate::chunk::Chunker;
+use crate::db::{self, DbError};
+use crate::dims::{DimError, Dims};
+use crate::encode::{encode_chunk, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
+use crate::ledger;
+use crate::map::{self, Mapped};
+use crate::ordered;
+use crate::parse::{self, Header};
+use crate::report::{FileProgress, FileReport, Status};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every file load of a run shares.
+pub struct LoadContext {
+    pub conninfo: String,
+    pub dims: Arc<Dims>,
+    pub max_rejects: u64,
+    pub chunk_bytes: usize,
+    /// Chunks in flight per file (bounds memory).
+    pub depth: usize,
+    pub processed_dir: Option<PathBuf>,
+    pub failed_dir: Option<PathBuf>,
+    pub loaded_by: String,
+}
+
+impl LoadContext {
+    /// `processed/` or `failed/` beside the directory the file was found in,
+    /// unless configured.
+    fn dest(&self, file: &Path, configured: &Option<PathBuf>, default: &str) -> PathBuf {
+        if let Some(d) = configured {
+            return d.clone();
+        }
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        match dir.canonicalize().ok().as_deref().and_then(Path::parent) {
+            Some(parent) => parent.join(default),
+            None => dir.join(default),
+        }
+    }
+    pub fn processed_dir_for(&self, file: &Path) -> PathBuf {
+        self.dest(file, &self.processed_dir, "processed")
+    }
+    pub fn failed_dir_for(&self, file: &Path) -> PathBuf {
+        self.dest(file, &self.failed_dir, "failed")
+    }
+}
+
+/// Why a file did not commit.
+#[derive(Debug)]
+enum Abort {
+    /// The file's fault: it goes to `failed/`.
+    File(String),
+    /// Not the file's fault (database, disk): it stays where it is.
+    Env(String),
+    Duplicate(ledger::LoadedFile),
+}
+
+impl From<DbError> for Abort {
+    fn from(e: DbError) -> Self {
+        Abort::Env(e.to_string())
+    }
+}
+
+/// A server error caused by the data (SQLSTATE class 22/23) is the file's
+/// fault; anything else (connection lost, disk full) is not.
+fn classify(e: tokio_postgres::Error, what: &str) -> Abort {
+    let data_fault = e
+        .as_db_error()
+        .map(|d| {
+            let code = d.code().code();
+            code.starts_with("22") || code.starts_with("23")
+        })
+        .unwrap_or(false);
+    let msg = match e.as_db_error() {
+        Some(d) => format!("{what}: {}{}", d.message(), d.where_().map(|w| format!(" ({w})")).unwrap_or_default()),
+        None => format!("{what}: {e}"),
+    };
+    if data_fault {
+        Abort::File(msg)
+    } else {
+        Abort::Env(msg)
+    }
+}
+
+struct Committed {
+    rows: u64,
+    rejected: u64,
+    rejects: RejectWriter,
+}
+
+struct Failure {
+    abort: Abort,
+    rejected: u64,
+    rejects: Option<RejectWriter>,
+}
+
+/// Loads one file end to end and says how it went; never panics on input.
+pub async fn load_file(ctx: &LoadContext, path: &Path, progress: &Arc<FileProgress>) -> FileReport {
+    let start = Instant::now();
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let result = load_in_transaction(ctx, path, progress, start).await;
+    progress.finish();
+    let seconds = start.elapsed().as_secs_f64();
+    let mut report = FileReport {
+        path: path.to_path_buf(),
+        size,
+        status: Status::Loaded,
+        rows_loaded: 0,
+        rows_rejected: 0,
+        seconds,
+        now_at: Some(path.to_path_buf()),
+        rejects_file: None,
+    };
+    match result {
+        Ok(c) => {
+            report.rows_loaded = c.rows;
+            report.rows_rejected = c.rejected;
+            match archive::move_into(path, &ctx.processed_dir_for(path)) {
+                Ok(dest) => {
+                    report.rejects_file = c.rejects.place_beside(&dest).unwrap_or_else(|e| {
+                        tracing::error!("{}: could not place the rejects file: {e}", path.display());
+                        None
+                    });
+                    report.now_at = Some(dest);
+                }
+                Err(e) => {
+                    // The data is committed; only the move failed. Rerunning skips it
+                    // as already loaded, so nothing is lost or duplicated.
+                    tracing::error!("{}: committed, but could not move it to processed/: {e}", path.display());
+                    report.rejects_file = c.rejects.place_beside(path).ok().flatten();
+                }
+            }
+        }
+        Err(Failure {
+            abort: Abort::Duplicate(prev),
+            ..
+        }) => {
+            report.status = Status::AlreadyLoaded {
+                file_name: prev.file_name,
+                committed_at: prev.committed_at,
+            };
+            if let Ok(dest) = archive::move_into(path, &ctx.processed_dir_for(path)) {
+                report.now_at = Some(dest);
+            }
+        }
+        Err(Failure {
+            abort: Abort::File(reason),
+            rejected,
+            rejects,
+        }) => {
+            report.rows_rejected = rejected;
+            report.status = Status::Failed {
+                reason: reason.clone(),
+            };
+            match archive::move_into(path, &ctx.failed_dir_for(path)) {
+                Ok(dest) => {
+                    let text = format!(
+                        "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
+                        path.display(),
+                        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+                        if rejected > 0 {
+                            "the rejected rows found before stopping are in the .rejects.csv file beside this one.\nfix the rows (or raise --max-rejects) and move the file back to the landing directory.\n"
+                        } else {
+                            "fix the file and move it back to the landing directory.\n"
+                        }
+                    );
+                    if let Err(e) = archive::write_error(&dest, &text) {
+                        tracing::error!("{}: could not write the error file: {e}", dest.display());
+                    }
+                    if let Some(rw) = rejects {
+                        report.rejects_file = rw.place_beside(&dest).ok().flatten();
+                    }
+                    report.now_at = Some(dest);
+                }
+                Err(e) => tracing::error!("{}: could not move it to failed/: {e}", path.display()),
+            }
+        }
+        Err(Failure {
+            abort: Abort::Env(reason),
+            ..
+        }) => {
+            report.status = Status::Error { reason };
+        }
+    }
+    report
+}
+
+async fn load_in_transaction(
+    ctx: &LoadContext,
+    path: &Path,
+    progress: &Arc<FileProgress>,
+    start: Instant,
+) -> Result<Committed, Failure> {
+    let fail = |abort| Failure {
+        abort,
+        rejected: 0,
+        rejects: None,
+    };
+    let file_err = |e: &dyn std::fmt::Display| fail(Abort::File(e.to_string()));
+    let before = map::identity(path).map_err(|e| file_err(&e))?;
+    let p = path.to_path_buf();
+    let hash = tokio::task::spawn_blocking(move || map::content_hash(&p))
+        .await
+        .map_err(|e| fail(Abort::Env(format!("hashing task failed: {e}"))))?
+        .map_err(|e| file_err(&e))?;
+    let mut client = db::connect(&ctx.conninfo).await.map_err(|e| fail(e.into()))?;
+    if let Some(prev) = ledger::find(&client, &hash).await.map_err(|e| fail(e.into()))? {
+        return Err(fail(Abort::Duplicate(prev)));
+    }
+    let p = path.to_path_buf();
+    let mapped = tokio::task::spawn_blocking(move || Mapped::open(&p))
+        .await
+        .map_err(|e| fail(Abort::Env(format!("mapping task failed: {e}"))))?
+        .map_err(|e| file_err(&e))?;
+    let mapped = Arc::new(mapped);
+    let header = parse::parse_header(mapped.bytes())
+        .map_err(|e| file_err(&format_args!("{}: {e}", path.display())))?;
+    if !header.ignored.is_empty() {
+        tracing::warn!("{}: ignoring extra column(s): {}", path.display(), header.ignored.join(", "));
+    }
+    let header = Arc::new(header);
+
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| fail(classify(e, "starting the transaction")))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(file_id) = ledger::claim(&tx, &hash, &name, before.size, &ctx.loaded_by)
+        .await
+        .map_err(|e| fail(e.into()))?
+    else {
+        drop(tx);
+        let prev = ledger::find(&client, &hash).await.map_err(|e| fail(e.into()))?;
+        return Err(fail(match prev {
+            Some(prev) => Abort::Duplicate(prev),
+            None => Abort::Env("the ledger reported a concurrent load of the same content that then vanished; retry".into()),
+        }));
+    };
+
+    let sink = tx
+        .copy_in::<_, Bytes>(&format!("COPY trips ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(|e| fail(classify(e, "starting COPY")))?;
+    let mut sink = Box::pin(sink);
+    sink.send(Bytes::from_static(COPY_HEADER))
+        .await
+        .map_err(|e| fail(classify(e, "COPY")))?;
+
+    // Encoded chunks flow from the in-order stage (a blocking thread feeding
+    // the rayon pool) to this task through a small bounded channel.
+    let (btx, mut brx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let stage = {
+        let mapped = Arc::clone(&mapped);
+        let header = Arc::clone(&header);
+        let dims = Arc::clone(&ctx.dims);
+        let progress = Arc::clone(progress);
+        let rejects = RejectWriter::new(&ctx.processed_dir_for(path), path);
+        let (max_rejects, chunk_bytes, depth) = (ctx.max_rejects, ctx.chunk_bytes, ctx.depth);
+        let label = path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            encode_stage(EncodeStage {
+                mapped,
+                header,
+                dims,
+                progress,
+                rejects,
+                max_rejects,
+                chunk_bytes,
+                depth,
+                file_id,
+                label,
+                out: btx,
+            })
+        })
+    };
+    let mut copy_error = None;
+    while let Some(buf) = brx.recv().await {
+        if let Err(e) = sink.send(buf).await {
+            copy_error = Some(e);
+            break;
+        }
+    }
+    drop(brx);
+    let stage = stage
+        .await
+        .map_err(|e| fail(Abort::Env(format!("encoding task failed: {e}"))))?;
+    let mut done = match (stage, copy_error) {
+        (Err(f), _) => return Err(f),
+        (Ok(_), Some(e)) => return Err(fail(classify(e, "COPY"))),
+        (Ok(s), None) => s,
+    };
+    let fail_with = |abort, done: Committed| Failure {
+        abort,
+        rejected: done.rejected,
+        rejects: Some(done.rejects),
+    };
+    if let Err(e) = sink.send(Bytes::from_static(COPY_TRAILER)).await {
+        return Err(fail_with(classify(e, "COPY"), done));
+    }
+    let copied = match sink.as_mut().finish().await {
+        Ok(n) => n,
+        Err(e) => return Err(fail_with(classify(e, "finishing COPY"), done)),
+    };
+    if copied != done.rows {
+        return Err(fail_with(
+            Abort::Env(format!("the server stored {copied} rows but {} were sent; rolled back", done.rows)),
+            done,
+        ));
+    }
+    match map::identity(path) {
+        Ok(now) if now == before => {}
+        _ => {
+            let msg = map::MapError::Changed { path: path.to_path_buf() }.to_string();
+            return Err(fail_with(Abort::File(msg), done));
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if let Err(e) = ledger::finish(&tx, file_id, done.rows, done.rejected, seconds).await {
+        return Err(fail_with(e.into(), done));
+    }
+    if let Err(e) = tx.commit().await {
+        return Err(fail_with(classify(e, "COMMIT"), done));
+    }
+    done.rows = copied;
+    Ok(done)
+}
+
+struct EncodeStage {
+    mapped: Arc<Mapped>,
+    header: Arc<Header>,
+    dims: Arc<Dims>,
+    progress: Arc<FileProgress>,
+    rejects: RejectWriter,
+    max_rejects: u64,
+    chunk_bytes: usize,
+    depth: usize,
+    file_id: i32,
+    label: String,
+    out: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+/// Runs on a blocking thread: chunks go to the rayon pool, results come back
+/// in order; rejects are numbered and written, buffers go to the COPY task.
+fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
+    let EncodeStage {
+        mapped,
+        header,
+        dims,
+        progress,
+        mut rejects,
+        max_rejects,
+        chunk_bytes,
+        depth,
+        file_id,
+        label,
+        out,
+    } = s;
+    let mut line_base = header.lines_before_data;
+    let mut rows = 0u64;
+    let mut abort: Option<Abort> = None;
+    let work = {
+        let mapped = Arc::clone(&mapped);
+        let header = Arc::clone(&header);
+        move |r: std::ops::Range<usize>| -> Result<crate::encode::Encoded, DimError> {
+            encode_chunk(&mapped.bytes()[r], &header, file_id, &*dims)
+        }
+    };
+    let chunks = Chunker::new(mapped.bytes(), header.data_start, chunk_bytes);
+    ordered::run(chunks, depth, work, |range, result| {
+        let enc = match result {
+            Ok(enc) => enc,
+            Err(e) => {
+                abort = Some(Abort::Env(e.to_string()));
+                return false;
+            }
+        };
+        for r in &enc.rejects {
+            if let Err(e) = rejects.write(line_base + r.line, r) {
+                abort = Some(Abort::Env(format!("cannot write the rejects file: {e}")));
+                return false;
+            }
+            if rejects.count > max_rejects {
+                abort = Some(Abort::File(format!(
+                    "{label}: line {}: {}{} — more than --max-rejects {max_rejects} bad rows; the file was rolled back",
+                    line_base + r.line,
+                    r.fault.column.map(|c| format!("column {c}: ")).unwrap_or_default(),
+                    r.fault.error
+                )));
+                return false;
+            }
+        }
+        line_base += enc.lines;
+        rows += enc.rows;
+        progress.advance(enc.bytes as u64, enc.rows);
+        if out.blocking_send(Bytes::from(enc.tuples)).is_err() {
+            // The COPY side stopped; it reports why.
+            return false;
+        }
+        mapped.release(range);
+        true
+    });
+    let rejected = rejects.count;
+    match abort {
+        Some(abort) => Err(Failure {
+            abort,
+            rejected,
+            rejects: Some(rejects),
+        }),
+        None => Ok(Committed {
+            rows,
+            rejected,
+            rejects,
+        }),
+    }
+}

@@ -1,0 +1,281 @@
+//! Database access: which database to use, connecting with errors that say
+//! what to do, and the versioned, idempotent schema migrations in `sql/`.
+
+use crate::embedded::Embedded;
+use std::path::{Path, PathBuf};
+use tokio_postgres::{Client, NoTls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL at {target}: {reason}\n  hint: {hint}")]
+    Connect {
+        target: String,
+        reason: String,
+        hint: String,
+    },
+    #[error("invalid database connection string: {0}\n  hint: use e.g. postgresql://user:password@host:5432/dbname or 'host=/path/to/socket user=me dbname=trips'")]
+    BadUrl(String),
+    #[error("PostGIS is not installed on the PostgreSQL server at {target}\n  hint: install it on the server, e.g. `apt-get install -y postgresql-{major}-postgis-3`, then run the command again")]
+    NoPostgis { target: String, major: String },
+    #[error("{context}: {source}")]
+    Query {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(transparent)]
+    Embedded(#[from] crate::embedded::EmbeddedError),
+}
+
+pub fn query_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+    let context = context.into();
+    move |source| DbError::Query { context, source }
+}
+
+/// The database a command works on.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `DATABASE_URL` / `--database-url`: a libpq URL or key/value string.
+    Url(String),
+    /// The embedded cluster in this directory (default `data/pg`).
+    Embedded(PathBuf),
+}
+
+/// Name of the database the embedded cluster serves trips from.
+pub const EMBEDDED_DB: &str = "tripload";
+
+impl Target {
+    /// Connection string for this target, starting the embedded server (and
+    /// creating its database) when needed. Blocking: call from a blocking context.
+    pub async fn resolve(&self) -> Result<String, DbError> {
+        match self {
+            Target::Url(u) => Ok(u.clone()),
+            Target::Embedded(dir) => {
+                let dir = dir.clone();
+                let emb = tokio::task::spawn_blocking(move || Embedded::ensure_running(&dir))
+                    .await
+                    .map_err(|e| DbError::BadUrl(format!("embedded start task failed: {e}")))??;
+                let admin = connect(&emb.conninfo("postgres")).await?;
+                let exists = admin
+                    .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&EMBEDDED_DB])
+                    .await
+                    .map_err(query_err("checking for the tripload database"))?
+                    .is_some();
+                if !exists {
+                    admin
+                        .batch_execute(&format!("CREATE DATABASE {EMBEDDED_DB}"))
+                        .await
+                        .map_err(query_err("creating the tripload database"))?;
+                }
+                Ok(emb.conninfo(EMBEDDED_DB))
+            }
+        }
+    }
+
+    pub fn embedded_dir(&self) -> Option<&Path> {
+        match self {
+            Target::Embedded(d) => Some(d),
+            Target::Url(_) => None,
+        }
+    }
+}
+
+/// `host:port/db` of a connection string, never the password.
+pub fn describe(conninfo: &str) -> String {
+    let Ok(cfg) = conninfo.parse::<tokio_postgres::Config>() else {
+        return "<unparseable connection string>".into();
+    };
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(s) => s.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}:{}/{} (user {})",
+        if hosts.is_empty() { "localhost".to_string() } else { hosts.join(",") },
+        port,
+        cfg.get_dbname().unwrap_or("<default>"),
+        cfg.get_user().unwrap_or("<default>")
+    )
+}
+
+/// Connects and drives the connection on the runtime.
+pub async fn connect(conninfo: &str) -> Result<Client, DbError> {
+    let cfg: tokio_postgres::Config = conninfo
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+        let reason = e.to_string();
+        let hint = if reason.contains("password") || reason.contains("authentication") {
+            "check the user and password in DATABASE_URL"
+        } else if reason.contains("does not exist") {
+            "create the database first (createdb NAME), or point DATABASE_URL at an existing one"
+        } else {
+            "is the server running and reachable? check host and port in DATABASE_URL, or unset DATABASE_URL to use the embedded database"
+        };
+        DbError::Connect {
+            target: describe(conninfo),
+            reason,
+            hint: hint.into(),
+        }
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("database connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// How `trips` is laid out in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeLayout {
+    Hypertable,
+    PlainBrin,
+}
+
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const CORE: Migration = Migration {
+    version: 1,
+    name: "core",
+    sql: include_str!("../sql/001_core.sql"),
+};
+const LAYOUT_TIMESCALE: &str = include_str!("../sql/002_time_layout_timescaledb.sql");
+const LAYOUT_PLAIN: &str = include_str!("../sql/002_time_layout_plain.sql");
+
+/// Applies pending migrations; safe to run concurrently from several loaders.
+/// `chunk_interval` (e.g. "7 days") is used when the hypertable is created.
+pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLayout, DbError> {
+    let target = "the database".to_string();
+    let postgis: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'postgis')",
+            &[],
+        )
+        .await
+        .map_err(query_err("checking for PostGIS"))?
+        .get(0);
+    if !postgis {
+        let major: String = client
+            .query_one("SELECT current_setting('server_version_num')", &[])
+            .await
+            .map_err(query_err("reading the server version"))?
+            .get(0);
+        return Err(DbError::NoPostgis {
+            target,
+            major: major.get(..2).unwrap_or("15").to_string(),
+        });
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query_err("starting the migration transaction"))?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('tripload-migrate'));
+         CREATE TABLE IF NOT EXISTS tripload_schema (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now());",
+    )
+    .await
+    .map_err(query_err("creating the migrations table"))?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM tripload_schema", &[])
+        .await
+        .map_err(query_err("reading applied migrations"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !applied.contains(&CORE.version) {
+        tx.batch_execute(CORE.sql)
+            .await
+            .map_err(query_err("applying migration 1 (core schema)"))?;
+        tx.execute(
+            "INSERT INTO tripload_schema (version, name) VALUES ($1, $2)",
+            &[&CORE.version, &CORE.name],
+        )
+        .await
+        .map_err(query_err("recording migration 1"))?;
+    }
+    let layout = if applied.contains(&2) {
+        current_layout(&tx).await?
+    } else {
+        let layout = if timescale_usable(&tx).await? {
+            TimeLayout::Hypertable
+        } else {
+            TimeLayout::PlainBrin
+        };
+        let sql = match layout {
+            TimeLayout::Hypertable => {
+                let interval: String = tx
+                    .query_one("SELECT quote_literal($1::text::interval::text)", &[&chunk_interval])
+                    .await
+                    .map_err(query_err(format!(
+                        "checking --chunk-interval {chunk_interval:?} (use a PostgreSQL interval such as '7 days')"
+                    )))?
+                    .get(0);
+                LAYOUT_TIMESCALE.replace("{chunk_interval}", &interval)
+            }
+            TimeLayout::PlainBrin => LAYOUT_PLAIN.to_string(),
+        };
+        tx.batch_execute(&sql)
+            .await
+            .map_err(query_err("applying migration 2 (time layout)"))?;
+        let name = match layout {
+            TimeLayout::Hypertable => "time layout: timescaledb hypertable",
+            TimeLayout::PlainBrin => "time layout: plain table + BRIN",
+        };
+        tx.execute(
+            "INSERT INTO tripload_schema (version, name) VALUES (2, $1)",
+            &[&name],
+        )
+        .await
+        .map_err(query_err("recording migration 2"))?;
+        layout
+    };
+    tx.commit()
+        .await
+        .map_err(query_err("committing migrations"))?;
+    Ok(layout)
+}
+
+/// TimescaleDB is used when it is already created in this database, or
+/// available and preloaded (it cannot work without shared_preload_libraries).
+async fn timescale_usable(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, DbError> {
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
+                    EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+                    current_setting('shared_preload_libraries') LIKE '%timescaledb%'",
+            &[],
+        )
+        .await
+        .map_err(query_err("checking for TimescaleDB"))?;
+    let (created, available, preloaded): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    if available && !preloaded && !created {
+        tracing::warn!("timescaledb is installed but not in shared_preload_libraries: using a plain table with a BRIN index");
+    }
+    Ok(created || (available && preloaded))
+}
+
+async fn current_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<TimeLayout, DbError> {
+    let name: String = tx
+        .query_one("SELECT name FROM tripload_schema WHERE version = 2", &[])
+        .await
+        .map_err(query_err("reading the time layout"))?
+        .get(0);
+    Ok(if name.contains("hypertable") {
+        TimeLayout::Hypertable
+    } else {
+        TimeLayout::PlainBrin
+    })
+}

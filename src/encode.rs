@@ -1,0 +1,174 @@
+//! PostgreSQL binary COPY encoding of trips, and the per-chunk kernel that
+//! frames, validates and encodes a whole chunk into one buffer (no I/O).
+//!
+//! Layout follows the server's binary COPY format (see tokio-postgres'
+//! `binary_copy.rs`): a signature header, then per tuple an i16 field count and
+//! for each field an i32 length and the value in the type's `recv` format;
+//! geometry goes as EWKB (little-endian point with SRID 4326).
+
+use crate::parse::{parse_trip, Header, RowError, RowFault};
+use crate::record::{next_record, Fields};
+use geo_types::Point;
+
+/// Columns in the order the tuples carry them.
+pub const COPY_COLUMNS: &str = "region_id, datasource_id, origin, destination, datetime, file_id";
+
+/// `PGCOPY\n\xff\r\n\0`, flags (0), header extension length (0).
+pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// File trailer: a field count of -1.
+pub const COPY_TRAILER: &[u8] = &[0xff, 0xff];
+
+pub const SRID: u32 = 4326;
+const EWKB_POINT_WITH_SRID: u32 = 0x2000_0001;
+/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800 * 1_000_000;
+/// Bytes one encoded tuple takes.
+pub const TUPLE_BYTES: usize = 2 + 2 * (4 + 2) + 2 * (4 + 25) + (4 + 8) + (4 + 4);
+
+fn put_ewkb_point(buf: &mut Vec<u8>, p: Point<f64>) {
+    buf.extend_from_slice(&25i32.to_be_bytes());
+    buf.push(1); // little-endian
+    buf.extend_from_slice(&EWKB_POINT_WITH_SRID.to_le_bytes());
+    buf.extend_from_slice(&SRID.to_le_bytes());
+    buf.extend_from_slice(&p.x().to_le_bytes());
+    buf.extend_from_slice(&p.y().to_le_bytes());
+}
+
+/// Appends one tuple to `buf`.
+pub fn encode_trip(
+    buf: &mut Vec<u8>,
+    region_id: i16,
+    datasource_id: i16,
+    origin: Point<f64>,
+    destination: Point<f64>,
+    datetime_us: i64,
+    file_id: i32,
+) {
+    buf.extend_from_slice(&6i16.to_be_bytes());
+    buf.extend_from_slice(&2i32.to_be_bytes());
+    buf.extend_from_slice(&region_id.to_be_bytes());
+    buf.extend_from_slice(&2i32.to_be_bytes());
+    buf.extend_from_slice(&datasource_id.to_be_bytes());
+    put_ewkb_point(buf, origin);
+    put_ewkb_point(buf, destination);
+    buf.extend_from_slice(&8i32.to_be_bytes());
+    buf.extend_from_slice(&(datetime_us - PG_EPOCH_OFFSET_US).to_be_bytes());
+    buf.extend_from_slice(&4i32.to_be_bytes());
+    buf.extend_from_slice(&file_id.to_be_bytes());
+}
+
+/// Resolves dimension names to the smallint ids stored in `trips`.
+pub trait Dictionary: Sync {
+    fn region_id(&self, name: &str) -> Result<i16, crate::dims::DimError>;
+    fn datasource_id(&self, name: &str) -> Result<i16, crate::dims::DimError>;
+}
+
+/// A rejected row, positioned relative to its chunk until the in-order stage
+/// adds the chunk's starting line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    pub line: u64,
+    pub fault: RowFault,
+    pub raw: Vec<u8>,
+}
+
+/// What one chunk turned into.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub tuples: Vec<u8>,
+    pub rows: u64,
+    /// Physical lines in the chunk (to position the next chunk's rejects).
+    pub lines: u64,
+    pub rejects: Vec<Reject>,
+    /// Bytes of input the chunk covered.
+    pub bytes: usize,
+}
+
+/// Frames, validates and encodes every record of `chunk` (which starts and
+/// ends on record boundaries). Blank lines are skipped. Line numbers in the
+/// rejects are 1-based within the chunk.
+pub fn encode_chunk(
+    chunk: &[u8],
+    header: &Header,
+    file_id: i32,
+    dict: &dyn Dictionary,
+) -> Result<Encoded, crate::dims::DimError> {
+    let mut out = Encoded {
+        tuples: Vec::with_capacity(chunk.len() / 100 * TUPLE_BYTES + TUPLE_BYTES),
+        bytes: chunk.len(),
+        ..Encoded::default()
+    };
+    let mut fields = Fields::new();
+    let mut pos = 0;
+    while let Some(span) = next_record(chunk, pos) {
+        let line = out.lines + 1;
+        out.lines += span.lines;
+        pos = span.next;
+        let record = &chunk[span.content.clone()];
+        if record.is_empty() {
+            continue;
+        }
+        let fault = if span.unterminated_quote {
+            Some(RowFault {
+                column: None,
+                error: RowError::Csv(crate::record::FieldError::Unterminated {
+                    field: 0,
+                }),
+            })
+        } else {
+            match fields.split(record) {
+                Err(e) => Some(RowFault {
+                    column: None,
+                    error: RowError::Csv(e),
+                }),
+                Ok(()) => match parse_trip(header, &fields, record) {
+                    Ok(t) => {
+                        let r = dict.region_id(t.region)?;
+                        let d = dict.datasource_id(t.datasource)?;
+                        encode_trip(
+                            &mut out.tuples,
+                            r,
+                            d,
+                            t.origin,
+                            t.destination,
+                            t.datetime_us,
+                            file_id,
+                        );
+                        out.rows += 1;
+                        None
+                    }
+                    Err(f) => Some(f),
+                },
+            }
+        };
+        if let Some(fault) = fault {
+            out.rejects.push(Reject {
+                line,
+                fault,
+                raw: record.to_vec(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_layout() {
+        let mut buf = Vec::new();
+        encode_trip(&mut buf, 3, 4, Point::new(1.5, -2.0), Point::new(0.0, 0.0), PG_EPOCH_OFFSET_US + 7, 9);
+        assert_eq!(buf.len(), TUPLE_BYTES);
+        assert_eq!(&buf[0..2], &6i16.to_be_bytes());
+        assert_eq!(&buf[6..8], &3i16.to_be_bytes());
+        assert_eq!(&buf[14..18], &25i32.to_be_bytes());
+        assert_eq!(buf[18], 1);
+        assert_eq!(&buf[19..23], &0x2000_0001u32.to_le_bytes());
+        assert_eq!(&buf[23..27], &4326u32.to_le_bytes());
+        assert_eq!(&buf[27..35], &1.5f64.to_le_bytes());
+        assert_eq!(&buf[buf.len() - 16..buf.len() - 8], &[0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(&buf[buf.len() - 4..], &9i32.to_be_bytes());
+    }
+}

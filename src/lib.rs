@@ -1,0 +1,27 @@
+//! tripload: bulk-load vehicle trip CSV files into PostgreSQL/PostGIS over
+//! binary COPY, one transaction per file.
+//!
+//! The pipeline, one module per stage:
+//! [`discover`] → [`map`] → [`chunk`] → [`record`]/[`parse`] → [`encode`]
+//! (on the rayon pool, in order via [`ordered`]) → [`copy`] (one transaction,
+//! with the [`ledger`]) → [`archive`] → [`report`]. [`load`] runs it for many
+//! files; [`db`] and [`embedded`] provide the database. The pure core
+//! (`chunk`, `record`, `parse`, `encode`) takes bytes and returns values.
+
+pub mod archive;
+pub mod chunk;
+pub mod cli;
+pub mod copy;
+pub mod db;
+pub mod dims;
+pub mod discover;
+pub mod embedded;
+pub mod encode;
+pub mod gen;
+pub mod ledger;
+pub mod load;
+pub mod map;
+pub mod ordered;
+pub mod parse;
+pub mod record;
+pub mod report;

@@ -1,0 +1,161 @@
+//! The `load` run: find the files, prepare the database once (migrations,
+//! dimension dictionaries), load up to `--jobs` files at a time, summarize.
+//! One file's failure is reported and the run goes on.
+
+use crate::copy::{load_file, LoadContext};
+use crate::db::{self, Target};
+use crate::dims::{Dim, DimError, Dims, Resolver};
+use crate::report::{FileReport, Progress};
+use futures_util::StreamExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_postgres::Client;
+
+/// A checked load configuration (built from the command line).
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub target: Target,
+    pub paths: Vec<PathBuf>,
+    pub jobs: usize,
+    pub max_rejects: u64,
+    pub chunk_bytes: usize,
+    pub processed_dir: Option<PathBuf>,
+    pub failed_dir: Option<PathBuf>,
+    pub chunk_interval: String,
+    pub quiet: bool,
+}
+
+/// Errors that stop the run before any file is touched (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Discover(#[from] crate::discover::DiscoverError),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+}
+
+/// Connects, migrates, and returns the connection string.
+pub async fn prepare(target: &Target, chunk_interval: &str) -> Result<(String, Client), db::DbError> {
+    let conninfo = target.resolve().await?;
+    let mut client = db::connect(&conninfo).await?;
+    let layout = db::migrate(&mut client, chunk_interval).await?;
+    tracing::debug!("schema ready ({layout:?}) at {}", db::describe(&conninfo));
+    Ok((conninfo, client))
+}
+
+/// Dictionaries preloaded from the database, registering new names through a
+/// dedicated autocommit connection.
+pub async fn database_dims(client: &Client, conninfo: &str) -> Result<Dims, db::DbError> {
+    let mut known = Vec::new();
+    for dim in [Dim::Region, Dim::Datasource] {
+        let rows = client
+            .query(&format!("SELECT name, id FROM {}", dim.table()), &[])
+            .await
+            .map_err(db::query_err("reading dimension names"))?;
+        known.extend(rows.iter().map(|r| (dim, r.get::<_, String>(0), r.get::<_, i16>(1))));
+    }
+    let dim_client = Arc::new(db::connect(conninfo).await?);
+    let handle = tokio::runtime::Handle::current();
+    let resolver: Resolver = Box::new(move |dim, name| {
+        let t = dim.table();
+        // The SELECT covers a name a concurrent loader inserted first; its
+        // snapshot may predate that commit, hence the retry.
+        let sql = format!(
+            "WITH ins AS (INSERT INTO {t} (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+             SELECT id FROM ins UNION ALL SELECT id FROM {t} WHERE name = $1"
+        );
+        let err = |reason: String| DimError::Resolve {
+            dim: t,
+            name: name.to_string(),
+            reason,
+        };
+        for _ in 0..5 {
+            let c = Arc::clone(&dim_client);
+            let rows = handle
+                .block_on(async { c.query(&sql, &[&name]).await })
+                .map_err(|e| {
+                    if e.to_string().contains("maximum value") {
+                        return DimError::Full(t);
+                    }
+                    err(e.to_string())
+                })?;
+            if let Some(r) = rows.first() {
+                return Ok(r.get(0));
+            }
+        }
+        Err(err("the name was neither inserted nor found".into()))
+    });
+    Ok(Dims::new(known, resolver))
+}
+
+/// Loads every file; returns one report per file.
+pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
+    let files = crate::discover::discover(&cfg.paths)?;
+    let progress = Arc::new(Progress::new(cfg.quiet));
+    if files.is_empty() {
+        progress.line(&format!(
+            "no files to load in {}",
+            cfg.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+        return Ok(Vec::new());
+    }
+    let (conninfo, client) = prepare(&cfg.target, &cfg.chunk_interval).await?;
+    let dims = Arc::new(database_dims(&client, &conninfo).await?);
+    let ctx = Arc::new(LoadContext {
+        conninfo,
+        dims,
+        max_rejects: cfg.max_rejects,
+        chunk_bytes: cfg.chunk_bytes,
+        depth: (rayon::current_num_threads() * 2).max(4),
+        processed_dir: cfg.processed_dir.clone(),
+        failed_dir: cfg.failed_dir.clone(),
+        loaded_by: format!(
+            "tripload {} pid {} on {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            hostname()
+        ),
+    });
+    let reports = futures_util::stream::iter(files)
+        .map(|path| {
+            let ctx = Arc::clone(&ctx);
+            let progress = Arc::clone(&progress);
+            async move {
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let fp = Arc::new(progress.file(&name, size));
+                let report = load_file(&ctx, &path, &fp).await;
+                progress.line(&one_line(&report));
+                report
+            }
+        })
+        .buffered(cfg.jobs.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    Ok(reports)
+}
+
+fn one_line(r: &FileReport) -> String {
+    use crate::report::Status;
+    let name = r.path.display();
+    match &r.status {
+        Status::Loaded => format!(
+            "{name}: loaded {} rows ({} rejected) in {:.2} s, {:.0} rows/s",
+            r.rows_loaded,
+            r.rows_rejected,
+            r.seconds,
+            r.rows_per_second()
+        ),
+        Status::AlreadyLoaded { file_name, .. } => {
+            format!("{name}: already loaded (same content as {file_name}); skipped")
+        }
+        Status::Failed { reason } => format!("{name}: FAILED: {reason}"),
+        Status::Error { reason } => format!("{name}: ERROR (left in place, retry later): {reason}"),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}

@@ -1,0 +1,235 @@
+//! Telling people how a run goes: a live bar per file on a terminal, periodic
+//! log lines otherwise, and the summary table at the end.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How one file ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// Committed; moved to `processed/`.
+    Loaded,
+    /// The same content was committed before; nothing loaded.
+    AlreadyLoaded { file_name: String, committed_at: String },
+    /// Rolled back because of the file; moved to `failed/`.
+    Failed { reason: String },
+    /// Rolled back because of the database or the machine; left in place to retry.
+    Error { reason: String },
+}
+
+/// The outcome of one file, for the summary, the exit code and (later) reports.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    pub path: PathBuf,
+    pub size: u64,
+    pub status: Status,
+    pub rows_loaded: u64,
+    pub rows_rejected: u64,
+    pub seconds: f64,
+    /// Where the file is now (archived path, or where it was left).
+    pub now_at: Option<PathBuf>,
+    pub rejects_file: Option<PathBuf>,
+}
+
+impl FileReport {
+    pub fn ok(&self) -> bool {
+        matches!(self.status, Status::Loaded | Status::AlreadyLoaded { .. })
+    }
+    pub fn rows_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.rows_loaded as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Run-wide progress output.
+pub struct Progress {
+    multi: Option<MultiProgress>,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        let multi = (!quiet && std::io::stderr().is_terminal())
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)));
+        Progress { multi, quiet }
+    }
+
+    /// A message line that does not tear the bars.
+    pub fn line(&self, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(msg);
+            }
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    pub fn file(&self, name: &str, size: u64) -> FileProgress {
+        let bar = self.multi.as_ref().map(|m| {
+            let b = m.add(ProgressBar::new(size));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>24!} [{bar:30}] {bytes}/{total_bytes} {msg} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(name.to_string());
+            b
+        });
+        FileProgress {
+            bar,
+            log: !self.quiet && self.multi.is_none(),
+            name: name.to_string(),
+            size,
+            bytes: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            start: Instant::now(),
+            last_log: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// Progress of one file; updated from the in-order stage, once per chunk.
+pub struct FileProgress {
+    bar: Option<ProgressBar>,
+    log: bool,
+    name: String,
+    size: u64,
+    bytes: AtomicU64,
+    rows: AtomicU64,
+    start: Instant,
+    last_log: Mutex<Instant>,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl FileProgress {
+    pub fn advance(&self, bytes: u64, rows: u64) {
+        let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let r = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        if let Some(bar) = &self.bar {
+            bar.set_position(b);
+            bar.set_message(format!("{r} rows, {:.0} rows/s", r as f64 / secs));
+        } else if self.log {
+            if let Ok(mut last) = self.last_log.lock() {
+                if last.elapsed() >= LOG_EVERY {
+                    *last = Instant::now();
+                    eprintln!(
+                        "{}: {:.0}% ({} of {} bytes), {} rows, {:.0} rows/s",
+                        self.name,
+                        100.0 * b as f64 / self.size.max(1) as f64,
+                        b,
+                        self.size,
+                        r,
+                        r as f64 / secs
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn status_word(s: &Status) -> &'static str {
+    match s {
+        Status::Loaded => "loaded",
+        Status::AlreadyLoaded { .. } => "already loaded",
+        Status::Failed { .. } => "FAILED",
+        Status::Error { .. } => "ERROR",
+    }
+}
+
+/// The end-of-run table: file, status, rows loaded, rejected, seconds, rows/s.
+pub fn summary_table(reports: &[FileReport]) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "file".into(),
+        "status".into(),
+        "rows loaded".into(),
+        "rejected".into(),
+        "seconds".into(),
+        "rows/s".into(),
+    ]];
+    for r in reports {
+        rows.push([
+            r.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            status_word(&r.status).into(),
+            r.rows_loaded.to_string(),
+            r.rows_rejected.to_string(),
+            format!("{:.2}", r.seconds),
+            format!("{:.0}", r.rows_per_second()),
+        ]);
+    }
+    let total_rows: u64 = reports.iter().map(|r| r.rows_loaded).sum();
+    let total_rej: u64 = reports.iter().map(|r| r.rows_rejected).sum();
+    let ok = reports.iter().filter(|r| r.ok()).count();
+    rows.push([
+        format!("total ({} files)", reports.len()),
+        format!("{ok} ok, {} not", reports.len() - ok),
+        total_rows.to_string(),
+        total_rej.to_string(),
+        String::new(),
+        String::new(),
+    ]);
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                if j >= 2 {
+                    format!("{c:>w$}", w = widths[j])
+                } else {
+                    format!("{c:<w$}", w = widths[j])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 || i == rows.len() - 2 {
+            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 10));
+            out.push('\n');
+        }
+    }
+    for r in reports {
+        match &r.status {
+            Status::Failed { reason } | Status::Error { reason } => {
+                out.push_str(&format!("{}: {reason}\n", r.path.display()));
+            }
+            Status::AlreadyLoaded { file_name, committed_at } => out.push_str(&format!(
+                "{}: same content as {file_name}, committed {committed_at}; nothing loaded\n",
+                r.path.display()
+            )),
+            Status::Loaded => {}
+        }
+        if let Some(rej) = &r.rejects_file {
+            out.push_str(&format!("{}: {} rejected rows written to {}\n", r.path.display(), r.rows_rejected, rej.display()));
+        }
+    }
+    out
+}
