@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what tripload needs on a fresh Debian/Ubuntu machine and is a no-op
+# when it is already there: PostgreSQL server binaries and PostGIS for them.
+set -euo pipefail
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+major=""
+for d in /usr/lib/postgresql/*/bin; do
+  [ -x "$d/postgres" ] && major=$(basename "$(dirname "$d")")
+done
+if [ -z "$major" ]; then
+  echo "setup: no PostgreSQL server found; installing postgresql" >&2
+  sudo_if_needed apt-get update -q
+  sudo_if_needed apt-get install -y -q postgresql
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/postgres" ] && major=$(basename "$(dirname "$d")")
+  done
+fi
+if [ ! -f "/usr/share/postgresql/$major/extension/postgis.control" ]; then
+  echo "setup: installing PostGIS for PostgreSQL $major (postgresql-$major-postgis-3)" >&2
+  sudo_if_needed apt-get update -q
+  sudo_if_needed apt-get install -y -q "postgresql-$major-postgis-3"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found: install the Rust toolchain (https://rustup.rs)" >&2
+  exit 1
+fi
+echo "setup: PostgreSQL $major with PostGIS is ready" >&2

@@ -1,0 +1,151 @@
+//! Shared test harness: one throwaway PostgreSQL+PostGIS cluster per test
+//! binary (started with the crate's own embedded module, dies with the
+//! process), a fresh database per test, a temp working directory per test, and
+//! the real `tripload` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use tripload::embedded::Embedded;
+
+struct Cluster {
+    emb: Embedded,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+async fn client(conninfo: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
+    tokio::spawn(conn);
+    c
+}
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("tripload-test-pg")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let emb = Embedded::start_ephemeral(&dir).unwrap_or_else(|e| panic!("start test cluster: {e}"));
+        let admin = emb.conninfo("postgres");
+        block_on(async {
+            let c = client(&admin).await;
+            c.batch_execute("CREATE DATABASE tpl").await.expect("create template db");
+        });
+        block_on(async {
+            let c = client(&emb.conninfo("tpl")).await;
+            c.batch_execute("CREATE EXTENSION postgis")
+                .await
+                .expect("postgis must be installed (apt-get install -y postgresql-15-postgis-3)");
+        });
+        Cluster { emb }
+    })
+}
+
+/// A fresh database (PostGIS preinstalled) for one test.
+pub struct TestDb {
+    pub conninfo: String,
+    pub name: String,
+}
+
+pub fn fresh_db() -> TestDb {
+    let cl = cluster();
+    let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+    block_on(async {
+        let c = client(&cl.emb.conninfo("postgres")).await;
+        c.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE tpl"))
+            .await
+            .expect("create test db");
+    });
+    TestDb {
+        conninfo: cl.emb.conninfo(&name),
+        name,
+    }
+}
+
+impl TestDb {
+    /// Runs a query and returns all rows.
+    pub fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        block_on(async {
+            let c = client(&self.conninfo).await;
+            c.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.query(sql)[0].get(0)
+    }
+
+    pub fn trips(&self) -> i64 {
+        self.count("SELECT count(*) FROM trips")
+    }
+}
+
+/// A temp working directory with `landing/`.
+pub struct Work {
+    pub dir: tempfile::TempDir,
+}
+
+impl Work {
+    pub fn new() -> Work {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("landing")).expect("landing");
+        Work { dir }
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    /// Writes `landing/<name>` and returns its path.
+    pub fn land(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.path("landing").join(name);
+        std::fs::write(&p, content).expect("write landing file");
+        p
+    }
+    pub fn exists(&self, rel: &str) -> bool {
+        self.path(rel).exists()
+    }
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+}
+
+/// Runs the real binary in `work` against `db`.
+pub fn tripload(work: &Work, db: &TestDb, args: &[&str]) -> Output {
+    tripload_cmd(work, db, args).output().expect("run tripload")
+}
+
+pub fn tripload_cmd(work: &Work, db: &TestDb, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripload"));
+    cmd.current_dir(work.dir.path())
+        .env("DATABASE_URL", &db.conninfo)
+        .env_remove("TRIPLOAD_PG_DIR")
+        .args(args);
+    cmd
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn sample() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/trips-sample.csv")).expect("sample")
+}
+
+pub const HEADER: &str = "region,origin_coord,destination_coord,datetime,datasource";
