@@ -21,9 +21,11 @@ fn bench_chunk(c: &mut Criterion) {
     let mut g = c.benchmark_group("chunk_split");
     g.throughput(Throughput::Bytes(buf.len() as u64));
     for mib in [1usize, 4] {
-        g.bench_with_input(BenchmarkId::from_parameter(format!("{mib}MiB")), &mib, |b, &mib| {
-            b.iter(|| chunk::split(black_box(&buf), 0, mib << 20).len())
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("{mib}MiB")),
+            &mib,
+            |b, &mib| b.iter(|| chunk::split(black_box(&buf), 0, mib << 20).len()),
+        );
     }
     g.finish();
 }

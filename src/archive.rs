@@ -50,7 +50,8 @@ pub fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
 pub struct RejectWriter {
     tmp_path: PathBuf,
     file_label: String,
-    out: Option<csv::Writer<BufWriter<File>>>,
+    // Boxed: the csv writer is large and this travels inside results.
+    out: Option<Box<csv::Writer<BufWriter<File>>>>,
     pub count: u64,
 }
 
@@ -76,7 +77,7 @@ impl RejectWriter {
             }
             let mut w = csv::Writer::from_writer(BufWriter::new(File::create(&self.tmp_path)?));
             w.write_record(["file", "line", "column", "reason", "raw"])?;
-            self.out = Some(w);
+            self.out = Some(Box::new(w));
         }
         if let Some(w) = self.out.as_mut() {
             let column = r.fault.column.map(|c| c.name()).unwrap_or("");
@@ -145,7 +146,13 @@ mod tests {
             move_into(&f, &dest).unwrap();
             assert!(!f.exists());
         }
-        assert_eq!(std::fs::read_to_string(dest.join("trips.csv")).unwrap(), "one");
-        assert_eq!(std::fs::read_to_string(dest.join("trips.1.csv")).unwrap(), "two");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("trips.csv")).unwrap(),
+            "one"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("trips.1.csv")).unwrap(),
+            "two"
+        );
     }
 }

@@ -42,7 +42,12 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
     /// Directory of the embedded PostgreSQL cluster (used when no DATABASE_URL).
-    #[arg(long, env = "TRIPLOAD_PG_DIR", default_value = "data/pg", global = true)]
+    #[arg(
+        long,
+        env = "TRIPLOAD_PG_DIR",
+        default_value = "data/pg",
+        global = true
+    )]
     pub pg_dir: PathBuf,
 }
 
@@ -210,7 +215,8 @@ async fn run(cli: Cli) -> u8 {
             let result = if g.out.as_os_str() == "-" {
                 crate::gen::write_trips(std::io::stdout().lock(), g.rows, g.seed)
             } else {
-                std::fs::File::create(&g.out).and_then(|f| crate::gen::write_trips(f, g.rows, g.seed))
+                std::fs::File::create(&g.out)
+                    .and_then(|f| crate::gen::write_trips(f, g.rows, g.seed))
             };
             match result {
                 Ok(()) => EXIT_OK,
@@ -238,7 +244,9 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
                 anyhow::bail!("DATABASE_URL is set: tripload only stops its own embedded server");
             };
             let dir = dir.to_path_buf();
-            let stopped = tokio::task::spawn_blocking(move || crate::embedded::Embedded::stop(&dir)).await??;
+            let stopped =
+                tokio::task::spawn_blocking(move || crate::embedded::Embedded::stop(&dir))
+                    .await??;
             println!("{}", if stopped { "stopped" } else { "not running" });
         }
         DbCommand::Url => {

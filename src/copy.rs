@@ -39,7 +39,11 @@ impl LoadContext {
             return d.clone();
         }
         let dir = file.parent().unwrap_or(Path::new("."));
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         match dir.canonicalize().ok().as_deref().and_then(Path::parent) {
             Some(parent) => parent.join(default),
             None => dir.join(default),
@@ -60,7 +64,7 @@ enum Abort {
     File(String),
     /// Not the file's fault (database, disk): it stays where it is.
     Env(String),
-    Duplicate(ledger::LoadedFile),
+    Duplicate(Box<ledger::LoadedFile>),
 }
 
 impl From<DbError> for Abort {
@@ -80,7 +84,11 @@ fn classify(e: tokio_postgres::Error, what: &str) -> Abort {
         })
         .unwrap_or(false);
     let msg = match e.as_db_error() {
-        Some(d) => format!("{what}: {}{}", d.message(), d.where_().map(|w| format!(" ({w})")).unwrap_or_default()),
+        Some(d) => format!(
+            "{what}: {}{}",
+            d.message(),
+            d.where_().map(|w| format!(" ({w})")).unwrap_or_default()
+        ),
         None => format!("{what}: {e}"),
     };
     if data_fault {
@@ -99,7 +107,7 @@ struct Committed {
 struct Failure {
     abort: Abort,
     rejected: u64,
-    rejects: Option<RejectWriter>,
+    rejects: Option<Box<RejectWriter>>,
 }
 
 /// Loads one file end to end and says how it went; never panics on input.
@@ -126,7 +134,10 @@ pub async fn load_file(ctx: &LoadContext, path: &Path, progress: &Arc<FileProgre
             match archive::move_into(path, &ctx.processed_dir_for(path)) {
                 Ok(dest) => {
                     report.rejects_file = c.rejects.place_beside(&dest).unwrap_or_else(|e| {
-                        tracing::error!("{}: could not place the rejects file: {e}", path.display());
+                        tracing::error!(
+                            "{}: could not place the rejects file: {e}",
+                            path.display()
+                        );
                         None
                     });
                     report.now_at = Some(dest);
@@ -134,7 +145,10 @@ pub async fn load_file(ctx: &LoadContext, path: &Path, progress: &Arc<FileProgre
                 Err(e) => {
                     // The data is committed; only the move failed. Rerunning skips it
                     // as already loaded, so nothing is lost or duplicated.
-                    tracing::error!("{}: committed, but could not move it to processed/: {e}", path.display());
+                    tracing::error!(
+                        "{}: committed, but could not move it to processed/: {e}",
+                        path.display()
+                    );
                     report.rejects_file = c.rejects.place_beside(path).ok().flatten();
                 }
             }
@@ -211,9 +225,14 @@ async fn load_in_transaction(
         .await
         .map_err(|e| fail(Abort::Env(format!("hashing task failed: {e}"))))?
         .map_err(|e| file_err(&e))?;
-    let mut client = db::connect(&ctx.conninfo).await.map_err(|e| fail(e.into()))?;
-    if let Some(prev) = ledger::find(&client, &hash).await.map_err(|e| fail(e.into()))? {
-        return Err(fail(Abort::Duplicate(prev)));
+    let mut client = db::connect(&ctx.conninfo)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    if let Some(prev) = ledger::find(&client, &hash)
+        .await
+        .map_err(|e| fail(e.into()))?
+    {
+        return Err(fail(Abort::Duplicate(Box::new(prev))));
     }
     let p = path.to_path_buf();
     let mapped = tokio::task::spawn_blocking(move || Mapped::open(&p))
@@ -224,7 +243,11 @@ async fn load_in_transaction(
     let header = parse::parse_header(mapped.bytes())
         .map_err(|e| file_err(&format_args!("{}: {e}", path.display())))?;
     if !header.ignored.is_empty() {
-        tracing::warn!("{}: ignoring extra column(s): {}", path.display(), header.ignored.join(", "));
+        tracing::warn!(
+            "{}: ignoring extra column(s): {}",
+            path.display(),
+            header.ignored.join(", ")
+        );
     }
     let header = Arc::new(header);
 
@@ -241,15 +264,19 @@ async fn load_in_transaction(
         .map_err(|e| fail(e.into()))?
     else {
         drop(tx);
-        let prev = ledger::find(&client, &hash).await.map_err(|e| fail(e.into()))?;
+        let prev = ledger::find(&client, &hash)
+            .await
+            .map_err(|e| fail(e.into()))?;
         return Err(fail(match prev {
-            Some(prev) => Abort::Duplicate(prev),
+            Some(prev) => Abort::Duplicate(Box::new(prev)),
             None => Abort::Env("the ledger reported a concurrent load of the same content that then vanished; retry".into()),
         }));
     };
 
     let sink = tx
-        .copy_in::<_, Bytes>(&format!("COPY trips ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"))
+        .copy_in::<_, Bytes>(&format!(
+            "COPY trips ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
         .await
         .map_err(|e| fail(classify(e, "starting COPY")))?;
     let mut sink = Box::pin(sink);
@@ -303,7 +330,7 @@ async fn load_in_transaction(
     let fail_with = |abort, done: Committed| Failure {
         abort,
         rejected: done.rejected,
-        rejects: Some(done.rejects),
+        rejects: Some(Box::new(done.rejects)),
     };
     if let Err(e) = sink.send(Bytes::from_static(COPY_TRAILER)).await {
         return Err(fail_with(classify(e, "COPY"), done));
@@ -314,14 +341,20 @@ async fn load_in_transaction(
     };
     if copied != done.rows {
         return Err(fail_with(
-            Abort::Env(format!("the server stored {copied} rows but {} were sent; rolled back", done.rows)),
+            Abort::Env(format!(
+                "the server stored {copied} rows but {} were sent; rolled back",
+                done.rows
+            )),
             done,
         ));
     }
     match map::identity(path) {
         Ok(now) if now == before => {}
         _ => {
-            let msg = map::MapError::Changed { path: path.to_path_buf() }.to_string();
+            let msg = map::MapError::Changed {
+                path: path.to_path_buf(),
+            }
+            .to_string();
             return Err(fail_with(Abort::File(msg), done));
         }
     }
@@ -415,7 +448,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         Some(abort) => Err(Failure {
             abort,
             rejected,
-            rejects: Some(rejects),
+            rejects: Some(Box::new(rejects)),
         }),
         None => Ok(Committed {
             rows,

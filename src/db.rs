@@ -57,7 +57,10 @@ impl Target {
                     .map_err(|e| DbError::BadUrl(format!("embedded start task failed: {e}")))??;
                 let admin = connect(&emb.conninfo("postgres")).await?;
                 let exists = admin
-                    .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&EMBEDDED_DB])
+                    .query_opt(
+                        "SELECT 1 FROM pg_database WHERE datname = $1",
+                        &[&EMBEDDED_DB],
+                    )
                     .await
                     .map_err(query_err("checking for the tripload database"))?
                     .is_some();
@@ -96,7 +99,11 @@ pub fn describe(conninfo: &str) -> String {
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
     format!(
         "{}:{}/{} (user {})",
-        if hosts.is_empty() { "localhost".to_string() } else { hosts.join(",") },
+        if hosts.is_empty() {
+            "localhost".to_string()
+        } else {
+            hosts.join(",")
+        },
         port,
         cfg.get_dbname().unwrap_or("<default>"),
         cfg.get_user().unwrap_or("<default>")

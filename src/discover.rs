@@ -64,12 +64,22 @@ mod tests {
     #[test]
     fn skips_partial_hidden_and_own_outputs() {
         let dir = tempfile::tempdir().unwrap();
-        for n in ["b.csv", "a.csv", ".hidden.csv", "c.csv.part", "a.csv.rejects.csv", "a.csv.error.txt"] {
+        for n in [
+            "b.csv",
+            "a.csv",
+            ".hidden.csv",
+            "c.csv.part",
+            "a.csv.rejects.csv",
+            "a.csv.error.txt",
+        ] {
             std::fs::write(dir.path().join(n), "x").unwrap();
         }
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let files = discover(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<_> = files.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+        let names: Vec<_> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
         assert_eq!(names, ["a.csv", "b.csv"]);
         assert!(discover(&[dir.path().join("nope")]).is_err());
     }

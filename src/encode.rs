@@ -111,9 +111,7 @@ pub fn encode_chunk(
         let fault = if span.unterminated_quote {
             Some(RowFault {
                 column: None,
-                error: RowError::Csv(crate::record::FieldError::Unterminated {
-                    field: 0,
-                }),
+                error: RowError::Csv(crate::record::FieldError::Unterminated { field: 0 }),
             })
         } else {
             match fields.split(record) {
@@ -159,7 +157,15 @@ mod tests {
     #[test]
     fn tuple_layout() {
         let mut buf = Vec::new();
-        encode_trip(&mut buf, 3, 4, Point::new(1.5, -2.0), Point::new(0.0, 0.0), PG_EPOCH_OFFSET_US + 7, 9);
+        encode_trip(
+            &mut buf,
+            3,
+            4,
+            Point::new(1.5, -2.0),
+            Point::new(0.0, 0.0),
+            PG_EPOCH_OFFSET_US + 7,
+            9,
+        );
         assert_eq!(buf.len(), TUPLE_BYTES);
         assert_eq!(&buf[0..2], &6i16.to_be_bytes());
         assert_eq!(&buf[6..8], &3i16.to_be_bytes());
@@ -168,7 +174,10 @@ mod tests {
         assert_eq!(&buf[19..23], &0x2000_0001u32.to_le_bytes());
         assert_eq!(&buf[23..27], &4326u32.to_le_bytes());
         assert_eq!(&buf[27..35], &1.5f64.to_le_bytes());
-        assert_eq!(&buf[buf.len() - 16..buf.len() - 8], &[0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(
+            &buf[buf.len() - 16..buf.len() - 8],
+            &[0, 0, 0, 0, 0, 0, 0, 7]
+        );
         assert_eq!(&buf[buf.len() - 4..], &9i32.to_be_bytes());
     }
 }

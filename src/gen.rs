@@ -31,11 +31,20 @@ const SPAN: i64 = 365 * 86_400;
 pub fn write_trips<W: Write>(out: W, rows: u64, seed: u64) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut rng = SmallRng::seed_from_u64(seed);
-    writeln!(out, "region,origin_coord,destination_coord,datetime,datasource")?;
+    writeln!(
+        out,
+        "region,origin_coord,destination_coord,datetime,datasource"
+    )?;
     for _ in 0..rows {
         let (name, lon, lat) = REGIONS[rng.gen_range(0..REGIONS.len())];
-        let o = (lon + rng.gen_range(-0.15..0.15), lat + rng.gen_range(-0.1..0.1));
-        let d = (lon + rng.gen_range(-0.15..0.15), lat + rng.gen_range(-0.1..0.1));
+        let o = (
+            lon + rng.gen_range(-0.15..0.15),
+            lat + rng.gen_range(-0.1..0.1),
+        );
+        let d = (
+            lon + rng.gen_range(-0.15..0.15),
+            lat + rng.gen_range(-0.1..0.1),
+        );
         let t = START + rng.gen_range(0..SPAN);
         let dt = chrono::DateTime::from_timestamp(t, 0).unwrap_or_default();
         writeln!(

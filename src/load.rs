@@ -35,7 +35,10 @@ pub enum SetupError {
 }
 
 /// Connects, migrates, and returns the connection string.
-pub async fn prepare(target: &Target, chunk_interval: &str) -> Result<(String, Client), db::DbError> {
+pub async fn prepare(
+    target: &Target,
+    chunk_interval: &str,
+) -> Result<(String, Client), db::DbError> {
     let conninfo = target.resolve().await?;
     let mut client = db::connect(&conninfo).await?;
     let layout = db::migrate(&mut client, chunk_interval).await?;
@@ -52,7 +55,10 @@ pub async fn database_dims(client: &Client, conninfo: &str) -> Result<Dims, db::
             .query(&format!("SELECT name, id FROM {}", dim.table()), &[])
             .await
             .map_err(db::query_err("reading dimension names"))?;
-        known.extend(rows.iter().map(|r| (dim, r.get::<_, String>(0), r.get::<_, i16>(1))));
+        known.extend(
+            rows.iter()
+                .map(|r| (dim, r.get::<_, String>(0), r.get::<_, i16>(1))),
+        );
     }
     let dim_client = Arc::new(db::connect(conninfo).await?);
     let handle = tokio::runtime::Handle::current();
@@ -95,7 +101,11 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     if files.is_empty() {
         progress.line(&format!(
             "no files to load in {}",
-            cfg.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            cfg.paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         return Ok(Vec::new());
     }
@@ -122,7 +132,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
             let progress = Arc::clone(&progress);
             async move {
                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let fp = Arc::new(progress.file(&name, size));
                 let report = load_file(&ctx, &path, &fp).await;
                 progress.line(&one_line(&report));

@@ -104,7 +104,9 @@ impl Mapped {
         if end > start {
             // SAFETY: the map is a read-only file mapping; after DONTNEED a
             // later access re-reads the file, so no bytes we still read change.
-            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
         }
     }
 }

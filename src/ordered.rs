@@ -63,7 +63,9 @@ mod tests {
             4,
             |r: Range<usize>| {
                 // Uneven work so completion order differs from input order.
-                std::thread::sleep(std::time::Duration::from_micros(((r.start * 7919) % 13) as u64 * 50));
+                std::thread::sleep(std::time::Duration::from_micros(
+                    ((r.start * 7919) % 13) as u64 * 50,
+                ));
                 r.start * 2
             },
             |_, v| {
@@ -76,7 +78,12 @@ mod tests {
 
     #[test]
     fn stops_early() {
-        let n = run((0..1000).map(|i| i..i + 1), 2, |r: Range<usize>| r.start, |_, v| v < 10);
+        let n = run(
+            (0..1000).map(|i| i..i + 1),
+            2,
+            |r: Range<usize>| r.start,
+            |_, v| v < 10,
+        );
         assert_eq!(n, 11);
     }
 }

@@ -214,9 +214,11 @@ pub fn parse_trip<'a>(
         });
     }
     let get = |c: Column| fields.get(record, header.index(c));
-    let at = |column: Column| move |error| RowFault {
-        column: Some(column),
-        error,
+    let at = |column: Column| {
+        move |error| RowFault {
+            column: Some(column),
+            error,
+        }
     };
     let region = parse_name(get(Column::Region)).map_err(at(Column::Region))?;
     let origin = parse_point(get(Column::OriginCoord)).map_err(at(Column::OriginCoord))?;
@@ -235,7 +237,9 @@ pub fn parse_trip<'a>(
 
 /// A region or datasource name: UTF-8, trimmed, not empty.
 pub fn parse_name(raw: &[u8]) -> Result<&str, RowError> {
-    let s = std::str::from_utf8(raw).map_err(|_| RowError::NotUtf8)?.trim();
+    let s = std::str::from_utf8(raw)
+        .map_err(|_| RowError::NotUtf8)?
+        .trim();
     if s.is_empty() {
         return Err(RowError::Empty);
     }
@@ -389,11 +393,9 @@ pub fn parse_datetime(raw: &[u8]) -> Result<i64, RowError> {
         rest = &frac[n..];
     }
     let offset_s = parse_offset(rest.trim_ascii_start()).ok_or_else(bad)?;
-    let secs = days_from_civil(y, mo, d) * 86_400
-        + (h as i64) * 3600
-        + (mi as i64) * 60
-        + se as i64
-        - offset_s;
+    let secs =
+        days_from_civil(y, mo, d) * 86_400 + (h as i64) * 3600 + (mi as i64) * 60 + se as i64
+            - offset_s;
     Ok(secs * 1_000_000 + micros)
 }
 
@@ -437,7 +439,10 @@ mod tests {
         assert_eq!(parse_header(b""), Err(HeaderError::Empty));
         assert_eq!(parse_header(b"\n\n"), Err(HeaderError::Empty));
         let e = parse_header(b"region,origin_coord,datetime\n").unwrap_err();
-        assert!(e.to_string().contains("destination_coord, datasource"), "{e}");
+        assert!(
+            e.to_string().contains("destination_coord, datasource"),
+            "{e}"
+        );
         assert!(matches!(
             parse_header(b"region,region,origin_coord,destination_coord,datetime,datasource"),
             Err(HeaderError::DuplicateColumn { .. })
@@ -446,40 +451,103 @@ mod tests {
 
     #[test]
     fn points() {
-        assert_eq!(parse_point(b"POINT (14.5 50.1)").unwrap(), Point::new(14.5, 50.1));
-        assert_eq!(parse_point(b" point(  -1e1\t+2.5E0 ) ").unwrap(), Point::new(-10.0, 2.5));
+        assert_eq!(
+            parse_point(b"POINT (14.5 50.1)").unwrap(),
+            Point::new(14.5, 50.1)
+        );
+        assert_eq!(
+            parse_point(b" point(  -1e1\t+2.5E0 ) ").unwrap(),
+            Point::new(-10.0, 2.5)
+        );
         assert_eq!(parse_point(b"POINT EMPTY"), Err(RowError::EmptyPoint));
         assert_eq!(parse_point(b"POINT (1 2 3)"), Err(RowError::Arity(3)));
         assert_eq!(parse_point(b"POINT (1)"), Err(RowError::Arity(1)));
-        assert!(matches!(parse_point(b"POINT (NaN 2)"), Err(RowError::BadNumber(_))));
-        assert!(matches!(parse_point(b"POINT (inf 2)"), Err(RowError::BadNumber(_))));
-        assert_eq!(parse_point(b"POINT (180.5 2)"), Err(RowError::Longitude(180.5)));
-        assert_eq!(parse_point(b"POINT (1 -90.1)"), Err(RowError::Latitude(-90.1)));
-        assert!(matches!(parse_point(b"LINESTRING (1 2, 3 4)"), Err(RowError::NotAPoint(_))));
-        assert!(matches!(parse_point(b"POINT 1 2"), Err(RowError::NotAPoint(_))));
+        assert!(matches!(
+            parse_point(b"POINT (NaN 2)"),
+            Err(RowError::BadNumber(_))
+        ));
+        assert!(matches!(
+            parse_point(b"POINT (inf 2)"),
+            Err(RowError::BadNumber(_))
+        ));
+        assert_eq!(
+            parse_point(b"POINT (180.5 2)"),
+            Err(RowError::Longitude(180.5))
+        );
+        assert_eq!(
+            parse_point(b"POINT (1 -90.1)"),
+            Err(RowError::Latitude(-90.1))
+        );
+        assert!(matches!(
+            parse_point(b"LINESTRING (1 2, 3 4)"),
+            Err(RowError::NotAPoint(_))
+        ));
+        assert!(matches!(
+            parse_point(b"POINT 1 2"),
+            Err(RowError::NotAPoint(_))
+        ));
     }
 
     #[test]
     fn datetimes() {
         assert_eq!(parse_datetime(b"1970-01-01 00:00:00").unwrap(), 0);
-        assert_eq!(parse_datetime(b"2018-05-28 09:03:40").unwrap(), 1_527_498_220_000_000);
-        assert_eq!(parse_datetime(b"2018-05-28T09:03:40.25").unwrap(), 1_527_498_220_250_000);
-        assert_eq!(parse_datetime(b"2018-05-28 11:03:40+02:00").unwrap(), 1_527_498_220_000_000);
-        assert_eq!(parse_datetime(b"2018-05-28 09:03:40Z").unwrap(), 1_527_498_220_000_000);
-        assert_eq!(parse_datetime(b"2000-02-29 00:00:00.0000005").unwrap(), 951_782_400_000_001);
-        assert!(matches!(parse_datetime(b"2018-02-30 00:00:00"), Err(RowError::ImpossibleDatetime(_))));
-        assert!(matches!(parse_datetime(b"1900-02-29 00:00:00"), Err(RowError::ImpossibleDatetime(_))));
-        assert!(matches!(parse_datetime(b"2018-05-28 24:00:00"), Err(RowError::ImpossibleDatetime(_))));
-        assert!(matches!(parse_datetime(b"2018-05-28"), Err(RowError::BadDatetime(_))));
-        assert!(matches!(parse_datetime(b"2018-05-28 09:03:40 PM"), Err(RowError::BadDatetime(_))));
+        assert_eq!(
+            parse_datetime(b"2018-05-28 09:03:40").unwrap(),
+            1_527_498_220_000_000
+        );
+        assert_eq!(
+            parse_datetime(b"2018-05-28T09:03:40.25").unwrap(),
+            1_527_498_220_250_000
+        );
+        assert_eq!(
+            parse_datetime(b"2018-05-28 11:03:40+02:00").unwrap(),
+            1_527_498_220_000_000
+        );
+        assert_eq!(
+            parse_datetime(b"2018-05-28 09:03:40Z").unwrap(),
+            1_527_498_220_000_000
+        );
+        assert_eq!(
+            parse_datetime(b"2000-02-29 00:00:00.0000005").unwrap(),
+            951_782_400_000_001
+        );
+        assert!(matches!(
+            parse_datetime(b"2018-02-30 00:00:00"),
+            Err(RowError::ImpossibleDatetime(_))
+        ));
+        assert!(matches!(
+            parse_datetime(b"1900-02-29 00:00:00"),
+            Err(RowError::ImpossibleDatetime(_))
+        ));
+        assert!(matches!(
+            parse_datetime(b"2018-05-28 24:00:00"),
+            Err(RowError::ImpossibleDatetime(_))
+        ));
+        assert!(matches!(
+            parse_datetime(b"2018-05-28"),
+            Err(RowError::BadDatetime(_))
+        ));
+        assert!(matches!(
+            parse_datetime(b"2018-05-28 09:03:40 PM"),
+            Err(RowError::BadDatetime(_))
+        ));
     }
 
     #[test]
     fn days_from_civil_matches_chrono() {
         use chrono::NaiveDate;
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
-        for (y, m, d) in [(1, 1, 1), (1600, 2, 29), (1999, 12, 31), (2018, 5, 28), (9999, 12, 31)] {
-            let want = NaiveDate::from_ymd_opt(y, m, d).unwrap().signed_duration_since(epoch).num_days();
+        for (y, m, d) in [
+            (1, 1, 1),
+            (1600, 2, 29),
+            (1999, 12, 31),
+            (2018, 5, 28),
+            (9999, 12, 31),
+        ] {
+            let want = NaiveDate::from_ymd_opt(y, m, d)
+                .unwrap()
+                .signed_duration_since(epoch)
+                .num_days();
             assert_eq!(days_from_civil(y as i64, m, d), want);
         }
     }

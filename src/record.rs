@@ -44,7 +44,11 @@ pub fn next_record(buf: &[u8], start: usize) -> Option<RecordSpan> {
         } else if in_quote {
             newlines += 1;
         } else {
-            let end = if i > start && buf[i - 1] == b'\r' { i - 1 } else { i };
+            let end = if i > start && buf[i - 1] == b'\r' {
+                i - 1
+            } else {
+                i
+            };
             return Some(RecordSpan {
                 content: start..end,
                 next: i + 1,
@@ -233,7 +237,10 @@ mod tests {
     fn splits_quoted_and_plain_fields() {
         assert_eq!(fields("a,b,,c").unwrap(), ["a", "b", "", "c"]);
         assert_eq!(fields("a,").unwrap(), ["a", ""]);
-        assert_eq!(fields("\"a,b\",\"he said \"\"hi\"\"\",c").unwrap(), ["a,b", "he said \"hi\"", "c"]);
+        assert_eq!(
+            fields("\"a,b\",\"he said \"\"hi\"\"\",c").unwrap(),
+            ["a,b", "he said \"hi\"", "c"]
+        );
         assert_eq!(fields("\"x\ny\"").unwrap(), ["x\ny"]);
         assert_eq!(fields("\"\"").unwrap(), [""]);
         assert_eq!(fields("\"\"\"\"").unwrap(), ["\""]);
@@ -242,7 +249,10 @@ mod tests {
     #[test]
     fn rejects_malformed_quoting() {
         assert_eq!(fields("ab\"c,d"), Err(FieldError::StrayQuote { field: 0 }));
-        assert_eq!(fields("a,\"b\"x"), Err(FieldError::TextAfterQuote { field: 1 }));
+        assert_eq!(
+            fields("a,\"b\"x"),
+            Err(FieldError::TextAfterQuote { field: 1 })
+        );
         assert_eq!(fields("a,\"b"), Err(FieldError::Unterminated { field: 1 }));
     }
 }

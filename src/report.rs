@@ -14,7 +14,10 @@ pub enum Status {
     /// Committed; moved to `processed/`.
     Loaded,
     /// The same content was committed before; nothing loaded.
-    AlreadyLoaded { file_name: String, committed_at: String },
+    AlreadyLoaded {
+        file_name: String,
+        committed_at: String,
+    },
     /// Rolled back because of the file; moved to `failed/`.
     Failed { reason: String },
     /// Rolled back because of the database or the machine; left in place to retry.
@@ -221,14 +224,22 @@ pub fn summary_table(reports: &[FileReport]) -> String {
             Status::Failed { reason } | Status::Error { reason } => {
                 out.push_str(&format!("{}: {reason}\n", r.path.display()));
             }
-            Status::AlreadyLoaded { file_name, committed_at } => out.push_str(&format!(
+            Status::AlreadyLoaded {
+                file_name,
+                committed_at,
+            } => out.push_str(&format!(
                 "{}: same content as {file_name}, committed {committed_at}; nothing loaded\n",
                 r.path.display()
             )),
             Status::Loaded => {}
         }
         if let Some(rej) = &r.rejects_file {
-            out.push_str(&format!("{}: {} rejected rows written to {}\n", r.path.display(), r.rows_rejected, rej.display()));
+            out.push_str(&format!(
+                "{}: {} rejected rows written to {}\n",
+                r.path.display(),
+                r.rows_rejected,
+                rej.display()
+            ));
         }
     }
     out

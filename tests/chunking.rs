@@ -28,7 +28,12 @@ fn parse_chunked(buf: &[u8], target: usize) -> Vec<(u64, Vec<Vec<u8>>)> {
                 continue;
             }
             fields.split(rec).expect("generated CSV is valid");
-            out.push((line, (0..fields.len()).map(|i| fields.get(rec, i).to_vec()).collect()));
+            out.push((
+                line,
+                (0..fields.len())
+                    .map(|i| fields.get(rec, i).to_vec())
+                    .collect(),
+            ));
         }
         line_base += lines;
     }
@@ -53,16 +58,18 @@ fn quote(f: &str) -> String {
 }
 
 fn csv_text() -> impl Strategy<Value = (String, Vec<Vec<String>>)> {
-    (prop::collection::vec(prop::collection::vec(field(), 3), 1..40), any::<bool>()).prop_map(
-        |(rows, crlf)| {
+    (
+        prop::collection::vec(prop::collection::vec(field(), 3), 1..40),
+        any::<bool>(),
+    )
+        .prop_map(|(rows, crlf)| {
             let eol = if crlf { "\r\n" } else { "\n" };
             let text: String = rows
                 .iter()
                 .map(|r| r.iter().map(|f| quote(f)).collect::<Vec<_>>().join(",") + eol)
                 .collect();
             (text, rows)
-        },
-    )
+        })
 }
 
 proptest! {

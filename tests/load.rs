@@ -14,14 +14,29 @@ fn db_rows(db: &TestDb) -> Vec<Row> {
                     floor(extract(epoch FROM datetime))::bigint, datasource FROM trips_named",
         )
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v
 }
 
 fn coords(wkt: &str) -> (f64, f64) {
-    let inner = wkt.trim().trim_start_matches("POINT").trim().trim_start_matches('(').trim_end_matches(')');
+    let inner = wkt
+        .trim()
+        .trim_start_matches("POINT")
+        .trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')');
     let mut it = inner.split_whitespace().map(|s| s.parse::<f64>().unwrap());
     (it.next().unwrap(), it.next().unwrap())
 }
@@ -36,7 +51,15 @@ fn file_rows(bytes: &[u8]) -> Vec<Row> {
             let (ox, oy) = coords(&r[1]);
             let (dx, dy) = coords(&r[2]);
             let t = chrono::NaiveDateTime::parse_from_str(&r[3], "%Y-%m-%d %H:%M:%S").unwrap();
-            (r[0].to_string(), ox, oy, dx, dy, t.and_utc().timestamp(), r[4].to_string())
+            (
+                r[0].to_string(),
+                ox,
+                oy,
+                dx,
+                dy,
+                t.and_utc().timestamp(),
+                r[4].to_string(),
+            )
         })
         .collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -58,7 +81,11 @@ fn sample_loads_exactly_and_is_archived() {
     assert_eq!(got, want, "values read back differ from the file");
     assert!(w.exists("processed/trips-sample.csv"));
     assert!(!w.exists("landing/trips-sample.csv"));
-    assert!(stdout(&out).contains("trips-sample.csv"), "summary table: {}", stdout(&out));
+    assert!(
+        stdout(&out).contains("trips-sample.csv"),
+        "summary table: {}",
+        stdout(&out)
+    );
     // The ledger has the file with its counts; SRID is 4326.
     assert_eq!(db.count("SELECT rows_loaded FROM load_files"), 100);
     assert_eq!(db.count("SELECT count(*) FROM trips WHERE ST_SRID(origin) = 4326 AND ST_SRID(destination) = 4326"), 100);
@@ -79,29 +106,104 @@ fn quoting_crlf_bom_and_shuffled_columns() {
     assert_eq!(
         rows,
         vec![
-            ("New\nYork".into(), 3.0, 4.0, 1.0, 2.0, 1527498220, "cheap, mobile".into()),
-            ("Prague".into(), 14.4, 50.1, -1.5, -2.5, 1527501600, "say \"hi\"".into()),
+            (
+                "New\nYork".into(),
+                3.0,
+                4.0,
+                1.0,
+                2.0,
+                1527498220,
+                "cheap, mobile".into()
+            ),
+            (
+                "Prague".into(),
+                14.4,
+                50.1,
+                -1.5,
+                -2.5,
+                1527501600,
+                "say \"hi\"".into()
+            ),
         ]
     );
-    assert_eq!(db.count("SELECT count(*) FROM trips WHERE datetime = '2018-05-28 10:00:00.5+00'"), 1);
-    assert!(stderr(&out).contains("extra"), "warns about ignored columns: {}", stderr(&out));
+    assert_eq!(
+        db.count("SELECT count(*) FROM trips WHERE datetime = '2018-05-28 10:00:00.5+00'"),
+        1
+    );
+    assert!(
+        stderr(&out).contains("extra"),
+        "warns about ignored columns: {}",
+        stderr(&out)
+    );
 }
 
 /// One bad row per class, with the line it is on (line 1 is the header).
 const BAD_ROWS: &[(&str, &str, &str)] = &[
-    ("Prague,POINT (1 2),POINT (3 4),2018-05-28 09:03:40", "", "expected 5 fields"),
-    ("Prague,POINT EMPTY,POINT (3 4),2018-05-28 09:03:40,x", "origin_coord", "POINT EMPTY"),
-    ("Prague,POINT (1 2 3),POINT (3 4),2018-05-28 09:03:40,x", "origin_coord", "exactly 2 coordinates"),
-    ("Prague,POINT (1 2),POINT (NaN 4),2018-05-28 09:03:40,x", "destination_coord", "not a finite number"),
-    ("Prague,POINT (1 2),POINT (inf 4),2018-05-28 09:03:40,x", "destination_coord", "not a finite number"),
-    ("Prague,POINT (181 2),POINT (3 4),2018-05-28 09:03:40,x", "origin_coord", "longitude 181"),
-    ("Prague,POINT (1 91),POINT (3 4),2018-05-28 09:03:40,x", "origin_coord", "latitude 91"),
-    ("Prague,LINESTRING (1 2),POINT (3 4),2018-05-28 09:03:40,x", "origin_coord", "expected a WKT point"),
-    ("Prague,POINT (1 2),POINT (3 4),2018-02-30 09:03:40,x", "datetime", "not a real calendar date"),
-    ("Prague,POINT (1 2),POINT (3 4),28/05/2018 09:03,x", "datetime", "expected a datetime"),
-    ("  ,POINT (1 2),POINT (3 4),2018-05-28 09:03:40,x", "region", "empty"),
-    ("Prague,POINT (1 2),POINT (3 4),2018-05-28 09:03:40,", "datasource", "empty"),
-    ("Pra\"g\"ue,POINT (1 2),POINT (3 4),2018-05-28 09:03:40,x", "", "inside an unquoted field"),
+    (
+        "Prague,POINT (1 2),POINT (3 4),2018-05-28 09:03:40",
+        "",
+        "expected 5 fields",
+    ),
+    (
+        "Prague,POINT EMPTY,POINT (3 4),2018-05-28 09:03:40,x",
+        "origin_coord",
+        "POINT EMPTY",
+    ),
+    (
+        "Prague,POINT (1 2 3),POINT (3 4),2018-05-28 09:03:40,x",
+        "origin_coord",
+        "exactly 2 coordinates",
+    ),
+    (
+        "Prague,POINT (1 2),POINT (NaN 4),2018-05-28 09:03:40,x",
+        "destination_coord",
+        "not a finite number",
+    ),
+    (
+        "Prague,POINT (1 2),POINT (inf 4),2018-05-28 09:03:40,x",
+        "destination_coord",
+        "not a finite number",
+    ),
+    (
+        "Prague,POINT (181 2),POINT (3 4),2018-05-28 09:03:40,x",
+        "origin_coord",
+        "longitude 181",
+    ),
+    (
+        "Prague,POINT (1 91),POINT (3 4),2018-05-28 09:03:40,x",
+        "origin_coord",
+        "latitude 91",
+    ),
+    (
+        "Prague,LINESTRING (1 2),POINT (3 4),2018-05-28 09:03:40,x",
+        "origin_coord",
+        "expected a WKT point",
+    ),
+    (
+        "Prague,POINT (1 2),POINT (3 4),2018-02-30 09:03:40,x",
+        "datetime",
+        "not a real calendar date",
+    ),
+    (
+        "Prague,POINT (1 2),POINT (3 4),28/05/2018 09:03,x",
+        "datetime",
+        "expected a datetime",
+    ),
+    (
+        "  ,POINT (1 2),POINT (3 4),2018-05-28 09:03:40,x",
+        "region",
+        "empty",
+    ),
+    (
+        "Prague,POINT (1 2),POINT (3 4),2018-05-28 09:03:40,",
+        "datasource",
+        "empty",
+    ),
+    (
+        "Pra\"g\"ue,POINT (1 2),POINT (3 4),2018-05-28 09:03:40,x",
+        "",
+        "inside an unquoted field",
+    ),
 ];
 
 const GOOD: &str = "Turin,POINT (7.6 45.0),POINT (7.7 45.1),2018-05-21 02:54:04,baba_car";
@@ -134,18 +236,29 @@ fn every_bad_row_is_rejected_with_line_column_and_reason() {
     let out = tripload(&w, &db, &["load", "landing", "--max-rejects", "100"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert_eq!(db.trips() as usize, 2 * BAD_ROWS.len());
-    let mut rdr = csv::Reader::from_path(w.path("processed/dirty.csv.rejects.csv")).expect("rejects file");
-    assert_eq!(rdr.headers().unwrap(), vec!["file", "line", "column", "reason", "raw"]);
+    let mut rdr =
+        csv::Reader::from_path(w.path("processed/dirty.csv.rejects.csv")).expect("rejects file");
+    assert_eq!(
+        rdr.headers().unwrap(),
+        vec!["file", "line", "column", "reason", "raw"]
+    );
     let rejects: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
     assert_eq!(rejects.len(), BAD_ROWS.len());
     for ((rec, (raw, column, reason)), line) in rejects.iter().zip(BAD_ROWS).zip(&lines) {
         assert!(rec[0].ends_with("dirty.csv"));
         assert_eq!(rec[1].parse::<usize>().unwrap(), *line, "line of {raw}");
         assert_eq!(&rec[2], *column, "column of {raw}");
-        assert!(rec[3].contains(reason), "reason {:?} should mention {reason:?}", &rec[3]);
+        assert!(
+            rec[3].contains(reason),
+            "reason {:?} should mention {reason:?}",
+            &rec[3]
+        );
         assert_eq!(&rec[4], *raw);
     }
-    assert_eq!(db.count("SELECT rows_rejected FROM load_files"), BAD_ROWS.len() as i64);
+    assert_eq!(
+        db.count("SELECT rows_rejected FROM load_files"),
+        BAD_ROWS.len() as i64
+    );
 }
 
 #[test]
@@ -155,13 +268,22 @@ fn strict_mode_rolls_back_and_moves_to_failed() {
     let (content, lines) = dirty_file();
     w.land("dirty.csv", content.as_bytes());
     let out = tripload(&w, &db, &["load", "landing"]);
-    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert_eq!(db.trips(), 0, "nothing from a failed file stays");
     assert_eq!(db.count("SELECT count(*) FROM load_files"), 0);
     assert!(w.exists("failed/dirty.csv"));
     assert!(!w.exists("landing/dirty.csv"));
     let why = w.read("failed/dirty.csv.error.txt");
-    assert!(why.contains(&format!("line {}", lines[0])) && why.contains("--max-rejects"), "{why}");
+    assert!(
+        why.contains(&format!("line {}", lines[0])) && why.contains("--max-rejects"),
+        "{why}"
+    );
     assert!(w.exists("failed/dirty.csv.rejects.csv"));
 }
 
@@ -200,19 +322,33 @@ fn same_content_twice_loads_once() {
 fn file_level_failures_fail_that_file_only() {
     let db = fresh_db();
     let w = Work::new();
-    w.land("1-missing-column.csv", b"region,origin_coord,destination_coord,datasource\nx,POINT (1 2),POINT (1 2),y\n");
+    w.land(
+        "1-missing-column.csv",
+        b"region,origin_coord,destination_coord,datasource\nx,POINT (1 2),POINT (1 2),y\n",
+    );
     w.land("2-empty.csv", b"");
     w.land("3-good.csv", &sample());
     w.land("4-header-only.csv", format!("{HEADER}\n").as_bytes());
     w.land("5-copying.csv.part", b"garbage");
     let out = tripload(&w, &db, &["load", "landing"]);
-    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert_eq!(db.trips(), 100);
-    assert!(w.read("failed/1-missing-column.csv.error.txt").contains("missing required column(s): datetime"));
+    assert!(w
+        .read("failed/1-missing-column.csv.error.txt")
+        .contains("missing required column(s): datetime"));
     assert!(w.read("failed/2-empty.csv.error.txt").contains("empty"));
     assert!(w.exists("processed/3-good.csv"));
     assert!(w.exists("processed/4-header-only.csv"));
-    assert!(w.exists("landing/5-copying.csv.part"), "partial files are not touched");
+    assert!(
+        w.exists("landing/5-copying.csv.part"),
+        "partial files are not touched"
+    );
 }
 
 #[test]
@@ -236,11 +372,23 @@ fn unreachable_database_moves_nothing() {
 fn usage_errors_exit_2() {
     let w = Work::new();
     let db = fresh_db();
-    assert_eq!(tripload(&w, &db, &["load", "--jobs", "0"]).status.code(), Some(2));
-    assert_eq!(tripload(&w, &db, &["load", "--bogus"]).status.code(), Some(2));
-    assert_eq!(tripload(&w, &db, &["load", "does-not-exist"]).status.code(), Some(2));
+    assert_eq!(
+        tripload(&w, &db, &["load", "--jobs", "0"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        tripload(&w, &db, &["load", "--bogus"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        tripload(&w, &db, &["load", "does-not-exist"]).status.code(),
+        Some(2)
+    );
     let help = stdout(&tripload(&w, &db, &["load", "--help"]));
-    assert!(help.contains("Exit codes") && help.contains("--max-rejects"), "{help}");
+    assert!(
+        help.contains("Exit codes") && help.contains("--max-rejects"),
+        "{help}"
+    );
 }
 
 /// Integer checksums that SQL and Rust compute identically (floor of an IEEE product).
@@ -252,8 +400,15 @@ fn file_checksum(bytes: &[u8]) -> (i64, i64, i64) {
         let (ox, oy) = coords(&r[1]);
         let (dx, dy) = coords(&r[2]);
         n += 1;
-        c += (ox * 1e7).floor() as i64 + (oy * 1e7).floor() as i64 + (dx * 1e7).floor() as i64 + (dy * 1e7).floor() as i64;
-        t += chrono::NaiveDateTime::parse_from_str(&r[3], "%Y-%m-%d %H:%M:%S").unwrap().and_utc().timestamp() % 100_000;
+        c += (ox * 1e7).floor() as i64
+            + (oy * 1e7).floor() as i64
+            + (dx * 1e7).floor() as i64
+            + (dy * 1e7).floor() as i64;
+        t += chrono::NaiveDateTime::parse_from_str(&r[3], "%Y-%m-%d %H:%M:%S")
+            .unwrap()
+            .and_utc()
+            .timestamp()
+            % 100_000;
     }
     (n, c, t)
 }
@@ -299,19 +454,29 @@ fn killed_during_copy_then_rerun_leaves_exactly_one_copy() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "COPY never started");
-        assert!(child.try_wait().unwrap().is_none(), "load finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "load finished before it could be killed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     // The server notices the dead client and rolls back.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while db.count(&format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'COPY trips%'", db.name)) > 0 {
+    while db.count(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'COPY trips%'",
+        db.name
+    )) > 0
+    {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(db.trips(), 0);
-    assert!(w.exists("landing/big.csv"), "a killed load leaves the file in landing");
+    assert!(
+        w.exists("landing/big.csv"),
+        "a killed load leaves the file in landing"
+    );
     let out = tripload(&w, &db, &["load", "landing"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(db.trips(), 1_500_000);
@@ -323,11 +488,17 @@ fn several_files_load_concurrently_with_jobs() {
     let db = fresh_db();
     let w = Work::new();
     for i in 0..4 {
-        w.land(&format!("f{i}.csv"), &tripload::gen::trips_csv(20_000, 100 + i));
+        w.land(
+            &format!("f{i}.csv"),
+            &tripload::gen::trips_csv(20_000, 100 + i),
+        );
     }
     let out = tripload(&w, &db, &["load", "landing", "--jobs", "4"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(db.trips(), 80_000);
     assert_eq!(db.count("SELECT count(DISTINCT file_id) FROM trips"), 4);
-    assert_eq!(db.count("SELECT count(*) FROM regions"), tripload::gen::REGIONS.len() as i64);
+    assert_eq!(
+        db.count("SELECT count(*) FROM regions"),
+        tripload::gen::REGIONS.len() as i64
+    );
 }

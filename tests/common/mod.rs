@@ -40,11 +40,14 @@ fn cluster() -> &'static Cluster {
             .tempdir()
             .expect("tempdir")
             .keep();
-        let emb = Embedded::start_ephemeral(&dir).unwrap_or_else(|e| panic!("start test cluster: {e}"));
+        let emb =
+            Embedded::start_ephemeral(&dir).unwrap_or_else(|e| panic!("start test cluster: {e}"));
         let admin = emb.conninfo("postgres");
         block_on(async {
             let c = client(&admin).await;
-            c.batch_execute("CREATE DATABASE tpl").await.expect("create template db");
+            c.batch_execute("CREATE DATABASE tpl")
+                .await
+                .expect("create template db");
         });
         block_on(async {
             let c = client(&emb.conninfo("tpl")).await;
@@ -64,7 +67,11 @@ pub struct TestDb {
 
 pub fn fresh_db() -> TestDb {
     let cl = cluster();
-    let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
     block_on(async {
         let c = client(&cl.emb.conninfo("postgres")).await;
         c.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE tpl"))
@@ -82,7 +89,9 @@ impl TestDb {
     pub fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
         block_on(async {
             let c = client(&self.conninfo).await;
-            c.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+            c.query(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
         })
     }
 
@@ -145,7 +154,8 @@ pub fn stderr(o: &Output) -> String {
 }
 
 pub fn sample() -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/trips-sample.csv")).expect("sample")
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/trips-sample.csv"))
+        .expect("sample")
 }
 
 pub const HEADER: &str = "region,origin_coord,destination_coord,datetime,datasource";

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# End-to-end comparison, side by side in one run on one machine and server:
+#   tripload load            (this project)
+#   psql \copy (FORMAT csv)  (the reference solution's approach: CSV into a
+#                             table with natural columns, WKT parsed by the server)
+#   server COPY FROM a pre-encoded binary file of the same rows into the same
+#                             `trips` table (the ceiling: no client at all)
+# Runs alternate, each repeated REPEATS times; prints medians and ratios, and
+# the client's peak RSS. Usage: benches/compare.sh [ROWS] [REPEATS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-2000000}
+REPEATS=${2:-3}
+OUT=bench-out
+mkdir -p "$OUT"
+chmod 755 "$OUT"
+scripts/setup.sh
+cargo build --release --quiet
+TL="$PWD/target/release/tripload"
+export TRIPLOAD_PG_DIR="$PWD/$OUT/pg"
+unset DATABASE_URL
+URL=$("$TL" db url)
+"$TL" db migrate >/dev/null
+calc() { awk "BEGIN { print $* }"; }
+psql_() { psql "$URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
+
+CSV="$OUT/trips-$ROWS.csv"
+[ -f "$CSV" ] || "$TL" gen --rows "$ROWS" --seed 1 --out "$CSV"
+BYTES=$(stat -c %s "$CSV")
+# The server reads the binary file itself, as its own user.
+SHARED=/tmp/tripload-bench; mkdir -p "$SHARED"; chmod 777 "$SHARED"
+BIN="$SHARED/trips-$ROWS.bin"
+
+psql_ -c "CREATE TABLE IF NOT EXISTS trips_natural (region text, origin geometry(Point,4326), destination geometry(Point,4326), datetime timestamptz, datasource text)"
+
+reset_db() { psql_ -c "TRUNCATE trips, load_files, trips_natural" -c "CHECKPOINT"; }
+
+declare -A T RSS
+run_tripload() {
+  reset_db
+  mkdir -p "$OUT/landing"; cp "$CSV" "$OUT/landing/in.csv"
+  local s e; s=$(date +%s.%N)
+  /usr/bin/time -f %M -o "$OUT/rss" "$TL" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" >/dev/null
+  e=$(date +%s.%N); rm -rf "$OUT/processed"
+  [ "$(psql_ -c 'SELECT count(*) FROM trips')" = "$ROWS" ] || { echo "tripload loaded a wrong row count" >&2; exit 1; }
+  T[tripload]+="$(calc "$e - $s") "; RSS[tripload]=$(cat "$OUT/rss")
+}
+run_psql_copy() {
+  reset_db
+  local s e; s=$(date +%s.%N)
+  /usr/bin/time -f %M -o "$OUT/rss" psql "$URL" -v ON_ERROR_STOP=1 -q -c "\\copy trips_natural (region, origin, destination, datetime, datasource) FROM '$CSV' (FORMAT csv, HEADER true)"
+  e=$(date +%s.%N)
+  [ "$(psql_ -c 'SELECT count(*) FROM trips_natural')" = "$ROWS" ] || { echo "psql copy loaded a wrong row count" >&2; exit 1; }
+  T[psql_copy]+="$(calc "$e - $s") "; RSS[psql_copy]=$(cat "$OUT/rss")
+}
+run_ceiling() {
+  reset_db
+  local s e; s=$(date +%s.%N)
+  psql_ -c "COPY trips (region_id, datasource_id, origin, destination, datetime, file_id) FROM '$BIN' (FORMAT binary)"
+  e=$(date +%s.%N)
+  T[server_binary_copy]+="$(calc "$e - $s") "; RSS[server_binary_copy]=0
+}
+
+# The ceiling's input: exactly the rows tripload encodes, exported by the server.
+if [ ! -f "$BIN" ]; then
+  run_tripload; T[tripload]=""
+  psql_ -c "COPY (SELECT region_id, datasource_id, origin, destination, datetime, file_id FROM trips) TO '$BIN' (FORMAT binary)"
+fi
+
+for i in $(seq "$REPEATS"); do
+  run_tripload; run_psql_copy; run_ceiling
+  echo "round $i: tripload ${T[tripload]##* } psql ${T[psql_copy]} ceiling ${T[server_binary_copy]}" | tr -s ' ' >&2
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+TL_MED=$(echo "${T[tripload]}" | median)
+{
+echo "## End-to-end load, $ROWS rows ($(( BYTES / 1048576 )) MiB), median of $REPEATS alternating runs"
+echo
+echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM; $(psql_ -c 'SELECT version()' | cut -d, -f1); PostGIS $(psql_ -c 'SELECT postgis_lib_version()'); TimescaleDB: $(psql_ -c "SELECT coalesce((SELECT extversion FROM pg_extension WHERE extname='timescaledb'), 'absent (plain table + BRIN)')")"
+echo
+echo "| method | median s | rows/s | MB/s | time vs tripload | client peak RSS |"
+echo "|---|---:|---:|---:|---:|---:|"
+for k in tripload psql_copy server_binary_copy; do
+  m=$(echo "${T[$k]}" | median)
+  printf "| %s | %.2f | %.0f | %.0f | %.2fx | %s |\n" "$k" "$m" "$(calc "$ROWS / $m")" "$(calc "$BYTES / 1000000 / $m")" "$(calc "$m / $TL_MED")" \
+    "$( [ "${RSS[$k]}" = 0 ] && echo "n/a (server)" || echo "$(( ${RSS[$k]} / 1024 )) MiB")"
+done
+} | tee "$OUT/compare-$ROWS.md"
