@@ -495,11 +495,20 @@ fn resolve_layout(dir: &Path, mode: Mode) -> Result<Layout, EmbeddedError> {
             ),
             None => "it was created there earlier".to_owned(),
         };
-        tracing::warn!(
-            "the embedded PostgreSQL cluster for {} lives in {} because {reason}",
-            requested.display(),
-            fallback.display(),
-        );
+        // Say it loudly once, when the cluster is created there; quietly after.
+        if is_cluster(&fallback) {
+            tracing::info!(
+                "the embedded PostgreSQL cluster for {} lives in {} because {reason}",
+                requested.display(),
+                fallback.display(),
+            );
+        } else {
+            tracing::warn!(
+                "the embedded PostgreSQL cluster for {} will live in {} because {reason}",
+                requested.display(),
+                fallback.display(),
+            );
+        }
         fallback
     } else {
         requested

@@ -502,3 +502,36 @@ fn several_files_load_concurrently_with_jobs() {
         tripload::gen::REGIONS.len() as i64
     );
 }
+
+#[test]
+fn a_file_changed_while_loading_is_rolled_back() {
+    let db = fresh_db();
+    let w = Work::new();
+    let path = w.land("growing.csv", &tripload::gen::trips_csv(1_500_000, 8));
+    let child = tripload_cmd(&w, &db, &["load", "landing", "--quiet"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while db.count(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'COPY trips%'",
+        db.name
+    )) == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "COPY never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A writer appends to the file mid-load.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(f, "{GOOD}").unwrap();
+    drop(f);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(db.trips(), 0);
+    assert!(w
+        .read("failed/growing.csv.error.txt")
+        .contains("changed while it was being loaded"));
+}
