@@ -102,6 +102,10 @@ pub struct LoadArgs {
     /// TimescaleDB chunk interval, used when the hypertable is first created.
     #[arg(long, env = "TRIPLOAD_CHUNK_INTERVAL", default_value = "7 days")]
     pub chunk_interval: String,
+    /// Parser threads (default: all cores when the database is remote, one
+    /// core fewer when it runs on this machine, leaving a core to its COPY).
+    #[arg(long, env = "TRIPLOAD_THREADS")]
+    pub threads: Option<usize>,
     /// No progress output; only the summary table and errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -170,8 +174,8 @@ async fn run(cli: Cli) -> u8 {
     let target = cli.db.target();
     match cli.command {
         Command::Load(a) => {
-            if a.jobs == 0 {
-                eprintln!("error: --jobs must be at least 1");
+            if a.jobs == 0 || a.threads == Some(0) {
+                eprintln!("error: --jobs and --threads must be at least 1");
                 return EXIT_SETUP;
             }
             let cfg = LoadConfig {
@@ -183,6 +187,7 @@ async fn run(cli: Cli) -> u8 {
                 processed_dir: a.processed_dir,
                 failed_dir: a.failed_dir,
                 chunk_interval: a.chunk_interval,
+                threads: a.threads,
                 quiet: a.quiet,
             };
             match crate::load::run(cfg).await {

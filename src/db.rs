@@ -110,6 +110,20 @@ pub fn describe(conninfo: &str) -> String {
     )
 }
 
+/// True when the server runs on this machine (unix socket or loopback), so
+/// it competes with the parser threads for the same cores.
+pub fn is_local(conninfo: &str) -> bool {
+    let Ok(cfg) = conninfo.parse::<tokio_postgres::Config>() else {
+        return false;
+    };
+    cfg.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(s) => {
+            matches!(s.as_str(), "localhost" | "127.0.0.1" | "::1")
+        }
+    })
+}
+
 /// Connects and drives the connection on the runtime.
 pub async fn connect(conninfo: &str) -> Result<Client, DbError> {
     let cfg: tokio_postgres::Config = conninfo

@@ -22,6 +22,7 @@ pub struct LoadConfig {
     pub processed_dir: Option<PathBuf>,
     pub failed_dir: Option<PathBuf>,
     pub chunk_interval: String,
+    pub threads: Option<usize>,
     pub quiet: bool,
 }
 
@@ -110,6 +111,19 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         return Ok(Vec::new());
     }
     let (conninfo, client) = prepare(&cfg.target, &cfg.chunk_interval).await?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let threads = cfg.threads.unwrap_or(if db::is_local(&conninfo) {
+        cores.saturating_sub(1).max(1)
+    } else {
+        cores
+    });
+    // Only the first build in a process takes effect (tests may call run twice).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    tracing::info!("{} parser thread(s)", rayon::current_num_threads());
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
     let ctx = Arc::new(LoadContext {
         conninfo,
