@@ -509,6 +509,8 @@ fn a_file_changed_while_loading_is_rolled_back() {
     let w = Work::new();
     let path = w.land("growing.csv", &tripload::gen::trips_csv(1_500_000, 8));
     let child = tripload_cmd(&w, &db, &["load", "landing", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
