@@ -27,11 +27,16 @@ pub fn free_path(dir: &Path, name: &str) -> PathBuf {
 /// Moves `file` into `dir` (created if needed); across filesystems it copies,
 /// syncs, then removes the original. Returns the new path.
 pub fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
     let name = file
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("unnamed");
+    move_into_as(file, dir, name)
+}
+
+/// Like [`move_into`], under another name (a claimed file gets its own back).
+pub fn move_into_as(file: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
     let dest = free_path(dir, name);
     match std::fs::rename(file, &dest) {
         Ok(()) => Ok(dest),
@@ -57,14 +62,10 @@ pub struct RejectWriter {
 
 impl RejectWriter {
     /// `work_dir` holds the file until it is placed beside the archived input.
-    pub fn new(work_dir: &Path, input: &Path) -> Self {
-        let name = input
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("unnamed");
+    pub fn new(work_dir: &Path, name: &str) -> Self {
         RejectWriter {
             tmp_path: work_dir.join(format!(".{name}.{}.rejects.tmp", std::process::id())),
-            file_label: input.display().to_string(),
+            file_label: name.to_string(),
             out: None,
             count: 0,
         }

@@ -69,11 +69,41 @@ pub enum Command {
     /// --processed-dir/--failed-dir say otherwise.
     #[command(after_help = EXIT_CODES)]
     Load(LoadArgs),
+    /// Watch the landing directory and load files as they arrive (inotify; no polling).
+    ///
+    /// Writers should copy to a temporary name (*.part, *.tmp or a dotfile) and
+    /// rename into the directory: such files are taken at once. Files written in
+    /// place are taken once their size and mtime stay unchanged for
+    /// --quiet-period seconds. Several watchers may share a directory: each file
+    /// is claimed by an atomic rename into processing/. SIGINT/SIGTERM: stop
+    /// taking files, finish those in flight, exit 0; a second signal returns
+    /// them to landing (their transactions roll back) and exits at once.
+    #[command(after_help = EXIT_CODES)]
+    Watch(WatchArgs),
     /// Manage the database: migrate the schema, start/stop the embedded server.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Show how ingestion goes: the latest state of recent files, or with
+    /// --follow every event live (LISTEN/NOTIFY on channel `tripload_events`).
+    Status(StatusArgs),
     /// Generate a realistic synthetic trip CSV (for tests and benchmarks).
     Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Keep printing events as they happen until Ctrl-C.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// One JSON object per line (the event payload schema, see README).
+    #[arg(long)]
+    pub json: bool,
+    /// Recent files (or, with --follow, past events) to show first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+    /// With --follow: exit after this many new events (for scripts and tests).
+    #[arg(long, requires = "follow")]
+    pub max_events: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +112,27 @@ pub struct LoadArgs {
     /// *.part, *.tmp and dotfiles).
     #[arg(default_value = "data/landing")]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub opts: LoadOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The landing directory to watch; processing/, processed/ and failed/ are
+    /// created beside it.
+    #[arg(default_value = "data/landing")]
+    pub landing: PathBuf,
+    /// Seconds a file written in place must keep its size and mtime before it
+    /// is taken (files renamed into the directory are taken at once).
+    #[arg(long, env = "TRIPLOAD_QUIET_PERIOD", default_value_t = 2.0)]
+    pub quiet_period: f64,
+    #[command(flatten)]
+    pub opts: LoadOptions,
+}
+
+/// Options shared by `load` and `watch`.
+#[derive(Debug, Args)]
+pub struct LoadOptions {
     /// Files loaded at the same time, each on its own connection and transaction.
     #[arg(long, short = 'j', env = "TRIPLOAD_JOBS", default_value_t = 2)]
     pub jobs: usize,
@@ -173,14 +224,48 @@ fn init_tracing() {
 async fn run(cli: Cli) -> u8 {
     let target = cli.db.target();
     match cli.command {
-        Command::Load(a) => {
+        Command::Watch(w) => {
+            let a = w.opts;
+            if a.jobs == 0
+                || a.threads == Some(0)
+                || !w.quiet_period.is_finite()
+                || w.quiet_period < 0.0
+            {
+                eprintln!(
+                    "error: --jobs and --threads must be at least 1, --quiet-period not negative"
+                );
+                return EXIT_SETUP;
+            }
+            let cfg = crate::watch::WatchConfig {
+                target,
+                landing: w.landing,
+                jobs: a.jobs,
+                quiet_period: std::time::Duration::from_secs_f64(w.quiet_period),
+                max_rejects: a.max_rejects,
+                chunk_bytes: (a.chunk_mib as usize) << 20,
+                processed_dir: a.processed_dir,
+                failed_dir: a.failed_dir,
+                chunk_interval: a.chunk_interval,
+                threads: a.threads,
+                quiet: a.quiet,
+            };
+            match crate::watch::run(cfg).await {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_SETUP
+                }
+            }
+        }
+        Command::Load(l) => {
+            let a = l.opts;
             if a.jobs == 0 || a.threads == Some(0) {
                 eprintln!("error: --jobs and --threads must be at least 1");
                 return EXIT_SETUP;
             }
             let cfg = LoadConfig {
                 target,
-                paths: a.paths,
+                paths: l.paths,
                 jobs: a.jobs,
                 max_rejects: a.max_rejects,
                 chunk_bytes: (a.chunk_mib as usize) << 20,
@@ -217,6 +302,24 @@ async fn run(cli: Cli) -> u8 {
                 EXIT_SETUP
             }
         },
+        Command::Status(s) => {
+            let result = async {
+                let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
+                if s.follow {
+                    crate::status::follow(&conninfo, s.limit, s.json, s.max_events).await
+                } else {
+                    crate::status::show(&conninfo, s.limit, s.json).await
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_SETUP
+                }
+            }
+        }
         Command::Gen(g) => {
             let result = if g.out.as_os_str() == "-" {
                 crate::gen::write_trips(std::io::stdout().lock(), g.rows, g.seed)

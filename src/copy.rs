@@ -7,6 +7,7 @@ use crate::chunk::Chunker;
 use crate::db::{self, DbError};
 use crate::dims::{DimError, Dims};
 use crate::encode::{encode_chunk, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
+use crate::events::{Event, Kind, Publisher};
 use crate::ledger;
 use crate::map::{self, Mapped};
 use crate::ordered;
@@ -29,6 +30,7 @@ pub struct LoadContext {
     pub processed_dir: Option<PathBuf>,
     pub failed_dir: Option<PathBuf>,
     pub loaded_by: String,
+    pub events: Publisher,
 }
 
 impl LoadContext {
@@ -111,10 +113,20 @@ struct Failure {
 }
 
 /// Loads one file end to end and says how it went; never panics on input.
-pub async fn load_file(ctx: &LoadContext, path: &Path, progress: &Arc<FileProgress>) -> FileReport {
+/// `name` is the file's own name (a claimed file sits under another one); it
+/// names the archived file, the ledger row and the events.
+pub async fn load_file(
+    ctx: &LoadContext,
+    path: &Path,
+    name: &str,
+    progress: &Arc<FileProgress>,
+) -> FileReport {
     let start = Instant::now();
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let result = load_in_transaction(ctx, path, progress, start).await;
+    let mut ev = Event::new(Kind::Started, name);
+    ev.size_bytes = Some(size);
+    ctx.events.publish(ev);
+    let result = load_in_transaction(ctx, path, name, progress, start).await;
     progress.finish();
     let seconds = start.elapsed().as_secs_f64();
     let mut report = FileReport {
@@ -131,7 +143,7 @@ pub async fn load_file(ctx: &LoadContext, path: &Path, progress: &Arc<FileProgre
         Ok(c) => {
             report.rows_loaded = c.rows;
             report.rows_rejected = c.rejected;
-            match archive::move_into(path, &ctx.processed_dir_for(path)) {
+            match archive::move_into_as(path, &ctx.processed_dir_for(path), name) {
                 Ok(dest) => {
                     report.rejects_file = c.rejects.place_beside(&dest).unwrap_or_else(|e| {
                         tracing::error!(
@@ -161,7 +173,7 @@ pub async fn load_file(ctx: &LoadContext, path: &Path, progress: &Arc<FileProgre
                 file_name: prev.file_name,
                 committed_at: prev.committed_at,
             };
-            if let Ok(dest) = archive::move_into(path, &ctx.processed_dir_for(path)) {
+            if let Ok(dest) = archive::move_into_as(path, &ctx.processed_dir_for(path), name) {
                 report.now_at = Some(dest);
             }
         }
@@ -174,7 +186,7 @@ pub async fn load_file(ctx: &LoadContext, path: &Path, progress: &Arc<FileProgre
             report.status = Status::Failed {
                 reason: reason.clone(),
             };
-            match archive::move_into(path, &ctx.failed_dir_for(path)) {
+            match archive::move_into_as(path, &ctx.failed_dir_for(path), name) {
                 Ok(dest) => {
                     let text = format!(
                         "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
@@ -204,12 +216,39 @@ pub async fn load_file(ctx: &LoadContext, path: &Path, progress: &Arc<FileProgre
             report.status = Status::Error { reason };
         }
     }
+    ctx.events.publish(final_event(&report, name));
     report
+}
+
+/// The event that tells how a file ended.
+pub fn final_event(r: &FileReport, name: &str) -> Event {
+    let kind = match r.status {
+        Status::Loaded => Kind::Committed,
+        Status::AlreadyLoaded { .. } => Kind::Skipped,
+        Status::Failed { .. } | Status::Error { .. } => Kind::Failed,
+    };
+    let mut e = Event::new(kind, name);
+    e.size_bytes = Some(r.size);
+    e.rows = Some(r.rows_loaded);
+    e.rows_rejected = Some(r.rows_rejected);
+    e.seconds = Some(r.seconds);
+    e.reason = match &r.status {
+        Status::Failed { reason } | Status::Error { reason } => Some(reason.clone()),
+        Status::AlreadyLoaded {
+            file_name,
+            committed_at,
+        } => Some(format!(
+            "same content as {file_name}, committed {committed_at}"
+        )),
+        Status::Loaded => None,
+    };
+    e
 }
 
 async fn load_in_transaction(
     ctx: &LoadContext,
     path: &Path,
+    name: &str,
     progress: &Arc<FileProgress>,
     start: Instant,
 ) -> Result<Committed, Failure> {
@@ -255,11 +294,7 @@ async fn load_in_transaction(
         .transaction()
         .await
         .map_err(|e| fail(classify(e, "starting the transaction")))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let Some(file_id) = ledger::claim(&tx, &hash, &name, before.size, &ctx.loaded_by)
+    let Some(file_id) = ledger::claim(&tx, &hash, name, before.size, &ctx.loaded_by)
         .await
         .map_err(|e| fail(e.into()))?
     else {
@@ -292,9 +327,9 @@ async fn load_in_transaction(
         let header = Arc::clone(&header);
         let dims = Arc::clone(&ctx.dims);
         let progress = Arc::clone(progress);
-        let rejects = RejectWriter::new(&ctx.processed_dir_for(path), path);
+        let rejects = RejectWriter::new(&ctx.processed_dir_for(path), name);
         let (max_rejects, chunk_bytes, depth) = (ctx.max_rejects, ctx.chunk_bytes, ctx.depth);
-        let label = path.display().to_string();
+        let label = name.to_string();
         tokio::task::spawn_blocking(move || {
             encode_stage(EncodeStage {
                 mapped,

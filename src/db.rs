@@ -170,6 +170,12 @@ const CORE: Migration = Migration {
     name: "core",
     sql: include_str!("../sql/001_core.sql"),
 };
+/// Plain SQL migrations applied after the time layout, in order.
+const LATER: &[Migration] = &[Migration {
+    version: 3,
+    name: "ingestion events",
+    sql: include_str!("../sql/003_events.sql"),
+}];
 const LAYOUT_TIMESCALE: &str = include_str!("../sql/002_time_layout_timescaledb.sql");
 const LAYOUT_PLAIN: &str = include_str!("../sql/002_time_layout_plain.sql");
 
@@ -263,6 +269,18 @@ pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLa
         .map_err(query_err("recording migration 2"))?;
         layout
     };
+    for m in LATER.iter().filter(|m| !applied.contains(&m.version)) {
+        tx.batch_execute(m.sql).await.map_err(query_err(format!(
+            "applying migration {} ({})",
+            m.version, m.name
+        )))?;
+        tx.execute(
+            "INSERT INTO tripload_schema (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .map_err(query_err(format!("recording migration {}", m.version)))?;
+    }
     tx.commit()
         .await
         .map_err(query_err("committing migrations"))?;

@@ -33,6 +33,25 @@ pub enum SetupError {
     Discover(#[from] crate::discover::DiscoverError),
     #[error(transparent)]
     Db(#[from] db::DbError),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Sizes the rayon pool once per process (see `--threads`).
+pub fn set_threads(threads: Option<usize>, conninfo: &str) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let threads = threads.unwrap_or(if db::is_local(conninfo) {
+        cores.saturating_sub(1).max(1)
+    } else {
+        cores
+    });
+    // Only the first build in a process takes effect.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    tracing::info!("{} parser thread(s)", rayon::current_num_threads());
 }
 
 /// Connects, migrates, and returns the connection string.
@@ -111,20 +130,9 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         return Ok(Vec::new());
     }
     let (conninfo, client) = prepare(&cfg.target, &cfg.chunk_interval).await?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let threads = cfg.threads.unwrap_or(if db::is_local(&conninfo) {
-        cores.saturating_sub(1).max(1)
-    } else {
-        cores
-    });
-    // Only the first build in a process takes effect (tests may call run twice).
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
-    tracing::info!("{} parser thread(s)", rayon::current_num_threads());
+    set_threads(cfg.threads, &conninfo);
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
+    let (events, events_task) = crate::events::Publisher::spawn(db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
         conninfo,
         dims,
@@ -139,6 +147,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
             std::process::id(),
             hostname()
         ),
+        events,
     });
     let reports = futures_util::stream::iter(files)
         .map(|path| {
@@ -150,8 +159,8 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let fp = Arc::new(progress.file(&name, size));
-                let report = load_file(&ctx, &path, &fp).await;
+                let fp = Arc::new(progress.file(&name, size).with_events(ctx.events.clone()));
+                let report = load_file(&ctx, &path, &name, &fp).await;
                 progress.line(&one_line(&report));
                 report
             }
@@ -159,10 +168,13 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         .buffered(cfg.jobs.max(1))
         .collect::<Vec<_>>()
         .await;
+    // Let the last events reach the store before the process ends.
+    drop(ctx);
+    let _ = events_task.await;
     Ok(reports)
 }
 
-fn one_line(r: &FileReport) -> String {
+pub fn one_line(r: &FileReport) -> String {
     use crate::report::Status;
     let name = r.path.display();
     match &r.status {
@@ -181,7 +193,7 @@ fn one_line(r: &FileReport) -> String {
     }
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into())

@@ -99,6 +99,8 @@ impl Progress {
             rows: AtomicU64::new(0),
             start: Instant::now(),
             last_log: Mutex::new(Instant::now()),
+            events: crate::events::Publisher::disabled(),
+            last_event: Mutex::new(Instant::now()),
         }
     }
 }
@@ -113,14 +115,44 @@ pub struct FileProgress {
     rows: AtomicU64,
     start: Instant,
     last_log: Mutex<Instant>,
+    events: crate::events::Publisher,
+    last_event: Mutex<Instant>,
 }
 
 const LOG_EVERY: Duration = Duration::from_secs(5);
+/// How often a load publishes a `progress` event: 2 s, or
+/// `TRIPLOAD_PROGRESS_EVERY_MS`.
+fn event_every() -> Duration {
+    static EVERY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        std::env::var("TRIPLOAD_PROGRESS_EVERY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(2))
+    })
+}
 
 impl FileProgress {
+    /// Also publish `progress` events for this file.
+    pub fn with_events(mut self, events: crate::events::Publisher) -> Self {
+        self.events = events;
+        self
+    }
+
     pub fn advance(&self, bytes: u64, rows: u64) {
         let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let r = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        if let Ok(mut last) = self.last_event.lock() {
+            if last.elapsed() >= event_every() {
+                *last = Instant::now();
+                let mut e = crate::events::Event::new(crate::events::Kind::Progress, &self.name);
+                e.size_bytes = Some(self.size);
+                e.bytes_done = Some(b);
+                e.rows = Some(r);
+                self.events.publish(e);
+            }
+        }
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
         if let Some(bar) = &self.bar {
             bar.set_position(b);

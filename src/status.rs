@@ -1,0 +1,165 @@
+//! `tripload status`: the state of recent files, and with `--follow` the live
+//! event stream (LISTEN on the events channel; no polling), after catching up
+//! from the event table.
+
+use crate::db::{self, query_err, DbError};
+use crate::events::{Event, CHANNEL};
+use futures_util::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// One line for a person.
+pub fn human(e: &Event) -> String {
+    let mut s = format!("{}  {:<9}  {}", e.at, e.event.as_str(), e.file);
+    let mut parts = Vec::new();
+    if let (Some(done), Some(size)) = (e.bytes_done, e.size_bytes) {
+        parts.push(format!("{:.0}%", 100.0 * done as f64 / size.max(1) as f64));
+    } else if let Some(size) = e.size_bytes {
+        parts.push(format!("{size} bytes"));
+    }
+    if let Some(r) = e.rows {
+        parts.push(format!("{r} rows"));
+    }
+    if let Some(r) = e.rows_rejected {
+        parts.push(format!("{r} rejected"));
+    }
+    if let Some(t) = e.seconds {
+        parts.push(format!("{t:.2} s"));
+    }
+    if let Some(r) = &e.reason {
+        parts.push(r.clone());
+    }
+    if !parts.is_empty() {
+        s.push_str("  ");
+        s.push_str(&parts.join(", "));
+    }
+    s
+}
+
+fn print(e: &Event, json: bool) {
+    if json {
+        if let Ok(s) = serde_json::to_string(e) {
+            println!("{s}");
+        }
+    } else {
+        println!("{}", human(e));
+    }
+}
+
+/// Prints the latest state of the `limit` most recently active files.
+pub async fn show(conninfo: &str, limit: i64, json: bool) -> Result<(), DbError> {
+    let client = db::connect(conninfo).await?;
+    let rows = client
+        .query(
+            "SELECT payload FROM (
+                 SELECT DISTINCT ON (file_name) id, (payload || jsonb_build_object('id', id))::text AS payload
+                 FROM ingestion_events ORDER BY file_name, id DESC) latest
+             ORDER BY id DESC LIMIT $1",
+            &[&limit],
+        )
+        .await
+        .map_err(query_err("reading recent events"))?;
+    if rows.is_empty() && !json {
+        println!("no ingestion events yet");
+    }
+    for r in rows.iter().rev() {
+        if let Ok(e) = serde_json::from_str::<Event>(r.get::<_, &str>(0)) {
+            print(&e, json);
+        }
+    }
+    let totals = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(rows_loaded), 0)::bigint, coalesce(sum(rows_rejected), 0)::bigint FROM load_files",
+            &[],
+        )
+        .await
+        .map_err(query_err("reading the ledger"))?;
+    if !json {
+        println!(
+            "ledger: {} files committed, {} rows loaded, {} rows rejected",
+            totals.get::<_, i64>(0),
+            totals.get::<_, i64>(1),
+            totals.get::<_, i64>(2)
+        );
+    }
+    Ok(())
+}
+
+/// Prints the last `catch_up` events, then every new one as it happens,
+/// until Ctrl-C / SIGTERM (or `max_events` events when given, for scripts).
+pub async fn follow(
+    conninfo: &str,
+    catch_up: i64,
+    json: bool,
+    max_events: Option<u64>,
+) -> Result<(), DbError> {
+    let cfg: tokio_postgres::Config = conninfo
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
+    let (client, mut connection) = cfg.connect(NoTls).await.map_err(|e| DbError::Connect {
+        target: db::describe(conninfo),
+        reason: e.to_string(),
+        hint: "is the server running? check DATABASE_URL".into(),
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("event subscription lost: {e}");
+                    break;
+                }
+            }
+        }
+    });
+    // Subscribe first, then catch up: nothing falls between the two.
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(query_err("subscribing to events"))?;
+    let rows = client
+        .query(
+            "SELECT (payload || jsonb_build_object('id', id))::text FROM ingestion_events ORDER BY id DESC LIMIT $1",
+            &[&catch_up],
+        )
+        .await
+        .map_err(query_err("reading recent events"))?;
+    let mut last_id = client
+        .query_one("SELECT coalesce(max(id), 0) FROM ingestion_events", &[])
+        .await
+        .map_err(query_err("reading recent events"))?
+        .get::<_, i64>(0);
+    let mut printed = 0u64;
+    for r in rows.iter().rev() {
+        if let Ok(e) = serde_json::from_str::<Event>(r.get::<_, &str>(0)) {
+            print(&e, json);
+        }
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        let payload = tokio::select! {
+            p = rx.recv() => match p { Some(p) => p, None => break },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => break,
+        };
+        let Ok(e) = serde_json::from_str::<Event>(&payload) else {
+            continue;
+        };
+        if e.id.unwrap_or(i64::MAX) <= last_id {
+            continue;
+        }
+        last_id = e.id.unwrap_or(last_id);
+        print(&e, json);
+        printed += 1;
+        if max_events.is_some_and(|m| printed >= m) {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! `tripload watch`: load files as they land, without polling for them.
+//!
+//! Discovery is by filesystem notifications (inotify) plus one scan at start.
+//! A file is taken only when complete: a name that was renamed into the
+//! landing directory is ready at once (writers copy to `*.part`/dotfiles, then
+//! rename); any other file must keep its size and mtime for the quiet period.
+//! A ready file is claimed by an atomic rename into `processing/` under a name
+//! carrying this host and pid, so several watchers (here or on other machines
+//! sharing the directory) never take the same file; claims of dead processes
+//! on this host are released at start. Each claimed file goes through the
+//! same one-transaction load as `tripload load`.
+
+use crate::copy::{load_file, LoadContext};
+use crate::db::{self, Target};
+use crate::discover::is_ignored;
+use crate::events::{Event, Kind, Publisher};
+use crate::load::{database_dims, hostname, prepare, SetupError};
+use crate::map::{identity, Identity};
+use crate::report::{FileReport, Progress, Status};
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub target: Target,
+    pub landing: PathBuf,
+    pub jobs: usize,
+    pub quiet_period: Duration,
+    pub max_rejects: u64,
+    pub chunk_bytes: usize,
+    pub processed_dir: Option<PathBuf>,
+    pub failed_dir: Option<PathBuf>,
+    pub chunk_interval: String,
+    pub threads: Option<usize>,
+    pub quiet: bool,
+}
+
+const CLAIM_SEP: &str = "~";
+
+/// `processing/<host>~<pid>~<name>`.
+fn claim_name(name: &str) -> String {
+    format!(
+        "{}{CLAIM_SEP}{}{CLAIM_SEP}{name}",
+        hostname(),
+        std::process::id()
+    )
+}
+
+/// (host, pid, original name) of a claimed file name.
+fn parse_claim(claimed: &str) -> Option<(&str, u32, &str)> {
+    let mut it = claimed.splitn(3, CLAIM_SEP);
+    let host = it.next()?;
+    let pid = it.next()?.parse().ok()?;
+    Some((host, pid, it.next()?))
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Moves claims left by dead processes of this host back to landing.
+fn release_stale(processing: &Path, landing: &Path, events: &Publisher) {
+    let Ok(rd) = std::fs::read_dir(processing) else {
+        return;
+    };
+    let host = hostname();
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((h, pid, orig)) = parse_claim(&name) else {
+            continue;
+        };
+        if h == host && !alive(pid) {
+            match crate::archive::move_into_as(&e.path(), landing, orig) {
+                Ok(_) => {
+                    let mut ev = Event::new(Kind::Released, orig);
+                    ev.reason = Some(format!("claimed by process {pid}, which is gone"));
+                    events.publish(ev);
+                    tracing::warn!("released {orig}: its loader (pid {pid}) died");
+                }
+                Err(err) => tracing::error!("cannot release {}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
+/// Runs until SIGINT/SIGTERM. A first signal stops claiming and lets the files
+/// in flight finish; a second returns them to landing and exits at once (the
+/// database rolls back their open transactions).
+pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
+    let landing = cfg.landing.clone();
+    std::fs::create_dir_all(&landing).map_err(|e| {
+        SetupError::Io(format!(
+            "cannot create the landing directory {}: {e}",
+            landing.display()
+        ))
+    })?;
+    let landing = landing.canonicalize().unwrap_or(landing);
+    let base = landing.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let processing = base.join("processing");
+    std::fs::create_dir_all(&processing)
+        .map_err(|e| SetupError::Io(format!("cannot create {}: {e}", processing.display())))?;
+
+    let (conninfo, client) = prepare(&cfg.target, &cfg.chunk_interval).await?;
+    crate::load::set_threads(cfg.threads, &conninfo);
+    let dims = Arc::new(database_dims(&client, &conninfo).await?);
+    let (events, _events_task) = Publisher::spawn(db::connect(&conninfo).await?);
+    let ctx = Arc::new(LoadContext {
+        conninfo: conninfo.clone(),
+        dims,
+        max_rejects: cfg.max_rejects,
+        chunk_bytes: cfg.chunk_bytes,
+        depth: (rayon::current_num_threads() * 2).max(4),
+        processed_dir: Some(
+            cfg.processed_dir
+                .clone()
+                .unwrap_or_else(|| base.join("processed")),
+        ),
+        failed_dir: Some(
+            cfg.failed_dir
+                .clone()
+                .unwrap_or_else(|| base.join("failed")),
+        ),
+        loaded_by: format!(
+            "tripload watch pid {} on {}",
+            std::process::id(),
+            hostname()
+        ),
+        events: events.clone(),
+    });
+    let progress = Arc::new(Progress::new(cfg.quiet));
+    release_stale(&processing, &landing, &events);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(move |res| {
+        let _ = tx.send(res);
+    })
+    .map_err(|e| SetupError::Io(format!("cannot watch {}: {e}", landing.display())))?;
+    watcher
+        .watch(&landing, RecursiveMode::NonRecursive)
+        .map_err(|e| SetupError::Io(format!("cannot watch {}: {e}", landing.display())))?;
+    progress.line(&format!(
+        "watching {} (quiet period {:?}, {} job(s)); Ctrl-C to stop",
+        landing.display(),
+        cfg.quiet_period,
+        cfg.jobs
+    ));
+
+    let mut pending: HashMap<PathBuf, (Option<Identity>, Instant)> = HashMap::new();
+    let mut ready: VecDeque<PathBuf> = VecDeque::new();
+    let now = Instant::now();
+    if let Ok(files) = crate::discover::discover(std::slice::from_ref(&landing)) {
+        for f in files {
+            pending.insert(f.clone(), (identity(&f).ok(), now));
+        }
+    }
+    let in_flight_paths: Arc<Mutex<HashSet<(PathBuf, String)>>> = Default::default();
+    let mut in_flight: JoinSet<(PathBuf, String, FileReport)> = JoinSet::new();
+    let mut backoff = Duration::ZERO;
+    let mut paused_until = Instant::now();
+    let mut stopping = false;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| SetupError::Io(format!("cannot handle SIGTERM: {e}")))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| SetupError::Io(format!("cannot handle SIGINT: {e}")))?;
+
+    loop {
+        // Claim what is ready, up to --jobs at a time.
+        while !stopping && in_flight.len() < cfg.jobs && Instant::now() >= paused_until {
+            let Some(path) = ready.pop_front() else { break };
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let claimed = processing.join(claim_name(&name));
+            if std::fs::rename(&path, &claimed).is_err() {
+                continue; // another watcher took it, or it is gone
+            }
+            let mut ev = Event::new(Kind::Claimed, &name);
+            ev.size_bytes = std::fs::metadata(&claimed).map(|m| m.len()).ok();
+            events.publish(ev);
+            if let Ok(mut s) = in_flight_paths.lock() {
+                s.insert((claimed.clone(), name.clone()));
+            }
+            let (ctx, progress) = (Arc::clone(&ctx), Arc::clone(&progress));
+            in_flight.spawn(async move {
+                let size = std::fs::metadata(&claimed).map(|m| m.len()).unwrap_or(0);
+                let fp = Arc::new(progress.file(&name, size).with_events(ctx.events.clone()));
+                let report = load_file(&ctx, &claimed, &name, &fp).await;
+                (claimed, name, report)
+            });
+        }
+        if stopping && in_flight.is_empty() {
+            break;
+        }
+        let next_check = pending
+            .values()
+            .map(|(_, seen)| *seen + cfg.quiet_period)
+            .chain((Instant::now() < paused_until && !ready.is_empty()).then_some(paused_until))
+            .min();
+        tokio::select! {
+            Some(res) = rx.recv() => match res {
+                Ok(ev) => {
+                    let renamed_in = matches!(
+                        ev.kind,
+                        EventKind::Modify(notify::event::ModifyKind::Name(
+                            notify::event::RenameMode::To | notify::event::RenameMode::Both
+                        ))
+                    );
+                    for p in ev.paths {
+                        if p.parent() != Some(landing.as_path()) || is_ignored(&p) || !p.is_file() {
+                            continue;
+                        }
+                        if renamed_in {
+                            pending.remove(&p);
+                            if !ready.contains(&p) {
+                                ready.push_back(p);
+                            }
+                        } else if !ready.contains(&p) {
+                            pending.insert(p.clone(), (identity(&p).ok(), Instant::now()));
+                        }
+                    }
+                }
+                Err(e) => tracing::error!("watch error: {e}"),
+            },
+            _ = async {
+                match next_check {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = Instant::now();
+                let due: Vec<PathBuf> = pending
+                    .iter()
+                    .filter(|(_, (_, seen))| *seen + cfg.quiet_period <= now)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in due {
+                    let before = pending.remove(&p).and_then(|(id, _)| id);
+                    match identity(&p) {
+                        Err(_) => {} // gone
+                        Ok(id) if Some(id) == before => ready.push_back(p),
+                        Ok(id) => {
+                            pending.insert(p, (Some(id), now));
+                        }
+                    }
+                }
+            },
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let Ok((claimed, name, report)) = done else { continue };
+                if let Ok(mut s) = in_flight_paths.lock() {
+                    s.remove(&(claimed.clone(), name.clone()));
+                }
+                progress.line(&crate::load::one_line(&report));
+                if let Status::Error { reason } = &report.status {
+                    // Not the file's fault: put it back and pause claiming.
+                    if let Ok(back) = crate::archive::move_into_as(&claimed, &landing, &name) {
+                        let mut ev = Event::new(Kind::Released, &name);
+                        ev.reason = Some(reason.clone());
+                        events.publish(ev);
+                        ready.push_back(back);
+                    }
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    paused_until = Instant::now() + backoff;
+                    tracing::warn!("database problem; retrying {name} in {backoff:?}: {reason}");
+                } else {
+                    backoff = Duration::ZERO;
+                }
+            },
+            _ = term.recv() => stopping = signal(stopping, &in_flight_paths, &landing),
+            _ = int.recv() => stopping = signal(stopping, &in_flight_paths, &landing),
+        }
+    }
+    drop(watcher);
+    progress.line("watcher stopped");
+    Ok(())
+}
+
+/// First signal: stop claiming. Second: return claimed files and exit now.
+fn signal(stopping: bool, in_flight: &Mutex<HashSet<(PathBuf, String)>>, landing: &Path) -> bool {
+    if !stopping {
+        eprintln!("stopping: no new files are taken; waiting for the files in flight (signal again to abort them)");
+        return true;
+    }
+    if let Ok(set) = in_flight.lock() {
+        for (claimed, name) in set.iter() {
+            let _ = crate::archive::move_into_as(claimed, landing, name);
+        }
+    }
+    eprintln!("aborted: files in flight were rolled back and returned to the landing directory");
+    std::process::exit(0)
+}

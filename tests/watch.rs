@@ -1,0 +1,239 @@
+//! Watch mode and push events end to end: the real binary watching a real
+//! directory, a real database, `status --follow` as a real subscriber.
+
+mod common;
+use common::*;
+use std::io::{BufRead, Write};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+fn watcher(w: &Work, db: &TestDb, extra: &[&str]) -> Child {
+    let mut args = vec!["watch", "landing", "--quiet-period", "0.7", "--quiet"];
+    args.extend_from_slice(extra);
+    tripload_cmd(w, db, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start watcher")
+}
+
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "watcher did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn processed(w: &Work) -> usize {
+    std::fs::read_dir(w.path("processed"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn slow_writer_and_renamed_part_file_each_load_once_and_complete() {
+    let db = fresh_db();
+    let w = Work::new();
+    let child = watcher(&w, &db, &[]);
+    // Written in place, in pieces, with pauses shorter than the quiet period.
+    let content = tripload::gen::trips_csv(20_000, 1);
+    let mut f = std::fs::File::create(w.path("landing/slow.csv")).unwrap();
+    for piece in content.chunks(content.len() / 5 + 1) {
+        f.write_all(piece).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(f);
+    // The atomic-rename convention: written as .part, renamed into place.
+    std::fs::write(
+        w.path("landing/fast.csv.part"),
+        tripload::gen::trips_csv(10_000, 2),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        w.exists("landing/fast.csv.part"),
+        "a .part file is never taken"
+    );
+    std::fs::rename(w.path("landing/fast.csv.part"), w.path("landing/fast.csv")).unwrap();
+    wait_for("both files", 60, || processed(&w) == 2);
+    assert!(stop(child).success());
+    assert_eq!(db.trips(), 30_000);
+    assert_eq!(db.count("SELECT count(*) FROM load_files"), 2);
+    assert_eq!(
+        db.count("SELECT rows_loaded FROM load_files WHERE file_name = 'slow.csv'"),
+        20_000
+    );
+    assert!(!w.exists("failed"));
+}
+
+#[test]
+fn two_watchers_on_one_directory_load_every_file_exactly_once() {
+    let db = fresh_db();
+    let w = Work::new();
+    let a = watcher(&w, &db, &["--jobs", "2"]);
+    let b = watcher(&w, &db, &["--jobs", "2"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..8u64 {
+        let tmp = w.path(&format!("landing/.f{i}.csv"));
+        std::fs::write(&tmp, tripload::gen::trips_csv(5_000, 50 + i)).unwrap();
+        std::fs::rename(&tmp, w.path(&format!("landing/f{i}.csv"))).unwrap();
+    }
+    wait_for("all files", 90, || processed(&w) == 8);
+    assert!(stop(a).success());
+    assert!(stop(b).success());
+    assert_eq!(db.trips(), 40_000);
+    assert_eq!(db.count("SELECT count(*) FROM load_files"), 8);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT loaded_by) FROM load_files") >= 1,
+        true
+    );
+    assert!(!w.exists("failed"));
+    assert_eq!(std::fs::read_dir(w.path("processing")).unwrap().count(), 0);
+}
+
+#[test]
+fn sigterm_during_a_load_finishes_it_and_exits_0() {
+    let db = fresh_db();
+    let w = Work::new();
+    let child = watcher(&w, &db, &[]);
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(
+        w.path("landing/.big.csv"),
+        tripload::gen::trips_csv(1_500_000, 4),
+    )
+    .unwrap();
+    std::fs::rename(w.path("landing/.big.csv"), w.path("landing/big.csv")).unwrap();
+    let copying = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'COPY trips%'",
+        db.name
+    );
+    wait_for("COPY to start", 60, || db.count(&copying) > 0);
+    let status = stop(child);
+    assert!(status.success(), "{status:?}");
+    // Whole file or nothing, and the file is where its state says.
+    match db.trips() {
+        1_500_000 => assert!(w.exists("processed/big.csv")),
+        0 => assert!(w.exists("landing/big.csv")),
+        n => panic!("partial file in the database: {n} rows"),
+    }
+    assert_eq!(std::fs::read_dir(w.path("processing")).unwrap().count(), 0);
+}
+
+#[test]
+fn second_signal_aborts_returns_the_file_and_leaves_nothing() {
+    let db = fresh_db();
+    let w = Work::new();
+    let child = watcher(&w, &db, &["--threads", "1"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(
+        w.path("landing/.big.csv"),
+        tripload::gen::trips_csv(3_000_000, 6),
+    )
+    .unwrap();
+    std::fs::rename(w.path("landing/.big.csv"), w.path("landing/big.csv")).unwrap();
+    let copying = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'COPY trips%'",
+        db.name
+    );
+    wait_for("COPY to start", 60, || db.count(&copying) > 0);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(100));
+    let status = stop(child);
+    assert!(status.success());
+    wait_for("the server to roll back", 30, || db.count(&copying) == 0);
+    match db.trips() {
+        0 => assert!(
+            w.exists("landing/big.csv"),
+            "an aborted file goes back to landing"
+        ),
+        3_000_000 => {} // committed just before the abort: a rerun skips it as already loaded
+        n => panic!("partial file in the database: {n} rows"),
+    }
+}
+
+#[test]
+fn status_follow_receives_claimed_progress_committed_in_order() {
+    let db = fresh_db();
+    let w = Work::new();
+    // Migrate first so the follower has its table.
+    assert!(tripload(&w, &db, &["db", "migrate"]).status.success());
+    let mut follower = tripload_cmd(&w, &db, &["status", "--follow", "--json", "--limit", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let follow_out = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(follow_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let child = tripload_cmd(&w, &db, &["watch", "landing", "--quiet"])
+        .env("TRIPLOAD_PROGRESS_EVERY_MS", "50")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    std::fs::write(
+        w.path("landing/.e.csv"),
+        tripload::gen::trips_csv(400_000, 9),
+    )
+    .unwrap();
+    std::fs::rename(w.path("landing/.e.csv"), w.path("landing/e.csv")).unwrap();
+    let mut kinds = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !kinds.contains(&"committed".to_string()) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("events before the deadline");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["file"], "e.csv");
+        if v["event"] == "committed" {
+            assert_eq!(v["rows"], 400_000);
+            assert_eq!(v["rows_rejected"], 0);
+        }
+        kinds.push(v["event"].as_str().unwrap().to_string());
+    }
+    let _ = follower.kill();
+    assert!(stop(child).success());
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("claimed"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.get(1).map(String::as_str),
+        Some("started"),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "progress"), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("committed"));
+    // A late subscriber catches up from the event table.
+    let out = tripload(&w, &db, &["status", "--json"]);
+    assert!(
+        stdout(&out).contains("\"event\":\"committed\""),
+        "{}",
+        stdout(&out)
+    );
+}
