@@ -97,10 +97,6 @@ fn two_watchers_on_one_directory_load_every_file_exactly_once() {
     assert!(stop(b).success());
     assert_eq!(db.trips(), 40_000);
     assert_eq!(db.count("SELECT count(*) FROM load_files"), 8);
-    assert_eq!(
-        db.count("SELECT count(DISTINCT loaded_by) FROM load_files") >= 1,
-        true
-    );
     assert!(!w.exists("failed"));
     assert_eq!(std::fs::read_dir(w.path("processing")).unwrap().count(), 0);
 }
@@ -216,6 +212,7 @@ fn status_follow_receives_claimed_progress_committed_in_order() {
         kinds.push(v["event"].as_str().unwrap().to_string());
     }
     let _ = follower.kill();
+    let _ = follower.wait();
     assert!(stop(child).success());
     assert_eq!(
         kinds.first().map(String::as_str),
