@@ -3,5 +3,5 @@
 # real PostgreSQL+PostGIS cluster that the tests start themselves.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/setup.sh
+TRIPLOAD_SETUP_TESTS=1 scripts/setup.sh
 cargo test --release "$@"

@@ -22,6 +22,12 @@ if [ ! -f "/usr/share/postgresql/$major/extension/postgis.control" ]; then
   sudo_if_needed apt-get update -q
   sudo_if_needed apt-get install -y -q "postgresql-$major-postgis-3"
 fi
+# The mail tests talk to a real SMTP server (aiosmtpd), run by Debian's python3.
+if [ "${TRIPLOAD_SETUP_TESTS:-0}" = 1 ] && ! /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "setup: installing python3-aiosmtpd (SMTP server for the mail tests)" >&2
+  sudo_if_needed apt-get update -q
+  sudo_if_needed apt-get install -y -q python3-aiosmtpd
+fi
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found: install the Rust toolchain (https://rustup.rs)" >&2
   exit 1

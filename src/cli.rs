@@ -160,6 +160,42 @@ pub struct LoadOptions {
     /// No progress output; only the summary table and errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Email ingestion reports through this server: smtp://user:pass@host:port
+    /// (STARTTLS when offered) or smtps://user:pass@host:port. `load` sends one
+    /// report per run, `watch` one per file.
+    #[arg(long, env = "TRIPLOAD_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Report recipients (repeat the flag, or comma-separate).
+    #[arg(long, env = "TRIPLOAD_REPORT_TO", value_delimiter = ',')]
+    pub report_to: Vec<String>,
+    /// Report sender address.
+    #[arg(
+        long,
+        env = "TRIPLOAD_REPORT_FROM",
+        default_value = "tripload@localhost"
+    )]
+    pub report_from: String,
+}
+
+impl LoadOptions {
+    /// The checked mail configuration, if reports are to be mailed.
+    fn mail(&self) -> Result<Option<crate::mail::MailConfig>, String> {
+        let Some(url) = self.smtp_url.as_ref().filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        if self.report_to.is_empty() {
+            return Err(
+                "--smtp-url is set but --report-to is not: say who gets the reports".into(),
+            );
+        }
+        let cfg = crate::mail::MailConfig {
+            smtp_url: url.clone(),
+            to: self.report_to.clone(),
+            from: self.report_from.clone(),
+        };
+        cfg.check().map_err(|e| e.to_string())?;
+        Ok(Some(cfg))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,7 +272,15 @@ async fn run(cli: Cli) -> u8 {
                 );
                 return EXIT_SETUP;
             }
+            let mail = match a.mail() {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_SETUP;
+                }
+            };
             let cfg = crate::watch::WatchConfig {
+                mail,
                 target,
                 landing: w.landing,
                 jobs: a.jobs,
@@ -263,7 +307,15 @@ async fn run(cli: Cli) -> u8 {
                 eprintln!("error: --jobs and --threads must be at least 1");
                 return EXIT_SETUP;
             }
+            let mail = match a.mail() {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_SETUP;
+                }
+            };
             let cfg = LoadConfig {
+                mail,
                 target,
                 paths: l.paths,
                 jobs: a.jobs,

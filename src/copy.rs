@@ -130,7 +130,8 @@ pub async fn load_file(
     progress.finish();
     let seconds = start.elapsed().as_secs_f64();
     let mut report = FileReport {
-        path: path.to_path_buf(),
+        // Named as the user knows it, even while claimed under another name.
+        path: path.with_file_name(name),
         size,
         status: Status::Loaded,
         rows_loaded: 0,

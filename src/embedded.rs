@@ -189,10 +189,30 @@ impl Embedded {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let port = free_port()?;
+            // Keep the port of the last run when it is free, so connection
+            // strings handed out before a restart keep working.
+            let port_file = layout.data_dir.join(PORT_FILE);
+            let port = match std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u16>().ok())
+            {
+                // A socket lock left by a killed server would refuse the port.
+                Some(p)
+                    if attempt == 1
+                        && !layout
+                            .socket_dir
+                            .join(format!(".s.PGSQL.{p}.lock"))
+                            .exists()
+                        && TcpListener::bind(("127.0.0.1", p)).is_ok() =>
+                {
+                    p
+                }
+                _ => free_port()?,
+            };
             let log_start = file_len(&log_path);
             match pg_ctl_start(&bindir, &layout, port, &log_path) {
                 Ok(()) => {
+                    let _ = std::fs::write(&port_file, port.to_string());
                     let emb = layout.embedded(port);
                     wait_persistent_ready(&layout, &emb, &log_path)?;
                     tracing::info!(
@@ -950,6 +970,9 @@ fn server_settings(port: u16, socket_dir: &Path, mode: Mode) -> Vec<String> {
     }
     settings
 }
+
+/// The port of the last persistent start, reused when free.
+const PORT_FILE: &str = "tripload.port";
 
 /// Bind port 0 and release it; the small race until postgres binds it is
 /// covered by retrying on "Address already in use".

@@ -6,6 +6,7 @@
 //! a failing event store is logged and never blocks or fails a load.
 
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
 /// The NOTIFY channel.
@@ -96,6 +97,30 @@ impl Event {
 /// NOTIFY payloads are limited to 8000 bytes; reasons are cut well below.
 const MAX_REASON: usize = 2000;
 
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const MAX_BACKLOG: usize = 100_000;
+
+/// Cuts the reason to fit a NOTIFY payload and serializes the event.
+fn prepare(mut e: Event) -> Option<(Kind, String, String)> {
+    if let Some(r) = e.reason.as_mut() {
+        if r.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r.truncate(end);
+            r.push('…');
+        }
+    }
+    match serde_json::to_string(&e) {
+        Ok(p) => Some((e.event, e.file, p)),
+        Err(err) => {
+            tracing::warn!("cannot encode event: {err}");
+            None
+        }
+    }
+}
+
 /// Sends events to the store in order from a background task.
 #[derive(Clone)]
 pub struct Publisher {
@@ -110,41 +135,76 @@ impl Publisher {
 
     /// Starts the background sender; returns the publisher and the task to
     /// await (after dropping every publisher) so the last events are stored.
-    pub fn spawn(client: tokio_postgres::Client) -> (Publisher, tokio::task::JoinHandle<()>) {
+    /// After a lost connection it reconnects with `conninfo` on the next event.
+    pub fn spawn(
+        conninfo: String,
+        client: tokio_postgres::Client,
+    ) -> (Publisher, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let mut client = Some(client);
         let task = tokio::spawn(async move {
             let sql = format!(
                 "WITH e AS (INSERT INTO ingestion_events (kind, file_name, payload)
                             VALUES ($1, $2, $3::text::jsonb) RETURNING id, payload)
                  SELECT pg_notify('{CHANNEL}', (payload || jsonb_build_object('id', id))::text) FROM e"
             );
-            while let Some(mut e) = rx.recv().await {
-                if let Some(r) = e.reason.as_mut() {
-                    if r.len() > MAX_REASON {
-                        let mut end = MAX_REASON;
-                        while !r.is_char_boundary(end) {
-                            end -= 1;
+            // Events wait here while the database is away and go out in order
+            // when it returns (bounded: the oldest are dropped, with a warning).
+            let mut backlog: VecDeque<(Kind, String, String)> = VecDeque::new();
+            let mut open = true;
+            let mut final_tries = 0;
+            while open || !backlog.is_empty() {
+                tokio::select! {
+                    e = rx.recv(), if open => match e {
+                        Some(e) => {
+                            if let Some(item) = prepare(e) {
+                                backlog.push_back(item);
+                            }
                         }
-                        r.truncate(end);
-                        r.push('…');
+                        None => open = false,
+                    },
+                    _ = tokio::time::sleep(RETRY_EVERY), if !backlog.is_empty() => {}
+                }
+                if backlog.len() > MAX_BACKLOG {
+                    let n = backlog.len() - MAX_BACKLOG;
+                    backlog.drain(..n);
+                    tracing::warn!("dropped {n} undelivered events (database away too long)");
+                }
+                while let Some((kind, file, payload)) = backlog.front() {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = crate::db::connect(&conninfo).await.ok();
+                    }
+                    let sent = match client.as_ref() {
+                        Some(c) => c
+                            .execute(&sql, &[&kind.as_str(), file, payload])
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err("database unreachable".to_string()),
+                    };
+                    match sent {
+                        Ok(_) => {
+                            backlog.pop_front();
+                        }
+                        Err(err) => {
+                            tracing::warn!(
+                                "cannot publish {} event for {file} yet ({err}); {} waiting",
+                                kind.as_str(),
+                                backlog.len()
+                            );
+                            break;
+                        }
                     }
                 }
-                let payload = match serde_json::to_string(&e) {
-                    Ok(p) => p,
-                    Err(err) => {
-                        tracing::warn!("cannot encode event: {err}");
-                        continue;
+                if !open && !backlog.is_empty() {
+                    // The run is over: a few more tries, then say what is lost.
+                    final_tries += 1;
+                    if client.is_none() || final_tries > 3 {
+                        tracing::warn!(
+                            "{} events could not be stored in ingestion_events",
+                            backlog.len()
+                        );
+                        break;
                     }
-                };
-                if let Err(err) = client
-                    .execute(&sql, &[&e.event.as_str(), &e.file, &payload])
-                    .await
-                {
-                    tracing::warn!(
-                        "cannot publish {} event for {}: {err}",
-                        e.event.as_str(),
-                        e.file
-                    );
                 }
             }
         });

@@ -21,6 +21,7 @@ pub mod events;
 pub mod gen;
 pub mod ledger;
 pub mod load;
+pub mod mail;
 pub mod map;
 pub mod ordered;
 pub mod parse;

@@ -24,6 +24,7 @@ pub struct LoadConfig {
     pub chunk_interval: String,
     pub threads: Option<usize>,
     pub quiet: bool,
+    pub mail: Option<crate::mail::MailConfig>,
 }
 
 /// Errors that stop the run before any file is touched (exit code 2).
@@ -80,7 +81,8 @@ pub async fn database_dims(client: &Client, conninfo: &str) -> Result<Dims, db::
                 .map(|r| (dim, r.get::<_, String>(0), r.get::<_, i16>(1))),
         );
     }
-    let dim_client = Arc::new(db::connect(conninfo).await?);
+    let dim_client = std::sync::Mutex::new(Arc::new(db::connect(conninfo).await?));
+    let conninfo = conninfo.to_string();
     let handle = tokio::runtime::Handle::current();
     let resolver: Resolver = Box::new(move |dim, name| {
         let t = dim.table();
@@ -96,7 +98,18 @@ pub async fn database_dims(client: &Client, conninfo: &str) -> Result<Dims, db::
             reason,
         };
         for _ in 0..5 {
-            let c = Arc::clone(&dim_client);
+            let Ok(mut guard) = dim_client.lock() else {
+                return Err(err("dimension connection lock poisoned".into()));
+            };
+            if guard.is_closed() {
+                // The database went away and came back (a long-running watcher).
+                let fresh = handle
+                    .block_on(db::connect(&conninfo))
+                    .map_err(|e| err(e.to_string()))?;
+                *guard = Arc::new(fresh);
+            }
+            let c = Arc::clone(&guard);
+            drop(guard);
             let rows = handle
                 .block_on(async { c.query(&sql, &[&name]).await })
                 .map_err(|e| {
@@ -132,7 +145,8 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     let (conninfo, client) = prepare(&cfg.target, &cfg.chunk_interval).await?;
     set_threads(cfg.threads, &conninfo);
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
-    let (events, events_task) = crate::events::Publisher::spawn(db::connect(&conninfo).await?);
+    let (events, events_task) =
+        crate::events::Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
         conninfo,
         dims,
@@ -171,6 +185,9 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     // Let the last events reach the store before the process ends.
     drop(ctx);
     let _ = events_task.await;
+    if let Some(mail) = &cfg.mail {
+        crate::mail::deliver(mail, &reports).await;
+    }
     Ok(reports)
 }
 

@@ -38,6 +38,7 @@ pub struct WatchConfig {
     pub chunk_interval: String,
     pub threads: Option<usize>,
     pub quiet: bool,
+    pub mail: Option<crate::mail::MailConfig>,
 }
 
 const CLAIM_SEP: &str = "~";
@@ -110,7 +111,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     let (conninfo, client) = prepare(&cfg.target, &cfg.chunk_interval).await?;
     crate::load::set_threads(cfg.threads, &conninfo);
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
-    let (events, _events_task) = Publisher::spawn(db::connect(&conninfo).await?);
+    let (events, _events_task) = Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
         conninfo: conninfo.clone(),
         dims,
@@ -165,6 +166,8 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     let mut backoff = Duration::ZERO;
     let mut paused_until = Instant::now();
     let mut stopping = false;
+    // Reports go out in the background: a slow mail server never holds a file.
+    let mut mails: JoinSet<()> = JoinSet::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| SetupError::Io(format!("cannot handle SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -257,6 +260,14 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                     s.remove(&(claimed.clone(), name.clone()));
                 }
                 progress.line(&crate::load::one_line(&report));
+                if let Some(mail) = cfg.mail.clone() {
+                    if !matches!(report.status, Status::Error { .. }) {
+                        let r = report.clone();
+                        mails.spawn(async move {
+                            crate::mail::deliver(&mail, std::slice::from_ref(&r)).await;
+                        });
+                    }
+                }
                 if let Status::Error { reason } = &report.status {
                     // Not the file's fault: put it back and pause claiming.
                     if let Ok(back) = crate::archive::move_into_as(&claimed, &landing, &name) {
@@ -277,6 +288,11 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         }
     }
     drop(watcher);
+    // Give queued reports a bounded time to go out (they are on disk anyway).
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while mails.join_next().await.is_some() {}
+    })
+    .await;
     progress.line("watcher stopped");
     Ok(())
 }

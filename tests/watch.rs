@@ -234,3 +234,35 @@ fn status_follow_receives_claimed_progress_committed_in_order() {
         stdout(&out)
     );
 }
+
+#[test]
+fn a_claim_left_by_a_dead_watcher_is_released_and_loaded() {
+    let db = fresh_db();
+    let w = Work::new();
+    std::fs::create_dir(w.path("processing")).unwrap();
+    // A pid that is not running on this host.
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    std::fs::write(
+        w.path(&format!("processing/{host}~{dead}~orphan.csv")),
+        sample(),
+    )
+    .unwrap();
+    let child = watcher(&w, &db, &[]);
+    wait_for("the orphan to load", 60, || {
+        w.exists("processed/orphan.csv")
+    });
+    assert!(stop(child).success());
+    assert_eq!(db.trips(), 100);
+    assert_eq!(
+        db.count("SELECT count(*) FROM ingestion_events WHERE kind = 'released'"),
+        1
+    );
+}

@@ -1,0 +1,285 @@
+//! Emailed reports against a real SMTP server (Debian's python3-aiosmtpd,
+//! started by the test, storing mail in a Maildir), and a load that goes on
+//! when the mail server is down.
+
+mod common;
+use common::*;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Smtp {
+    child: Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_with_aiosmtpd() -> PathBuf {
+    for p in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(p)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("aiosmtpd is needed for the mail tests: apt-get install -y python3-aiosmtpd (./test.sh does it)");
+}
+
+fn smtp() -> Smtp {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let maildir = tempfile::tempdir().unwrap();
+    let child = Command::new(python_with_aiosmtpd())
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
+        .arg(maildir.path().join("box"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aiosmtpd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "aiosmtpd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Smtp {
+        child,
+        port,
+        maildir,
+    }
+}
+
+fn received(dir: &Path, n: usize) -> Vec<Vec<u8>> {
+    let new = dir.join("box").join("new");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&new)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if files.len() >= n {
+            files.sort();
+            return files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} mails, got {}",
+            files.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn parts(raw: &[u8]) -> (mailparse::ParsedMail<'_>, String, String) {
+    let m = mailparse::parse_mail(raw).unwrap();
+    let mut text = String::new();
+    let mut html = String::new();
+    for p in &m.subparts {
+        match p.ctype.mimetype.as_str() {
+            "text/plain" => text = p.get_body().unwrap().replace("\r\n", "\n"),
+            "text/html" => html = p.get_body().unwrap(),
+            _ => {}
+        }
+    }
+    (m, text, html)
+}
+
+#[test]
+fn load_mails_one_report_per_run_with_the_figures() {
+    let db = fresh_db();
+    let w = Work::new();
+    let server = smtp();
+    w.land("a-sample.csv", &sample());
+    let mut dirty = format!("{HEADER}\n").into_bytes();
+    dirty.extend_from_slice(
+        b"Turin,POINT (7.6 45.0),POINT (7.7 45.1),2018-05-21 02:54:04,baba_car\n",
+    );
+    dirty.extend_from_slice(
+        b"Turin,POINT (7.6 95.0),POINT (7.7 45.1),2018-05-21 02:54:04,baba_car\n",
+    );
+    w.land("b-dirty.csv", &dirty);
+    w.land("c-broken.csv", b"region,datetime\nx,y\n");
+    let url = format!("smtp://127.0.0.1:{}", server.port);
+    let out = tripload(
+        &w,
+        &db,
+        &[
+            "load",
+            "landing",
+            "--max-rejects",
+            "1",
+            "--smtp-url",
+            &url,
+            "--report-to",
+            "ops@example.com",
+            "--report-from",
+            "loader@example.com",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let mails = received(server.maildir.path(), 1);
+    assert_eq!(mails.len(), 1, "one report per run");
+    let (m, text, html) = parts(&mails[0]);
+    use mailparse::MailHeaderMap;
+    assert_eq!(
+        m.headers.get_first_value("Subject").unwrap(),
+        "[tripload] 2 files loaded, 1 failed, 1 rows rejected"
+    );
+    assert_eq!(
+        m.headers.get_first_value("From").unwrap(),
+        "loader@example.com"
+    );
+    assert_eq!(m.headers.get_first_value("To").unwrap(), "ops@example.com");
+    assert!(m.ctype.mimetype.starts_with("multipart/alternative"));
+    assert!(
+        text.contains(
+            "a-sample.csv\n  status:        loaded\n  rows loaded:   100\n  rows rejected: 0"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "b-dirty.csv\n  status:        loaded\n  rows loaded:   1\n  rows rejected: 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("line 3 [origin_coord]: latitude 95 is outside [-90, 90]"),
+        "{text}"
+    );
+    assert!(text.contains("b-dirty.csv.rejects.csv"), "{text}");
+    assert!(
+        text.contains("c-broken.csv\n  status:        FAILED: ")
+            && text.contains("missing required column(s)"),
+        "{text}"
+    );
+    assert!(
+        html.contains("<td>a-sample.csv</td><td>loaded</td><td>100</td><td>0</td>"),
+        "{html}"
+    );
+    assert!(html.contains("latitude 95"), "{html}");
+    // And on disk beside each archived file.
+    assert!(w
+        .read("processed/a-sample.csv.report.txt")
+        .contains("rows loaded:   100"));
+    assert!(w.read("failed/c-broken.csv.report.txt").contains("FAILED"));
+}
+
+#[test]
+fn smtp_down_does_not_fail_the_load() {
+    let db = fresh_db();
+    let w = Work::new();
+    w.land("a.csv", &sample());
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("smtp://user:pw@127.0.0.1:{port}");
+    let out = tripload(
+        &w,
+        &db,
+        &[
+            "load",
+            "landing",
+            "--smtp-url",
+            &url,
+            "--report-to",
+            "ops@example.com",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.trips(), 100);
+    assert!(
+        stderr(&out).contains("report email not sent"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("pw@"),
+        "credentials leaked: {}",
+        stderr(&out)
+    );
+    assert!(w
+        .read("processed/a.csv.report.txt")
+        .contains("rows loaded:   100"));
+}
+
+#[test]
+fn watch_mails_one_report_per_file() {
+    let db = fresh_db();
+    let w = Work::new();
+    let server = smtp();
+    let url = format!("smtp://127.0.0.1:{}", server.port);
+    let mut child = tripload_cmd(
+        &w,
+        &db,
+        &[
+            "watch",
+            "landing",
+            "--quiet",
+            "--smtp-url",
+            &url,
+            "--report-to",
+            "ops@example.com",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    for (name, seed) in [("w1.csv", 1), ("w2.csv", 2)] {
+        let tmp = w.path(&format!("landing/.{name}"));
+        std::fs::write(&tmp, tripload::gen::trips_csv(1000, seed)).unwrap();
+        std::fs::rename(&tmp, w.path(&format!("landing/{name}"))).unwrap();
+    }
+    let mails = received(server.maildir.path(), 2);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let mut subjects: Vec<String> = mails
+        .iter()
+        .map(|m| {
+            use mailparse::MailHeaderMap;
+            mailparse::parse_mail(m)
+                .unwrap()
+                .headers
+                .get_first_value("Subject")
+                .unwrap()
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        ["[tripload] 1 file loaded", "[tripload] 1 file loaded"]
+    );
+    let texts: String = mails.iter().map(|m| parts(m).1).collect();
+    assert!(
+        texts.contains("w1.csv\n  status:        loaded\n  rows loaded:   1000"),
+        "{texts}"
+    );
+    assert!(
+        texts.contains("w2.csv\n  status:        loaded\n  rows loaded:   1000"),
+        "{texts}"
+    );
+}
