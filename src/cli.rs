@@ -126,6 +126,10 @@ pub struct WatchArgs {
     /// is taken (files renamed into the directory are taken at once).
     #[arg(long, env = "TRIPLOAD_QUIET_PERIOD", default_value_t = 2.0)]
     pub quiet_period: f64,
+    /// Mail one digest of the files finished in each period of this many
+    /// seconds instead of one report per file (0: one per file).
+    #[arg(long, env = "TRIPLOAD_REPORT_EVERY", default_value_t = 0)]
+    pub report_every: u64,
     #[command(flatten)]
     pub opts: LoadOptions,
 }
@@ -281,6 +285,7 @@ async fn run(cli: Cli) -> u8 {
             };
             let cfg = crate::watch::WatchConfig {
                 mail,
+                report_every: std::time::Duration::from_secs(w.report_every),
                 target,
                 landing: w.landing,
                 jobs: a.jobs,

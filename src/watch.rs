@@ -39,6 +39,8 @@ pub struct WatchConfig {
     pub threads: Option<usize>,
     pub quiet: bool,
     pub mail: Option<crate::mail::MailConfig>,
+    /// Zero: a report per file; otherwise one digest per period.
+    pub report_every: Duration,
 }
 
 const CLAIM_SEP: &str = "~";
@@ -168,6 +170,8 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     let mut stopping = false;
     // Reports go out in the background: a slow mail server never holds a file.
     let mut mails: JoinSet<()> = JoinSet::new();
+    let mut digest: Vec<FileReport> = Vec::new();
+    let mut digest_due: Option<Instant> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| SetupError::Io(format!("cannot handle SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -262,10 +266,15 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                 progress.line(&crate::load::one_line(&report));
                 if let Some(mail) = cfg.mail.clone() {
                     if !matches!(report.status, Status::Error { .. }) {
-                        let r = report.clone();
-                        mails.spawn(async move {
-                            crate::mail::deliver(&mail, std::slice::from_ref(&r)).await;
-                        });
+                        if cfg.report_every.is_zero() {
+                            let r = report.clone();
+                            mails.spawn(async move {
+                                crate::mail::deliver(&mail, std::slice::from_ref(&r)).await;
+                            });
+                        } else {
+                            digest.push(report.clone());
+                            digest_due.get_or_insert(Instant::now() + cfg.report_every);
+                        }
                     }
                 }
                 if let Status::Error { reason } = &report.status {
@@ -283,11 +292,28 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                     backoff = Duration::ZERO;
                 }
             },
+            _ = async {
+                match digest_due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                digest_due = None;
+                if let Some(mail) = cfg.mail.clone() {
+                    let batch = std::mem::take(&mut digest);
+                    mails.spawn(async move { crate::mail::deliver(&mail, &batch).await; });
+                }
+            },
             _ = term.recv() => stopping = signal(stopping, &in_flight_paths, &landing),
             _ = int.recv() => stopping = signal(stopping, &in_flight_paths, &landing),
         }
     }
     drop(watcher);
+    if let (Some(mail), false) = (cfg.mail.clone(), digest.is_empty()) {
+        mails.spawn(async move {
+            crate::mail::deliver(&mail, &digest).await;
+        });
+    }
     // Give queued reports a bounded time to go out (they are on disk anyway).
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         while mails.join_next().await.is_some() {}

@@ -283,3 +283,51 @@ fn watch_mails_one_report_per_file() {
         "{texts}"
     );
 }
+
+#[test]
+fn watch_can_mail_a_digest_per_period() {
+    let db = fresh_db();
+    let w = Work::new();
+    let server = smtp();
+    let url = format!("smtp://127.0.0.1:{}", server.port);
+    let mut child = tripload_cmd(
+        &w,
+        &db,
+        &[
+            "watch",
+            "landing",
+            "--quiet",
+            "--smtp-url",
+            &url,
+            "--report-to",
+            "ops@example.com",
+            "--report-every",
+            "3",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    for (name, seed) in [("d1.csv", 1), ("d2.csv", 2), ("d3.csv", 3)] {
+        let tmp = w.path(&format!("landing/.{name}"));
+        std::fs::write(&tmp, tripload::gen::trips_csv(1000, seed)).unwrap();
+        std::fs::rename(&tmp, w.path(&format!("landing/{name}"))).unwrap();
+    }
+    let mails = received(server.maildir.path(), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        received(server.maildir.path(), 1).len(),
+        1,
+        "one digest, not one mail per file"
+    );
+    use mailparse::MailHeaderMap;
+    let m = mailparse::parse_mail(&mails[0]).unwrap();
+    assert_eq!(
+        m.headers.get_first_value("Subject").unwrap(),
+        "[tripload] 3 files loaded"
+    );
+}
