@@ -63,11 +63,11 @@ fn bench_encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse_validate_encode");
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("bytes", |b| {
-        b.iter(|| encode_chunk(black_box(body), &header, 1, &dims).map(|e| e.tuples.len()))
+        b.iter(|| encode_chunk(black_box(body), &header, 1, &dims, None).map(|e| e.tuples.len()))
     });
     g.throughput(Throughput::Elements(ROWS));
     g.bench_function("rows", |b| {
-        b.iter(|| encode_chunk(black_box(body), &header, 1, &dims).map(|e| e.rows))
+        b.iter(|| encode_chunk(black_box(body), &header, 1, &dims, None).map(|e| e.rows))
     });
     g.finish();
 }

@@ -86,8 +86,37 @@ pub enum Command {
     /// Show how ingestion goes: the latest state of recent files, or with
     /// --follow every event live (LISTEN/NOTIFY on channel `tripload_events`).
     Status(StatusArgs),
+    /// Per-week trip counts and the weekly average for a region or a bounding box.
+    ///
+    /// A trip is in the area when its origin (--by origin, default), its
+    /// destination, or both lie in it; box edges are inclusive. Weeks are ISO
+    /// weeks (Monday 00:00 UTC); the window defaults to the weeks that have data
+    /// in the dataset, and weeks without matching trips count as zero.
+    Weekly(WeeklyArgs),
     /// Generate a realistic synthetic trip CSV (for tests and benchmarks).
     Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("area").required(true).args(["region", "bbox"])))]
+pub struct WeeklyArgs {
+    /// Region name (the region column).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Bounding box MINLON,MINLAT,MAXLON,MAXLAT (WGS84, edges inclusive).
+    #[arg(long, value_parser = crate::weekly::parse_bbox, allow_hyphen_values = true)]
+    pub bbox: Option<[f64; 4]>,
+    /// Which end of the trip must lie in a bounding box.
+    #[arg(long, value_enum, default_value_t = crate::weekly::By::Origin)]
+    pub by: crate::weekly::By,
+    /// First day of the window (its week is included), YYYY-MM-DD.
+    #[arg(long)]
+    pub from: Option<chrono::NaiveDate>,
+    /// Last day of the window (its week is included), YYYY-MM-DD.
+    #[arg(long)]
+    pub to: Option<chrono::NaiveDate>,
+    #[arg(long, value_enum, default_value_t = crate::weekly::Format::Table)]
+    pub format: crate::weekly::Format,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +245,13 @@ pub enum DbCommand {
     Stop,
     /// Print the connection string of the database in use (for psql).
     Url,
+    /// Build indexes after loading: --spatial adds GiST indexes on origin and
+    /// destination for ad-hoc spatial SQL (they slow later loads: drop them
+    /// before a large load).
+    Index {
+        #[arg(long, required = true)]
+        spatial: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -377,6 +413,28 @@ async fn run(cli: Cli) -> u8 {
                 }
             }
         }
+        Command::Weekly(wk) => {
+            let area = match (wk.region, wk.bbox) {
+                (Some(r), _) => crate::weekly::Area::Region(r),
+                (None, Some(b)) => crate::weekly::Area::BBox(b),
+                (None, None) => return EXIT_SETUP,
+            };
+            let result = async {
+                let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
+                crate::weekly::weeks(&conninfo, &area, wk.by, wk.from, wk.to).await
+            }
+            .await;
+            match result {
+                Ok(weeks) => {
+                    print!("{}", crate::weekly::render(&area, wk.by, &weeks, wk.format));
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_SETUP
+                }
+            }
+        }
         Command::Gen(g) => {
             let result = if g.out.as_os_str() == "-" {
                 crate::gen::write_trips(std::io::stdout().lock(), g.rows, g.seed)
@@ -414,6 +472,22 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || crate::embedded::Embedded::stop(&dir))
                     .await??;
             println!("{}", if stopped { "stopped" } else { "not running" });
+        }
+        DbCommand::Index { .. } => {
+            let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
+            let client = crate::db::connect(&conninfo).await?;
+            let start = std::time::Instant::now();
+            client
+                .batch_execute(
+                    "CREATE INDEX IF NOT EXISTS trips_origin_gist ON trips USING gist (origin);
+                     CREATE INDEX IF NOT EXISTS trips_destination_gist ON trips USING gist (destination);
+                     ANALYZE trips;",
+                )
+                .await?;
+            println!(
+                "spatial indexes on trips(origin) and trips(destination) ready in {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
         }
         DbCommand::Url => {
             let conninfo = target.resolve().await?;

@@ -13,6 +13,7 @@ use crate::map::{self, Mapped};
 use crate::ordered;
 use crate::parse::{self, Header};
 use crate::report::{FileProgress, FileReport, Status};
+use crate::rollup::Rollup;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub struct LoadContext {
     pub failed_dir: Option<PathBuf>,
     pub loaded_by: String,
     pub events: Publisher,
+    /// Maintain the rollups (grid read from the database) in each file's transaction.
+    pub grid: Option<crate::rollup::Grid>,
 }
 
 impl LoadContext {
@@ -104,6 +107,56 @@ struct Committed {
     rows: u64,
     rejected: u64,
     rejects: RejectWriter,
+    rollup: Option<Rollup>,
+}
+
+async fn copy_text(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &str,
+    rows: String,
+) -> Result<(), Abort> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in::<_, Bytes>(&format!("COPY {target} FROM STDIN"))
+        .await
+        .map_err(|e| classify(e, "COPY rollups"))?;
+    let mut sink = Box::pin(sink);
+    sink.send(Bytes::from(rows))
+        .await
+        .map_err(|e| classify(e, "COPY rollups"))?;
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(|e| classify(e, "COPY rollups"))?;
+    Ok(())
+}
+
+/// Writes a file's rollups in its transaction (after its trips).
+async fn write_rollups(
+    tx: &tokio_postgres::Transaction<'_>,
+    file_id: i32,
+    r: Rollup,
+) -> Result<(), Abort> {
+    copy_text(
+        tx,
+        "rollup_region_week (file_id, region_id, week, trips)",
+        r.region_week_rows(file_id),
+    )
+    .await?;
+    copy_text(
+        tx,
+        "rollup_region_source (file_id, region_id, datasource_id, trips, last_at)",
+        r.region_source_rows(file_id),
+    )
+    .await?;
+    copy_text(
+        tx,
+        "rollup_cell_week (file_id, side, ix, iy, weeks, trips)",
+        r.cell_week_rows(file_id),
+    )
+    .await
 }
 
 struct Failure {
@@ -330,6 +383,7 @@ async fn load_in_transaction(
         let progress = Arc::clone(progress);
         let rejects = RejectWriter::new(&ctx.processed_dir_for(path), name);
         let (max_rejects, chunk_bytes, depth) = (ctx.max_rejects, ctx.chunk_bytes, ctx.depth);
+        let grid = ctx.grid;
         let label = name.to_string();
         tokio::task::spawn_blocking(move || {
             encode_stage(EncodeStage {
@@ -343,6 +397,7 @@ async fn load_in_transaction(
                 depth,
                 file_id,
                 label,
+                grid,
                 out: btx,
             })
         })
@@ -394,6 +449,11 @@ async fn load_in_transaction(
             return Err(fail_with(Abort::File(msg), done));
         }
     }
+    if let Some(r) = done.rollup.take() {
+        if let Err(abort) = write_rollups(&tx, file_id, r).await {
+            return Err(fail_with(abort, done));
+        }
+    }
     let seconds = start.elapsed().as_secs_f64();
     if let Err(e) = ledger::finish(&tx, file_id, done.rows, done.rejected, seconds).await {
         return Err(fail_with(e.into(), done));
@@ -416,6 +476,7 @@ struct EncodeStage {
     depth: usize,
     file_id: i32,
     label: String,
+    grid: Option<crate::rollup::Grid>,
     out: tokio::sync::mpsc::Sender<Bytes>,
 }
 
@@ -433,8 +494,10 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         depth,
         file_id,
         label,
+        grid,
         out,
     } = s;
+    let mut rollup = grid.map(|_| Rollup::default());
     let mut line_base = header.lines_before_data;
     let mut rows = 0u64;
     let mut abort: Option<Abort> = None;
@@ -442,7 +505,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         let mapped = Arc::clone(&mapped);
         let header = Arc::clone(&header);
         move |r: std::ops::Range<usize>| -> Result<crate::encode::Encoded, DimError> {
-            encode_chunk(&mapped.bytes()[r], &header, file_id, &*dims)
+            encode_chunk(&mapped.bytes()[r], &header, file_id, &*dims, grid.as_ref())
         }
     };
     let chunks = Chunker::new(mapped.bytes(), header.data_start, chunk_bytes);
@@ -469,6 +532,9 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
                 return false;
             }
         }
+        if let Some(r) = rollup.as_mut() {
+            r.merge(enc.rollup);
+        }
         line_base += enc.lines;
         rows += enc.rows;
         progress.advance(enc.bytes as u64, enc.rows);
@@ -490,6 +556,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
             rows,
             rejected,
             rejects,
+            rollup,
         }),
     }
 }

@@ -171,11 +171,35 @@ const CORE: Migration = Migration {
     sql: include_str!("../sql/001_core.sql"),
 };
 /// Plain SQL migrations applied after the time layout, in order.
-const LATER: &[Migration] = &[Migration {
-    version: 3,
-    name: "ingestion events",
-    sql: include_str!("../sql/003_events.sql"),
-}];
+const LATER: &[Migration] = &[
+    Migration {
+        version: 3,
+        name: "ingestion events",
+        sql: include_str!("../sql/003_events.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "rollups",
+        sql: include_str!("../sql/004_rollups.sql"),
+    },
+];
+/// Query functions: replaced on every migrate, so they follow the binary.
+const FUNCTIONS: &str = include_str!("../sql/005_queries.sql");
+
+/// The grid the rollups use (fixed when the schema was created).
+pub async fn grid(client: &Client) -> Result<crate::rollup::Grid, DbError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(tripload_setting('grid_deg'), 0.01), coalesce(tripload_setting('tod_bucket_seconds'), 3600)",
+            &[],
+        )
+        .await
+        .map_err(query_err("reading the grid settings"))?;
+    Ok(crate::rollup::Grid {
+        deg: row.get(0),
+        bucket_secs: row.get::<_, f64>(1) as i64,
+    })
+}
 const LAYOUT_TIMESCALE: &str = include_str!("../sql/002_time_layout_timescaledb.sql");
 const LAYOUT_PLAIN: &str = include_str!("../sql/002_time_layout_plain.sql");
 
@@ -281,6 +305,9 @@ pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLa
         .await
         .map_err(query_err(format!("recording migration {}", m.version)))?;
     }
+    tx.batch_execute(FUNCTIONS)
+        .await
+        .map_err(query_err("creating the query functions"))?;
     tx.commit()
         .await
         .map_err(query_err("committing migrations"))?;

@@ -82,6 +82,8 @@ pub struct Encoded {
     pub rejects: Vec<Reject>,
     /// Bytes of input the chunk covered.
     pub bytes: usize,
+    /// Aggregates of the chunk's trips (when rollups are maintained).
+    pub rollup: crate::rollup::Rollup,
 }
 
 /// Frames, validates and encodes every record of `chunk` (which starts and
@@ -92,6 +94,7 @@ pub fn encode_chunk(
     header: &Header,
     file_id: i32,
     dict: &dyn Dictionary,
+    grid: Option<&crate::rollup::Grid>,
 ) -> Result<Encoded, crate::dims::DimError> {
     let mut out = Encoded {
         tuples: Vec::with_capacity(chunk.len() / 100 * TUPLE_BYTES + TUPLE_BYTES),
@@ -132,6 +135,16 @@ pub fn encode_chunk(
                             t.datetime_us,
                             file_id,
                         );
+                        if let Some(g) = grid {
+                            out.rollup.add(
+                                g,
+                                r,
+                                d,
+                                (t.origin.x(), t.origin.y()),
+                                (t.destination.x(), t.destination.y()),
+                                t.datetime_us,
+                            );
+                        }
                         out.rows += 1;
                         None
                     }

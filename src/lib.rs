@@ -27,5 +27,7 @@ pub mod ordered;
 pub mod parse;
 pub mod record;
 pub mod report;
+pub mod rollup;
 pub mod status;
 pub mod watch;
+pub mod weekly;

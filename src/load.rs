@@ -162,6 +162,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
             hostname()
         ),
         events,
+        grid: Some(db::grid(&client).await?),
     });
     let reports = futures_util::stream::iter(files)
         .map(|path| {

@@ -136,6 +136,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
             hostname()
         ),
         events: events.clone(),
+        grid: Some(db::grid(&client).await?),
     });
     let progress = Arc::new(Progress::new(cfg.quiet));
     release_stale(&processing, &landing, &events);

@@ -117,12 +117,12 @@ proptest! {
         let buf = (lines.join("\n") + "\n").into_bytes();
         let header = parse_header(&buf).unwrap();
         let dims = Dims::in_memory();
-        let whole = encode_chunk(&buf[header.data_start..], &header, 1, &dims).unwrap();
+        let whole = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
         let mut tuples = Vec::new();
         let mut rejects = Vec::new();
         let mut line_base = 0;
         for r in chunk::split(&buf, header.data_start, target) {
-            let enc = encode_chunk(&buf[r], &header, 1, &dims).unwrap();
+            let enc = encode_chunk(&buf[r], &header, 1, &dims, None).unwrap();
             tuples.extend_from_slice(&enc.tuples);
             rejects.extend(enc.rejects.iter().map(|rj| (line_base + rj.line, rj.fault.clone())));
             line_base += enc.lines;
@@ -142,7 +142,7 @@ fn header_is_consumed_exactly_once() {
     let dims = Dims::in_memory();
     let rows: u64 = chunk::split(&buf, header.data_start, 1000)
         .into_iter()
-        .map(|r| encode_chunk(&buf[r], &header, 1, &dims).unwrap().rows)
+        .map(|r| encode_chunk(&buf[r], &header, 1, &dims, None).unwrap().rows)
         .sum();
     assert_eq!(rows, 5000);
 }

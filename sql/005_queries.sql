@@ -1,0 +1,120 @@
+-- Query functions over the rollups (CREATE OR REPLACE: re-applied on upgrade).
+--
+-- A trip is in an area when its origin (p_by = 'origin', the default), its
+-- destination ('destination') or both ('both') lie in it. A bounding box is
+-- min_lon, min_lat, max_lon, max_lat (WGS84), edges inclusive. Weeks are ISO
+-- weeks (Monday 00:00 UTC). The window defaults to the weeks that have data in
+-- the dataset; weeks without matching trips count as zero.
+
+-- The window [first Monday, last Monday], defaulting to the dataset's weeks.
+CREATE OR REPLACE FUNCTION trip_week_window(p_from date, p_to date, OUT first_week date, OUT last_week date)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(date_trunc('week', p_from)::date, (SELECT min(week) FROM rollup_region_week)),
+           coalesce(date_trunc('week', p_to)::date, (SELECT max(week) FROM rollup_region_week))
+$$;
+
+-- Trips per week for a region.
+CREATE OR REPLACE FUNCTION weekly_trips_region(p_region text, p_from date DEFAULT NULL, p_to date DEFAULT NULL)
+RETURNS TABLE (week date, trips bigint)
+LANGUAGE sql STABLE AS $$
+    WITH w AS (SELECT * FROM trip_week_window(p_from, p_to)),
+    weeks AS (SELECT generate_series(w.first_week, w.last_week, interval '1 week')::date AS week FROM w),
+    counts AS (
+        SELECT r.week, sum(r.trips)::bigint AS trips
+        FROM rollup_region_week r JOIN regions g ON g.id = r.region_id, w
+        WHERE g.name = p_region AND r.week BETWEEN w.first_week AND w.last_week
+        GROUP BY r.week
+    )
+    SELECT weeks.week, coalesce(counts.trips, 0)::bigint FROM weeks LEFT JOIN counts USING (week) ORDER BY 1
+$$;
+
+-- Trips per week for a bounding box. Cells wholly inside the box come from the
+-- cell/week rollup; trips in the cells the box's edge crosses (and, for
+-- p_by = 'both', all trips) are counted from the raw rows, exactly. The raw
+-- part uses a GiST index on trips when one exists (`tripload db index --spatial`).
+-- Rust and PostgreSQL compute a cell as floor(coordinate / grid_deg) with the
+-- same IEEE arithmetic, so each trip is counted in exactly one of the two parts.
+CREATE OR REPLACE FUNCTION weekly_trips_bbox(
+    min_lon double precision, min_lat double precision, max_lon double precision, max_lat double precision,
+    p_by text DEFAULT 'origin', p_from date DEFAULT NULL, p_to date DEFAULT NULL)
+RETURNS TABLE (week date, trips bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    g double precision := tripload_setting('grid_deg');
+    -- Cells strictly inside the box, with a margin for floating-point cell assignment.
+    in_x0 int := ceil(min_lon / g + 1e-7)::int;
+    in_x1 int := floor(max_lon / g - 1e-7)::int - 1;
+    in_y0 int := ceil(min_lat / g + 1e-7)::int;
+    in_y1 int := floor(max_lat / g - 1e-7)::int - 1;
+    box geometry := ST_MakeEnvelope(min_lon, min_lat, max_lon, max_lat, 4326);
+    w0 date;
+    w1 date;
+    t0 timestamptz;
+    t1 timestamptz;
+BEGIN
+    IF p_by NOT IN ('origin', 'destination', 'both') THEN
+        RAISE EXCEPTION 'p_by must be origin, destination or both, not %', p_by;
+    END IF;
+    IF min_lon > max_lon OR min_lat > max_lat THEN
+        RAISE EXCEPTION 'empty bounding box: min must not exceed max';
+    END IF;
+    SELECT * INTO w0, w1 FROM trip_week_window(p_from, p_to);
+    t0 := w0::timestamp AT TIME ZONE 'UTC';
+    t1 := (w1 + 7)::timestamp AT TIME ZONE 'UTC';
+    IF p_by = 'both' THEN
+        RETURN QUERY
+        WITH weeks AS (SELECT generate_series(w0, w1, interval '1 week')::date AS week),
+        raw AS (
+            SELECT date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date AS week, count(*)::bigint AS n
+            FROM trips t
+            WHERE t.origin && box AND t.destination && box
+              AND ST_X(t.origin) BETWEEN min_lon AND max_lon AND ST_Y(t.origin) BETWEEN min_lat AND max_lat
+              AND ST_X(t.destination) BETWEEN min_lon AND max_lon AND ST_Y(t.destination) BETWEEN min_lat AND max_lat
+              AND t.datetime >= t0 AND t.datetime < t1
+            GROUP BY 1
+        )
+        SELECT weeks.week, coalesce(raw.n, 0)::bigint FROM weeks LEFT JOIN raw USING (week) ORDER BY 1;
+    ELSE
+        RETURN QUERY
+        WITH weeks AS (SELECT generate_series(w0, w1, interval '1 week')::date AS week),
+        inner_cells AS (
+            SELECT date '1970-01-01' + u.w AS week, sum(u.n)::bigint AS n
+            FROM rollup_cell_week r, unnest(r.weeks, r.trips) AS u(w, n)
+            WHERE r.side = CASE p_by WHEN 'origin' THEN 'o' ELSE 'd' END::"char"
+              AND r.ix BETWEEN in_x0 AND in_x1 AND r.iy BETWEEN in_y0 AND in_y1
+              AND date '1970-01-01' + u.w BETWEEN w0 AND w1
+            GROUP BY 1
+        ),
+        pts AS (
+            SELECT t.datetime, CASE p_by WHEN 'origin' THEN t.origin ELSE t.destination END AS p
+            FROM trips t
+            WHERE CASE p_by WHEN 'origin' THEN t.origin && box ELSE t.destination && box END
+              AND t.datetime >= t0 AND t.datetime < t1
+        ),
+        edge AS (
+            SELECT date_trunc('week', pts.datetime AT TIME ZONE 'UTC')::date AS week, count(*)::bigint AS n
+            FROM pts
+            WHERE ST_X(pts.p) BETWEEN min_lon AND max_lon AND ST_Y(pts.p) BETWEEN min_lat AND max_lat
+              AND NOT (floor(ST_X(pts.p) / g)::int BETWEEN in_x0 AND in_x1
+                       AND floor(ST_Y(pts.p) / g)::int BETWEEN in_y0 AND in_y1)
+            GROUP BY 1
+        )
+        SELECT weeks.week, (coalesce(i.n, 0) + coalesce(e.n, 0))::bigint
+        FROM weeks LEFT JOIN inner_cells i USING (week) LEFT JOIN edge e USING (week) ORDER BY 1;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION weekly_average_region(p_region text, p_from date DEFAULT NULL, p_to date DEFAULT NULL)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(trips)::numeric / nullif(count(*), 0), 0) FROM weekly_trips_region(p_region, p_from, p_to)
+$$;
+
+CREATE OR REPLACE FUNCTION weekly_average_bbox(
+    min_lon double precision, min_lat double precision, max_lon double precision, max_lat double precision,
+    p_by text DEFAULT 'origin', p_from date DEFAULT NULL, p_to date DEFAULT NULL)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(trips)::numeric / nullif(count(*), 0), 0)
+    FROM weekly_trips_bbox(min_lon, min_lat, max_lon, max_lat, p_by, p_from, p_to)
+$$;
+
