@@ -31,6 +31,8 @@ BYTES=$(stat -c %s "$CSV")
 SHARED=/tmp/tripload-bench; mkdir -p "$SHARED"; chmod 777 "$SHARED"
 BIN="$SHARED/trips-$ROWS.bin"
 
+# Same schema as a fresh load: no spatial indexes (benches/queries.sh adds them).
+psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist"
 psql_ -c "CREATE TABLE IF NOT EXISTS trips_natural (region text, origin geometry(Point,4326), destination geometry(Point,4326), datetime timestamptz, datasource text)"
 
 reset_db() { psql_ -c "TRUNCATE trips, load_files, trips_natural" -c "CHECKPOINT"; }

@@ -211,6 +211,25 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// The checked settings (a message saying what is wrong otherwise).
+    fn settings(self) -> Result<crate::load::Settings, String> {
+        if self.jobs == 0 || self.threads == Some(0) {
+            return Err("--jobs and --threads must be at least 1".into());
+        }
+        let mail = self.mail()?;
+        Ok(crate::load::Settings {
+            jobs: self.jobs,
+            max_rejects: self.max_rejects,
+            chunk_bytes: (self.chunk_mib as usize) << 20,
+            processed_dir: self.processed_dir,
+            failed_dir: self.failed_dir,
+            chunk_interval: self.chunk_interval,
+            threads: self.threads,
+            quiet: self.quiet,
+            mail,
+        })
+    }
+
     /// The checked mail configuration, if reports are to be mailed.
     fn mail(&self) -> Result<Option<crate::mail::MailConfig>, String> {
         let Some(url) = self.smtp_url.as_ref().filter(|u| !u.trim().is_empty()) else {
@@ -301,38 +320,23 @@ async fn run(cli: Cli) -> u8 {
     let target = cli.db.target();
     match cli.command {
         Command::Watch(w) => {
-            let a = w.opts;
-            if a.jobs == 0
-                || a.threads == Some(0)
-                || !w.quiet_period.is_finite()
-                || w.quiet_period < 0.0
-            {
-                eprintln!(
-                    "error: --jobs and --threads must be at least 1, --quiet-period not negative"
-                );
+            if !w.quiet_period.is_finite() || w.quiet_period < 0.0 {
+                eprintln!("error: --quiet-period must be a number of seconds, not negative");
                 return EXIT_SETUP;
             }
-            let mail = match a.mail() {
-                Ok(m) => m,
+            let settings = match w.opts.settings() {
+                Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return EXIT_SETUP;
                 }
             };
             let cfg = crate::watch::WatchConfig {
-                mail,
-                report_every: std::time::Duration::from_secs(w.report_every),
                 target,
                 landing: w.landing,
-                jobs: a.jobs,
                 quiet_period: std::time::Duration::from_secs_f64(w.quiet_period),
-                max_rejects: a.max_rejects,
-                chunk_bytes: (a.chunk_mib as usize) << 20,
-                processed_dir: a.processed_dir,
-                failed_dir: a.failed_dir,
-                chunk_interval: a.chunk_interval,
-                threads: a.threads,
-                quiet: a.quiet,
+                report_every: std::time::Duration::from_secs(w.report_every),
+                settings,
             };
             match crate::watch::run(cfg).await {
                 Ok(()) => EXIT_OK,
@@ -343,30 +347,17 @@ async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Load(l) => {
-            let a = l.opts;
-            if a.jobs == 0 || a.threads == Some(0) {
-                eprintln!("error: --jobs and --threads must be at least 1");
-                return EXIT_SETUP;
-            }
-            let mail = match a.mail() {
-                Ok(m) => m,
+            let settings = match l.opts.settings() {
+                Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return EXIT_SETUP;
                 }
             };
             let cfg = LoadConfig {
-                mail,
                 target,
                 paths: l.paths,
-                jobs: a.jobs,
-                max_rejects: a.max_rejects,
-                chunk_bytes: (a.chunk_mib as usize) << 20,
-                processed_dir: a.processed_dir,
-                failed_dir: a.failed_dir,
-                chunk_interval: a.chunk_interval,
-                threads: a.threads,
-                quiet: a.quiet,
+                settings,
             };
             match crate::load::run(cfg).await {
                 Ok(reports) => {

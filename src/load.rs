@@ -16,6 +16,12 @@ use tokio_postgres::Client;
 pub struct LoadConfig {
     pub target: Target,
     pub paths: Vec<PathBuf>,
+    pub settings: Settings,
+}
+
+/// How files are loaded; shared by `load` and `watch`.
+#[derive(Debug, Clone)]
+pub struct Settings {
     pub jobs: usize,
     pub max_rejects: u64,
     pub chunk_bytes: usize,
@@ -130,7 +136,7 @@ pub async fn database_dims(client: &Client, conninfo: &str) -> Result<Dims, db::
 /// Loads every file; returns one report per file.
 pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     let files = crate::discover::discover(&cfg.paths)?;
-    let progress = Arc::new(Progress::new(cfg.quiet));
+    let progress = Arc::new(Progress::new(cfg.settings.quiet));
     if files.is_empty() {
         progress.line(&format!(
             "no files to load in {}",
@@ -142,19 +148,19 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         ));
         return Ok(Vec::new());
     }
-    let (conninfo, client) = prepare(&cfg.target, &cfg.chunk_interval).await?;
-    set_threads(cfg.threads, &conninfo);
+    let (conninfo, client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
+    set_threads(cfg.settings.threads, &conninfo);
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
     let (events, events_task) =
         crate::events::Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
         conninfo,
         dims,
-        max_rejects: cfg.max_rejects,
-        chunk_bytes: cfg.chunk_bytes,
+        max_rejects: cfg.settings.max_rejects,
+        chunk_bytes: cfg.settings.chunk_bytes,
         depth: (rayon::current_num_threads() * 2).max(4),
-        processed_dir: cfg.processed_dir.clone(),
-        failed_dir: cfg.failed_dir.clone(),
+        processed_dir: cfg.settings.processed_dir.clone(),
+        failed_dir: cfg.settings.failed_dir.clone(),
         loaded_by: format!(
             "tripload {} pid {} on {}",
             env!("CARGO_PKG_VERSION"),
@@ -180,13 +186,13 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
                 report
             }
         })
-        .buffered(cfg.jobs.max(1))
+        .buffered(cfg.settings.jobs.max(1))
         .collect::<Vec<_>>()
         .await;
     // Let the last events reach the store before the process ends.
     drop(ctx);
     let _ = events_task.await;
-    if let Some(mail) = &cfg.mail {
+    if let Some(mail) = &cfg.settings.mail {
         crate::mail::deliver(mail, &reports).await;
     }
     Ok(reports)

@@ -29,16 +29,8 @@ use tokio::time::Instant;
 pub struct WatchConfig {
     pub target: Target,
     pub landing: PathBuf,
-    pub jobs: usize,
     pub quiet_period: Duration,
-    pub max_rejects: u64,
-    pub chunk_bytes: usize,
-    pub processed_dir: Option<PathBuf>,
-    pub failed_dir: Option<PathBuf>,
-    pub chunk_interval: String,
-    pub threads: Option<usize>,
-    pub quiet: bool,
-    pub mail: Option<crate::mail::MailConfig>,
+    pub settings: crate::load::Settings,
     /// Zero: a report per file; otherwise one digest per period.
     pub report_every: Duration,
 }
@@ -110,23 +102,25 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     std::fs::create_dir_all(&processing)
         .map_err(|e| SetupError::Io(format!("cannot create {}: {e}", processing.display())))?;
 
-    let (conninfo, client) = prepare(&cfg.target, &cfg.chunk_interval).await?;
-    crate::load::set_threads(cfg.threads, &conninfo);
+    let (conninfo, client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
+    crate::load::set_threads(cfg.settings.threads, &conninfo);
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
     let (events, _events_task) = Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
         conninfo: conninfo.clone(),
         dims,
-        max_rejects: cfg.max_rejects,
-        chunk_bytes: cfg.chunk_bytes,
+        max_rejects: cfg.settings.max_rejects,
+        chunk_bytes: cfg.settings.chunk_bytes,
         depth: (rayon::current_num_threads() * 2).max(4),
         processed_dir: Some(
-            cfg.processed_dir
+            cfg.settings
+                .processed_dir
                 .clone()
                 .unwrap_or_else(|| base.join("processed")),
         ),
         failed_dir: Some(
-            cfg.failed_dir
+            cfg.settings
+                .failed_dir
                 .clone()
                 .unwrap_or_else(|| base.join("failed")),
         ),
@@ -138,7 +132,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         events: events.clone(),
         grid: Some(db::grid(&client).await?),
     });
-    let progress = Arc::new(Progress::new(cfg.quiet));
+    let progress = Arc::new(Progress::new(cfg.settings.quiet));
     release_stale(&processing, &landing, &events);
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
@@ -153,7 +147,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         "watching {} (quiet period {:?}, {} job(s)); Ctrl-C to stop",
         landing.display(),
         cfg.quiet_period,
-        cfg.jobs
+        cfg.settings.jobs
     ));
 
     let mut pending: HashMap<PathBuf, (Option<Identity>, Instant)> = HashMap::new();
@@ -180,7 +174,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
 
     loop {
         // Claim what is ready, up to --jobs at a time.
-        while !stopping && in_flight.len() < cfg.jobs && Instant::now() >= paused_until {
+        while !stopping && in_flight.len() < cfg.settings.jobs && Instant::now() >= paused_until {
             let Some(path) = ready.pop_front() else { break };
             let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
                 continue;
@@ -265,7 +259,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                     s.remove(&(claimed.clone(), name.clone()));
                 }
                 progress.line(&crate::load::one_line(&report));
-                if let Some(mail) = cfg.mail.clone() {
+                if let Some(mail) = cfg.settings.mail.clone() {
                     if !matches!(report.status, Status::Error { .. }) {
                         if cfg.report_every.is_zero() {
                             let r = report.clone();
@@ -300,7 +294,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                 }
             } => {
                 digest_due = None;
-                if let Some(mail) = cfg.mail.clone() {
+                if let Some(mail) = cfg.settings.mail.clone() {
                     let batch = std::mem::take(&mut digest);
                     mails.spawn(async move { crate::mail::deliver(&mail, &batch).await; });
                 }
@@ -310,7 +304,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         }
     }
     drop(watcher);
-    if let (Some(mail), false) = (cfg.mail.clone(), digest.is_empty()) {
+    if let (Some(mail), false) = (cfg.settings.mail.clone(), digest.is_empty()) {
         mails.spawn(async move {
             crate::mail::deliver(&mail, &digest).await;
         });
