@@ -93,6 +93,15 @@ pub enum Command {
     /// weeks (Monday 00:00 UTC); the window defaults to the weeks that have data
     /// in the dataset, and weeks without matching trips count as zero.
     Weekly(WeeklyArgs),
+    /// Trip groups, largest first: trips with the same region, origin cell,
+    /// destination cell and time-of-day bucket.
+    ///
+    /// Cells are a lon/lat grid: cell (ix, iy) = (floor(lon / CELL), floor(lat /
+    /// CELL)), printed as their south-west corner; the default 0.01° is about
+    /// 1.1 km north-south and 0.7 km east-west at 50°N. Time of day is in UTC,
+    /// in buckets of --bucket-minutes from midnight. Computed from the raw trips
+    /// (a full scan, or the trips of one region / box): seconds on 100M rows.
+    Groups(GroupsArgs),
     /// Generate a realistic synthetic trip CSV (for tests and benchmarks).
     Gen(GenArgs),
 }
@@ -117,6 +126,39 @@ pub struct WeeklyArgs {
     pub to: Option<chrono::NaiveDate>,
     #[arg(long, value_enum, default_value_t = crate::weekly::Format::Table)]
     pub format: crate::weekly::Format,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    /// Only trips of this region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Only trips in this bounding box MINLON,MINLAT,MAXLON,MAXLAT (see --by).
+    #[arg(long, value_parser = crate::weekly::parse_bbox, allow_hyphen_values = true)]
+    pub bbox: Option<[f64; 4]>,
+    /// Which end of the trip must lie in --bbox.
+    #[arg(long, value_enum, default_value_t = crate::weekly::By::Origin)]
+    pub by: crate::weekly::By,
+    /// Grid cell size in degrees [default: the database grid, 0.01].
+    #[arg(long, value_parser = parse_cell_deg)]
+    pub cell_deg: Option<f64>,
+    /// Time-of-day bucket in minutes (1 to 1440).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(i32).range(1..=1440))]
+    pub bucket_minutes: i32,
+    /// How many groups to list.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..))]
+    pub top: i32,
+    #[arg(long, value_enum, default_value_t = crate::weekly::Format::Table)]
+    pub format: crate::weekly::Format,
+}
+
+fn parse_cell_deg(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 180.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected a cell size in degrees, greater than 0 and at most 180 (e.g. 0.01)"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -418,6 +460,31 @@ async fn run(cli: Cli) -> u8 {
             match result {
                 Ok(weeks) => {
                     print!("{}", crate::weekly::render(&area, wk.by, &weeks, wk.format));
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_SETUP
+                }
+            }
+        }
+        Command::Groups(gr) => {
+            let q = crate::groups::Query {
+                region: gr.region,
+                bbox: gr.bbox,
+                by: gr.by,
+                cell_deg: gr.cell_deg,
+                bucket_minutes: gr.bucket_minutes,
+                top: gr.top,
+            };
+            let result = async {
+                let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
+                crate::groups::groups(&conninfo, &q).await
+            }
+            .await;
+            match result {
+                Ok((cell, groups)) => {
+                    print!("{}", crate::groups::render(&q, cell, &groups, gr.format));
                     EXIT_OK
                 }
                 Err(e) => {

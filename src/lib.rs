@@ -19,6 +19,7 @@ pub mod embedded;
 pub mod encode;
 pub mod events;
 pub mod gen;
+pub mod groups;
 pub mod ledger;
 pub mod load;
 pub mod mail;

@@ -291,3 +291,216 @@ fn weekly_command_prints_counts_and_average() {
         stderr(&bad)
     );
 }
+
+/// Trips around a few hotspots, so that groups hold many trips.
+fn clustered_csv(rows: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let spots = [
+        ("Prague", 14.4205, 50.0875),
+        ("Prague", 14.2600, 50.1008),
+        ("Prague", 14.4350, 50.0830),
+        ("Turin", 7.6660, 45.0620),
+        ("Turin", 7.6900, 45.0700),
+    ];
+    let sources = ["funny_car", "cheap_mobile", "pt_search_app"];
+    let mut out = b"region,origin_coord,destination_coord,datetime,datasource\n".to_vec();
+    for _ in 0..rows {
+        let o = rng.gen_range(0..spots.len());
+        let same: Vec<usize> = (0..spots.len())
+            .filter(|&i| spots[i].0 == spots[o].0 && i != o)
+            .collect();
+        let d = same[rng.gen_range(0..same.len())];
+        let j = |rng: &mut rand::rngs::SmallRng| rng.gen_range(-0.004..0.004);
+        let hour = [7, 8, 8, 9, 17, 18][rng.gen_range(0..6)];
+        out.extend_from_slice(
+            format!(
+                "{},POINT ({} {}),POINT ({} {}),2018-0{}-{:02} {:02}:{:02}:{:02},{}\n",
+                spots[o].0,
+                spots[o].1 + j(&mut rng),
+                spots[o].2 + j(&mut rng),
+                spots[d].1 + j(&mut rng),
+                spots[d].2 + j(&mut rng),
+                rng.gen_range(3..6),
+                rng.gen_range(1..29),
+                hour,
+                rng.gen_range(0..60),
+                rng.gen_range(0..60),
+                sources[rng.gen_range(0..sources.len())]
+            )
+            .as_bytes(),
+        );
+    }
+    out
+}
+
+type GroupKey = (String, i64, i64, i64, i64, String);
+
+/// Groups computed from CSV text in Rust, independently of the database:
+/// key → (trips, first, last, datasources).
+fn groups_from_csv(
+    csv: &[u8],
+    cell: f64,
+    bucket_min: i64,
+    keep: impl Fn(&str, (f64, f64), (f64, f64)) -> bool,
+) -> std::collections::BTreeMap<GroupKey, (i64, String, String, std::collections::BTreeSet<String>)>
+{
+    let mut m = std::collections::BTreeMap::new();
+    let text = std::str::from_utf8(csv).unwrap();
+    let pt = |s: &str| -> (f64, f64) {
+        let inner = s.trim_start_matches("POINT (").trim_end_matches(')');
+        let mut it = inner.split(' ').map(|v| v.parse::<f64>().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (o, d) = (pt(f[1]), pt(f[2]));
+        if !keep(f[0], o, d) {
+            continue;
+        }
+        let t = chrono::NaiveDateTime::parse_from_str(f[3], "%Y-%m-%d %H:%M:%S").unwrap();
+        let mins = t.time().num_seconds_from_midnight() as i64 / 60;
+        let b = mins / bucket_min * bucket_min;
+        let key = (
+            f[0].to_string(),
+            (o.0 / cell).floor() as i64,
+            (o.1 / cell).floor() as i64,
+            (d.0 / cell).floor() as i64,
+            (d.1 / cell).floor() as i64,
+            format!("{:02}:{:02}", b / 60, b % 60),
+        );
+        let e = m.entry(key).or_insert((
+            0i64,
+            f[3].to_string(),
+            f[3].to_string(),
+            std::collections::BTreeSet::new(),
+        ));
+        e.0 += 1;
+        e.1 = e.1.clone().min(f[3].to_string());
+        e.2 = e.2.clone().max(f[3].to_string());
+        e.3.insert(f[4].to_string());
+    }
+    m
+}
+
+/// `tripload groups --format csv` parsed back into the same shape.
+fn groups_from_cli(
+    w: &Work,
+    db: &TestDb,
+    args: &[&str],
+) -> std::collections::BTreeMap<GroupKey, (i64, String, String, std::collections::BTreeSet<String>)>
+{
+    let mut a = vec!["groups", "--format", "csv", "--top", "100000"];
+    a.extend_from_slice(args);
+    let out = tripload(w, db, &a);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("trips,region,origin_ix,origin_iy,destination_ix,destination_iy,bucket_start,first_at,last_at,datasources")
+    );
+    let mut m = std::collections::BTreeMap::new();
+    let mut last_n = i64::MAX;
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        let n: i64 = f[0].parse().unwrap();
+        assert!(n <= last_n, "largest first");
+        last_n = n;
+        let key = (
+            f[1].to_string(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+            f[4].parse().unwrap(),
+            f[5].parse().unwrap(),
+            f[6].to_string(),
+        );
+        let ds = f[9].split(' ').map(String::from).collect();
+        assert!(m
+            .insert(key, (n, f[7].to_string(), f[8].to_string(), ds))
+            .is_none());
+    }
+    m
+}
+
+use chrono::Timelike;
+
+#[test]
+fn trip_groups_equal_groups_computed_from_the_csv() {
+    let db = fresh_db();
+    let w = Work::new();
+    let a = clustered_csv(3_000, 41);
+    let b = clustered_csv(2_000, 42);
+    load(&w, &db, &[("a.csv", a.clone()), ("b.csv", b.clone())]);
+    let mut all = a.clone();
+    all.extend_from_slice(&b[b.iter().position(|&c| c == b'\n').unwrap() + 1..]);
+
+    let expect = groups_from_csv(&all, 0.01, 60, |_, _, _| true);
+    let got = groups_from_cli(&w, &db, &[]);
+    assert_eq!(got, expect);
+    assert!(
+        expect.values().map(|v| v.0).max().unwrap() > 20,
+        "hotspots make big groups"
+    );
+
+    // Another cell size and bucket, a region, a box by each end.
+    let expect = groups_from_csv(&all, 0.005, 15, |r, _, _| r == "Turin");
+    let got = groups_from_cli(
+        &w,
+        &db,
+        &[
+            "--region",
+            "Turin",
+            "--cell-deg",
+            "0.005",
+            "--bucket-minutes",
+            "15",
+        ],
+    );
+    assert_eq!(got, expect);
+    let bx = [14.40, 50.07, 14.43, 50.10];
+    let inb = |p: (f64, f64)| p.0 >= bx[0] && p.0 <= bx[2] && p.1 >= bx[1] && p.1 <= bx[3];
+    for (by, keep) in [
+        (
+            "origin",
+            Box::new(move |_: &str, o, _| inb(o))
+                as Box<dyn Fn(&str, (f64, f64), (f64, f64)) -> bool>,
+        ),
+        ("destination", Box::new(move |_: &str, _, d| inb(d))),
+        ("both", Box::new(move |_: &str, o, d| inb(o) && inb(d))),
+    ] {
+        let expect = groups_from_csv(&all, 0.01, 60, keep);
+        let got = groups_from_cli(&w, &db, &["--bbox", "14.40,50.07,14.43,50.10", "--by", by]);
+        assert_eq!(got, expect, "by {by}");
+    }
+
+    // --top keeps the largest; the table format names the cells.
+    let out = tripload(&w, &db, &["groups", "--top", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert_eq!(table.lines().count(), 2 + 3, "{table}");
+    let top = groups_from_csv(&all, 0.01, 60, |_, _, _| true)
+        .values()
+        .map(|v| v.0)
+        .max()
+        .unwrap();
+    assert!(
+        table
+            .lines()
+            .nth(2)
+            .unwrap()
+            .trim_start()
+            .starts_with(&top.to_string()),
+        "{table}"
+    );
+    // Unknown region: no groups, not an error; bad arguments: exit 2.
+    let out = tripload(&w, &db, &["groups", "--region", "Atlantis"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("(no trips match)"));
+    for bad in [
+        &["groups", "--cell-deg", "0"][..],
+        &["groups", "--bucket-minutes", "0"],
+        &["groups", "--bbox", "1,2,3"],
+    ] {
+        assert_eq!(tripload(&w, &db, bad).status.code(), Some(2), "{bad:?}");
+    }
+}
