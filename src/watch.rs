@@ -37,21 +37,32 @@ pub struct WatchConfig {
 
 const CLAIM_SEP: &str = "~";
 
-/// `processing/<host>~<pid>~<name>`.
+/// `processing/<host>~<pid>~<seq>~<name>`. The sequence number keeps two
+/// files of the same name apart when one lands again while the first is
+/// still loading: without it the second claim would replace the first.
 fn claim_name(name: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!(
-        "{}{CLAIM_SEP}{}{CLAIM_SEP}{name}",
+        "{}{CLAIM_SEP}{}{CLAIM_SEP}{seq}{CLAIM_SEP}{name}",
         hostname(),
         std::process::id()
     )
 }
 
-/// (host, pid, original name) of a claimed file name.
+/// (host, pid, original name) of a claimed file name; also reads the
+/// `<host>~<pid>~<name>` claims of earlier versions.
 fn parse_claim(claimed: &str) -> Option<(&str, u32, &str)> {
     let mut it = claimed.splitn(3, CLAIM_SEP);
     let host = it.next()?;
     let pid = it.next()?.parse().ok()?;
-    Some((host, pid, it.next()?))
+    let rest = it.next()?;
+    match rest.split_once(CLAIM_SEP) {
+        Some((seq, name)) if !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) => {
+            Some((host, pid, name))
+        }
+        _ => Some((host, pid, rest)),
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -331,4 +342,25 @@ fn signal(stopping: bool, in_flight: &Mutex<HashSet<(PathBuf, String)>>, landing
     }
     eprintln!("aborted: files in flight were rolled back and returned to the landing directory");
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_of_the_same_name_differ_and_parse_back() {
+        let (a, b) = (claim_name("trips~1.csv"), claim_name("trips~1.csv"));
+        assert_ne!(a, b);
+        for c in [&a, &b] {
+            let (host, pid, name) = parse_claim(c).unwrap();
+            assert_eq!(host, hostname());
+            assert_eq!(pid, std::process::id());
+            assert_eq!(name, "trips~1.csv");
+        }
+        // Claims written by earlier versions (no sequence number).
+        assert_eq!(parse_claim("h~42~a.csv"), Some(("h", 42, "a.csv")));
+        assert_eq!(parse_claim("h~42~7x~a.csv"), Some(("h", 42, "7x~a.csv")));
+        assert_eq!(parse_claim("h~x~a.csv"), None);
+    }
 }
