@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the pure kernels on generated data (fixed seed):
 //! chunk splitting, framing+parse+validate, and the full per-chunk kernel
-//! (parse+validate+encode), with byte and row throughput.
+//! (parse+validate+encode), the same with the rollups aggregated beside it,
+//! and the merge of per-chunk rollups, with byte and row throughput.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -70,7 +71,55 @@ fn bench_encode(c: &mut Criterion) {
         b.iter(|| encode_chunk(black_box(body), &header, 1, &dims, None).map(|e| e.rows))
     });
     g.finish();
+
+    // The same kernel maintaining the rollups (region/week, region/datasource,
+    // cell/week): the difference to the group above is the rollups' CPU cost.
+    let grid = tripload::rollup::Grid::default();
+    let mut g = c.benchmark_group("parse_validate_encode_rollup");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("bytes", |b| {
+        b.iter(|| {
+            encode_chunk(black_box(body), &header, 1, &dims, Some(&grid)).map(|e| e.tuples.len())
+        })
+    });
+    g.finish();
 }
 
-criterion_group!(benches, bench_chunk, bench_parse, bench_encode);
+/// Folding per-chunk rollups (4 MiB chunks) into the file's, as the loader does.
+fn bench_rollup_merge(c: &mut Criterion) {
+    let buf = data();
+    let header = parse_header(&buf).expect("generated header");
+    let body = &buf[header.data_start..];
+    let dims = Dims::in_memory();
+    let grid = tripload::rollup::Grid::default();
+    let parts: Vec<tripload::rollup::Rollup> = chunk::split(body, 0, 4 << 20)
+        .into_iter()
+        .filter_map(|r| encode_chunk(&body[r], &header, 1, &dims, Some(&grid)).ok())
+        .map(|e| e.rollup)
+        .collect();
+    let mut g = c.benchmark_group("rollup_merge");
+    g.throughput(Throughput::Elements(ROWS));
+    g.bench_function("rows", |b| {
+        b.iter_batched(
+            || parts.clone(),
+            |parts| {
+                let mut all = tripload::rollup::Rollup::default();
+                for p in parts {
+                    all.merge(p);
+                }
+                all.cell_week.len()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_chunk,
+    bench_parse,
+    bench_encode,
+    bench_rollup_merge
+);
 criterion_main!(benches);

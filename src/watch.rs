@@ -71,7 +71,8 @@ fn alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Moves claims left by dead processes of this host back to landing.
+/// Moves claims left by dead processes of this host back to landing (at
+/// start-up, before this process claims anything).
 fn release_stale(processing: &Path, landing: &Path, events: &Publisher) {
     let Ok(rd) = std::fs::read_dir(processing) else {
         return;
@@ -82,7 +83,10 @@ fn release_stale(processing: &Path, landing: &Path, events: &Publisher) {
         let Some((h, pid, orig)) = parse_claim(&name) else {
             continue;
         };
-        if h == host && !alive(pid) {
+        // Our own pid counts as gone: this runs before we claim anything, so
+        // such a claim is from an earlier process that had the same pid — the
+        // rule in a container, where the watcher is always pid 1.
+        if h == host && (pid == std::process::id() || !alive(pid)) {
             match crate::archive::move_into_as(&e.path(), landing, orig) {
                 Ok(_) => {
                     let mut ev = Event::new(Kind::Released, orig);
@@ -362,5 +366,40 @@ mod tests {
         assert_eq!(parse_claim("h~42~a.csv"), Some(("h", 42, "a.csv")));
         assert_eq!(parse_claim("h~42~7x~a.csv"), Some(("h", 42, "7x~a.csv")));
         assert_eq!(parse_claim("h~x~a.csv"), None);
+    }
+
+    #[test]
+    fn start_up_releases_claims_of_dead_pids_and_of_our_own_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (processing, landing) = (dir.path().join("processing"), dir.path().join("landing"));
+        std::fs::create_dir_all(&processing).unwrap();
+        std::fs::create_dir_all(&landing).unwrap();
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        let me = std::process::id();
+        let host = hostname();
+        // A live process of this host (pid 1 when not in a container of our
+        // own; our parent otherwise) and another host's claim stay.
+        let live = std::os::unix::process::parent_id();
+        for name in [
+            format!("{host}~{dead}~0~dead.csv"),
+            format!("{host}~{me}~3~mine.csv"),
+            format!("{host}~{live}~0~live.csv"),
+            format!("elsewhere~{dead}~0~remote.csv"),
+        ] {
+            std::fs::write(processing.join(name), b"x").unwrap();
+        }
+        release_stale(&processing, &landing, &Publisher::disabled());
+        let mut back: Vec<String> = std::fs::read_dir(&landing)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        back.sort();
+        assert_eq!(back, ["dead.csv", "mine.csv"]);
+        assert_eq!(std::fs::read_dir(&processing).unwrap().count(), 2);
     }
 }
