@@ -3,6 +3,8 @@
 #   tripload load            (this project)
 #   psql \copy (FORMAT csv)  (the reference solution's approach: CSV into a
 #                             table with natural columns, WKT parsed by the server)
+#   pgloader                 (Debian's pgloader: CSV into the same natural table,
+#                             its default batches and 2 COPY workers)
 #   server COPY FROM a pre-encoded binary file of the same rows into the same
 #                             `trips` table (the ceiling: no client at all)
 # Runs alternate, each repeated REPEATS times; prints medians and ratios, and
@@ -15,6 +17,10 @@ OUT=bench-out
 mkdir -p "$OUT"
 chmod 755 "$OUT"
 scripts/setup.sh
+if ! command -v pgloader >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q pgloader >/dev/null; else sudo apt-get install -y -q pgloader >/dev/null; fi \
+    || echo "pgloader could not be installed: its row is left out" >&2
+fi
 cargo build --release --quiet
 TL="$PWD/target/release/tripload"
 export TRIPLOAD_PG_DIR="$PWD/$OUT/pg"
@@ -35,7 +41,19 @@ BIN="$SHARED/trips-$ROWS.bin"
 psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist"
 psql_ -c "CREATE TABLE IF NOT EXISTS trips_natural (region text, origin geometry(Point,4326), destination geometry(Point,4326), datetime timestamptz, datasource text)"
 
-reset_db() { psql_ -c "TRUNCATE trips, load_files, trips_natural" -c "CHECKPOINT"; }
+reset_db() { psql_ -c "TRUNCATE trips, load_files, trips_natural, rollup_region_week, rollup_region_source, rollup_cell_week" -c "CHECKPOINT"; }
+
+# pgloader wants a URL; the embedded server listens on a unix socket.
+SOCK_DIR=$(psql_ -c "SHOW unix_socket_directories" | cut -d, -f1)
+PORT=$(psql_ -c "SHOW port")
+PGL_URL="postgresql://$(psql_ -c 'SELECT current_user')@unix:$SOCK_DIR:$PORT/$(psql_ -c 'SELECT current_database()')"
+PGL_CMD="$OUT/pgloader.load"
+cat >"$PGL_CMD" <<EOF
+LOAD CSV
+  FROM '$PWD/$CSV' (region, origin, destination, datetime, datasource)
+  INTO $PGL_URL?tablename=trips_natural (region, origin, destination, datetime, datasource)
+  WITH skip header = 1, fields terminated by ',', fields optionally enclosed by '"', fields escaped by double-quote;
+EOF
 
 declare -A T RSS
 run_tripload() {
@@ -55,6 +73,15 @@ run_psql_copy() {
   [ "$(psql_ -c 'SELECT count(*) FROM trips_natural')" = "$ROWS" ] || { echo "psql copy loaded a wrong row count" >&2; exit 1; }
   T[psql_copy]+="$(calc "$e - $s") "; RSS[psql_copy]=$(cat "$OUT/rss")
 }
+run_pgloader() {
+  command -v pgloader >/dev/null || return 0
+  reset_db
+  local s e; s=$(date +%s.%N)
+  /usr/bin/time -f %M -o "$OUT/rss" pgloader --quiet "$PGL_CMD" >"$OUT/pgloader.log" 2>&1 || { cat "$OUT/pgloader.log" >&2; exit 1; }
+  e=$(date +%s.%N)
+  [ "$(psql_ -c 'SELECT count(*) FROM trips_natural')" = "$ROWS" ] || { echo "pgloader loaded a wrong row count" >&2; exit 1; }
+  T[pgloader]+="$(calc "$e - $s") "; RSS[pgloader]=$(cat "$OUT/rss")
+}
 run_ceiling() {
   reset_db
   local s e; s=$(date +%s.%N)
@@ -70,8 +97,8 @@ if [ ! -f "$BIN" ]; then
 fi
 
 for i in $(seq "$REPEATS"); do
-  run_tripload; run_psql_copy; run_ceiling
-  echo "round $i: tripload ${T[tripload]##* } psql ${T[psql_copy]} ceiling ${T[server_binary_copy]}" | tr -s ' ' >&2
+  run_tripload; run_psql_copy; run_pgloader; run_ceiling
+  echo "round $i: tripload ${T[tripload]} psql ${T[psql_copy]} pgloader ${T[pgloader]:-} ceiling ${T[server_binary_copy]}" | tr -s ' ' >&2
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -83,9 +110,12 @@ echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM; $(p
 echo
 echo "| method | median s | rows/s | MB/s | time vs tripload | client peak RSS |"
 echo "|---|---:|---:|---:|---:|---:|"
-for k in tripload psql_copy server_binary_copy; do
+for k in tripload psql_copy pgloader server_binary_copy; do
+  [ -n "${T[$k]:-}" ] || continue
   m=$(echo "${T[$k]}" | median)
   printf "| %s | %.2f | %.0f | %.0f | %.2fx | %s |\n" "$k" "$m" "$(calc "$ROWS / $m")" "$(calc "$BYTES / 1000000 / $m")" "$(calc "$m / $TL_MED")" \
     "$( [ "${RSS[$k]}" = 0 ] && echo "n/a (server)" || echo "$(( ${RSS[$k]} / 1024 )) MiB")"
 done
+echo
+echo "tripload: one transaction per file, rollups maintained, rejects with line numbers. psql \\copy: one transaction, aborts at the first bad row. pgloader: commits per batch (a failure leaves part of the file loaded)."
 } | tee "$OUT/compare-$ROWS.md"
