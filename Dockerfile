@@ -12,12 +12,13 @@ WORKDIR /src
 
 # Dependencies first, in their own layer: a dummy crate with the real
 # manifests, rebuilt only when Cargo.toml or Cargo.lock change. Cargo.toml
-# declares a [[bench]] target, whose file must exist for the manifest to load.
+# declares [[bench]] targets, whose files must exist for the manifest to load.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/kernels.rs \
+ && echo 'fn main() {}' > benches/load_e2e.rs \
  && cargo build --release --locked \
  && rm -rf src benches
 
