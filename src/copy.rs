@@ -546,6 +546,9 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         true
     });
     let rejected = rejects.count;
+    if let Some(r) = rollup.as_mut() {
+        r.fold(); // normally a no-op: merging counts each chunk's trips
+    }
     match abort {
         Some(abort) => Err(Failure {
             abort,

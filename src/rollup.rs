@@ -57,11 +57,205 @@ pub fn week_of(datetime_us: i64) -> i32 {
 pub const ORIGIN: u8 = b'o';
 pub const DESTINATION: u8 = b'd';
 
-#[derive(Debug, Default, Clone, PartialEq)]
+/// Trip counts by week for one cell: a short list while few weeks are seen
+/// (a 4 MiB chunk puts ~10 trips in a cell), then dense counters from the
+/// first week seen (a file rarely spans more than a year), sparse past
+/// [`WeekCounts::DENSE_MAX`] weeks. Keying the cell map by cell alone keeps it small enough to stay in
+/// cache (cells × 2 entries instead of cells × weeks × 2), which is most of
+/// the rollups' cost per row.
+#[derive(Debug, Clone)]
+pub enum WeekCounts {
+    /// (week index, trips), unordered, at most [`WeekCounts::SMALL_MAX`].
+    Small(Vec<(i32, i64)>),
+    /// `counts[i]` trips in week index `base + i`.
+    Dense {
+        base: i32,
+        counts: Vec<i64>,
+    },
+    Sparse(std::collections::BTreeMap<i32, i64>),
+}
+
+impl Default for WeekCounts {
+    fn default() -> Self {
+        WeekCounts::Small(Vec::new())
+    }
+}
+
+/// Week index of the Monday with day number `day` (1970-01-05, day 4, was a Monday).
+fn week_index(monday: i32) -> i32 {
+    (monday - 4).div_euclid(7)
+}
+fn week_monday(index: i32) -> i32 {
+    index * 7 + 4
+}
+
+impl WeekCounts {
+    /// Weeks a dense counter may span before it turns sparse.
+    pub const DENSE_MAX: usize = 1024;
+    /// Weeks a short list holds before it turns dense.
+    pub const SMALL_MAX: usize = 12;
+
+    /// Adds `n` trips to the week whose Monday is day `monday`.
+    pub fn add(&mut self, monday: i32, n: i64) {
+        let w = week_index(monday);
+        match self {
+            WeekCounts::Small(v) => {
+                if let Some(e) = v.iter_mut().find(|e| e.0 == w) {
+                    e.1 += n;
+                } else if v.len() < Self::SMALL_MAX {
+                    v.push((w, n));
+                } else {
+                    let lo = v.iter().map(|e| e.0).min().unwrap_or(w).min(w);
+                    let hi = v.iter().map(|e| e.0).max().unwrap_or(w).max(w);
+                    let old = std::mem::take(v);
+                    *self = if ((hi - lo) as usize) < Self::DENSE_MAX {
+                        WeekCounts::Dense {
+                            base: lo,
+                            counts: vec![0; (hi - lo) as usize + 1],
+                        }
+                    } else {
+                        WeekCounts::Sparse(Default::default())
+                    };
+                    for (ow, on) in old {
+                        self.add(week_monday(ow), on);
+                    }
+                    self.add(monday, n);
+                }
+            }
+            WeekCounts::Dense { base, counts } => {
+                if counts.is_empty() {
+                    *base = w;
+                }
+                if w < *base {
+                    let grow = (*base - w) as usize;
+                    if counts.len() + grow <= Self::DENSE_MAX {
+                        counts.splice(0..0, std::iter::repeat_n(0, grow));
+                        *base = w;
+                    } else {
+                        self.make_sparse().add(monday, n);
+                        return;
+                    }
+                }
+                let i = (w - *base) as usize;
+                if i >= counts.len() {
+                    if i < Self::DENSE_MAX {
+                        counts.resize(i + 1, 0);
+                    } else {
+                        self.make_sparse().add(monday, n);
+                        return;
+                    }
+                }
+                counts[i] += n;
+            }
+            WeekCounts::Sparse(m) => *m.entry(w).or_default() += n,
+        }
+    }
+
+    fn make_sparse(&mut self) -> &mut Self {
+        if let WeekCounts::Small(v) = self {
+            let mut m = std::collections::BTreeMap::new();
+            for &(w, n) in v.iter() {
+                *m.entry(w).or_default() += n;
+            }
+            *self = WeekCounts::Sparse(m);
+        } else if let WeekCounts::Dense { base, counts } = self {
+            let m = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n != 0)
+                .map(|(i, &n)| (*base + i as i32, n))
+                .collect();
+            *self = WeekCounts::Sparse(m);
+        }
+        self
+    }
+
+    /// (Monday day number, trips) for the weeks with trips, in order.
+    pub fn weeks(&self) -> Vec<(i32, i64)> {
+        match self {
+            WeekCounts::Small(v) => {
+                let mut w: Vec<(i32, i64)> = v
+                    .iter()
+                    .filter(|e| e.1 != 0)
+                    .map(|&(w, n)| (week_monday(w), n))
+                    .collect();
+                w.sort_unstable();
+                w
+            }
+            WeekCounts::Dense { base, counts } => counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n != 0)
+                .map(|(i, &n)| (week_monday(*base + i as i32), n))
+                .collect(),
+            WeekCounts::Sparse(m) => m
+                .iter()
+                .filter(|(_, &n)| n != 0)
+                .map(|(&w, &n)| (week_monday(w), n))
+                .collect(),
+        }
+    }
+
+    /// Folds `other` in.
+    pub fn merge(&mut self, other: WeekCounts) {
+        match (&mut *self, other) {
+            (
+                WeekCounts::Dense { base, counts },
+                WeekCounts::Dense {
+                    base: ob,
+                    counts: oc,
+                },
+            ) if !counts.is_empty()
+                && ob >= *base
+                && (ob - *base) as usize + oc.len() <= counts.len() =>
+            {
+                let off = (ob - *base) as usize;
+                for (a, b) in counts[off..off + oc.len()].iter_mut().zip(oc) {
+                    *a += b;
+                }
+            }
+            (_, WeekCounts::Small(v)) => {
+                for (w, n) in v {
+                    self.add(week_monday(w), n);
+                }
+            }
+            (_, other) => {
+                for (monday, n) in other.weeks() {
+                    self.add(monday, n);
+                }
+            }
+        }
+    }
+}
+
+impl PartialEq for WeekCounts {
+    fn eq(&self, other: &Self) -> bool {
+        self.weeks() == other.weeks()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
 pub struct Rollup {
     pub region_week: HashMap<(i16, i32), i64>,
     pub region_source: HashMap<(i16, i16), (i64, i64)>,
-    pub cell_week: HashMap<(u8, i32, i32, i32), i64>,
+    /// (side, ix, iy) → trips by week.
+    pub cell_week: HashMap<(u8, i32, i32), WeekCounts>,
+    /// (side, ix, iy, week) of trips not yet counted in `cell_week`: a worker
+    /// only appends (a chunk spreads its trips over thousands of cells, so
+    /// counting them per chunk costs a cache miss and an allocation per
+    /// trip); the file's rollup counts them as it merges the chunks.
+    pub pending: Vec<(u8, i32, i32, i32)>,
+}
+
+impl PartialEq for Rollup {
+    fn eq(&self, other: &Self) -> bool {
+        let (mut a, mut b) = (self.clone(), other.clone());
+        a.fold();
+        b.fold();
+        a.region_week == b.region_week
+            && a.region_source == b.region_source
+            && a.cell_week == b.cell_week
+    }
 }
 
 impl Rollup {
@@ -84,15 +278,28 @@ impl Rollup {
         rs.0 += 1;
         rs.1 = rs.1.max(datetime_us);
         let (oix, oiy, dix, diy) = (g.cell(ox), g.cell(oy), g.cell(dx), g.cell(dy));
-        *self.cell_week.entry((ORIGIN, oix, oiy, week)).or_default() += 1;
-        *self
-            .cell_week
-            .entry((DESTINATION, dix, diy, week))
-            .or_default() += 1;
+        self.pending.push((ORIGIN, oix, oiy, week));
+        self.pending.push((DESTINATION, dix, diy, week));
+    }
+
+    /// Counts the pending trips into `cell_week`.
+    pub fn fold(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.count(&pending);
+    }
+
+    fn count(&mut self, pending: &[(u8, i32, i32, i32)]) {
+        for &(side, ix, iy, week) in pending {
+            self.cell_week
+                .entry((side, ix, iy))
+                .or_default()
+                .add(week, 1);
+        }
     }
 
     /// Folds `other` (a later chunk) into `self`.
     pub fn merge(&mut self, other: Rollup) {
+        self.count(&other.pending);
         for (k, v) in other.region_week {
             *self.region_week.entry(k).or_default() += v;
         }
@@ -102,7 +309,12 @@ impl Rollup {
             e.1 = e.1.max(last);
         }
         for (k, v) in other.cell_week {
-            *self.cell_week.entry(k).or_default() += v;
+            match self.cell_week.entry(k) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(v),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(v);
+                }
+            }
         }
     }
 }
@@ -143,14 +355,15 @@ impl Rollup {
     /// One row per cell with its weeks and counts as arrays: a file then
     /// writes one row per cell it touches instead of one per cell and week,
     /// which keeps the rollup's COPY and index small next to the trips.
+    /// Call [`Rollup::fold`] first: pending trips are not in these rows.
     pub fn cell_week_rows(&self, file_id: i32) -> String {
-        let mut cells: HashMap<(u8, i32, i32), Vec<(i32, i64)>> = HashMap::default();
-        for (&(side, ix, iy, w), &n) in &self.cell_week {
-            cells.entry((side, ix, iy)).or_default().push((w, n));
-        }
+        debug_assert!(self.pending.is_empty(), "fold() before writing");
         let mut out = String::new();
-        for ((side, ix, iy), mut weeks) in cells {
-            weeks.sort_unstable();
+        for (&(side, ix, iy), counts) in &self.cell_week {
+            let weeks = counts.weeks();
+            if weeks.is_empty() {
+                continue;
+            }
             let _ = write!(out, "{file_id}\t{}\t{ix}\t{iy}\t{{", side as char);
             for (i, (w, _)) in weeks.iter().enumerate() {
                 let _ = write!(out, "{}{w}", if i > 0 { "," } else { "" });
@@ -211,7 +424,54 @@ mod tests {
         }
         a.merge(b);
         assert_eq!(a, one);
+        one.fold();
+        assert_eq!(
+            one.cell_week[&(ORIGIN, g.cell(14.1), g.cell(50.1))].weeks(),
+            [(week_of(1_527_498_220_000_000), 2)]
+        );
         assert_eq!(one.region_week.values().sum::<i64>(), 3);
         assert_eq!(one.region_source[&(1, 3)].0, 1);
+    }
+
+    #[test]
+    fn week_counts_dense_sparse_and_merge_agree_with_a_map() {
+        use std::collections::BTreeMap;
+        let monday = |i: i32| week_monday(i);
+        // Weeks in any order, far apart (sparse), before the base, repeated.
+        let many: Vec<i32> = (0..40).rev().chain(20..60).collect();
+        let spread: Vec<i32> = (0..14).map(|i| i * 500 - 3000).collect();
+        let seqs: [&[i32]; 6] = [
+            &[10, 12, 10, 5, 11],
+            &[3000, 2, 2, -40, 2500],
+            &[7],
+            &[100, 99, 98, 1200, 97],
+            &many,
+            &spread,
+        ];
+        for a in seqs {
+            for b in seqs {
+                let mut expect: BTreeMap<i32, i64> = BTreeMap::new();
+                let (mut x, mut y) = (WeekCounts::default(), WeekCounts::default());
+                for &w in a {
+                    x.add(monday(w), 1);
+                    *expect.entry(monday(w)).or_default() += 1;
+                }
+                for &w in b {
+                    y.add(monday(w), 2);
+                    *expect.entry(monday(w)).or_default() += 2;
+                }
+                x.merge(y);
+                assert_eq!(
+                    x.weeks(),
+                    expect.into_iter().collect::<Vec<_>>(),
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        assert_eq!(week_index(week_of(0)), -1);
+        assert_eq!(
+            week_monday(week_index(week_of(1_527_498_220_000_000))),
+            week_of(1_527_498_220_000_000)
+        );
     }
 }
