@@ -8,22 +8,6 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-/// A free path for `name` in `dir`: `name`, else `stem.1.ext`, `stem.2.ext`, …
-pub fn free_path(dir: &Path, name: &str) -> PathBuf {
-    let first = dir.join(name);
-    if !first.exists() {
-        return first;
-    }
-    let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name, ""),
-    };
-    (1..)
-        .map(|n| dir.join(format!("{stem}.{n}{ext}")))
-        .find(|p| !p.exists())
-        .unwrap_or(first)
-}
-
 /// Moves `file` into `dir` (created if needed); across filesystems it copies,
 /// syncs, then removes the original. Returns the new path.
 pub fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
@@ -35,18 +19,80 @@ pub fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// Like [`move_into`], under another name (a claimed file gets its own back).
+/// Never replaces a file already in `dir`: a taken name gets a `.N` suffix,
+/// and the name is taken atomically (rename without replace, or a
+/// create-new copy across filesystems), so two processes archiving files of
+/// the same name at the same moment both keep theirs.
 pub fn move_into_as(file: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let dest = free_path(dir, name);
-    match std::fs::rename(file, &dest) {
-        Ok(()) => Ok(dest),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            std::fs::copy(file, &dest)?;
-            File::open(&dest)?.sync_all()?;
-            std::fs::remove_file(file)?;
-            Ok(dest)
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    for n in 0u64.. {
+        let dest = if n == 0 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{stem}.{n}{ext}"))
+        };
+        match rename_noreplace(file, &dest) {
+            Ok(()) => return Ok(dest),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let mut out = match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&dest)
+                {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e),
+                };
+                std::io::copy(&mut File::open(file)?, &mut out)?;
+                out.sync_all()?;
+                std::fs::remove_file(file)?;
+                return Ok(dest);
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => Err(e),
+    }
+    Err(std::io::Error::other("no free name"))
+}
+
+/// `rename` that fails with `AlreadyExists` instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them
+    // like rename(2) does.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // A filesystem without RENAME_NOREPLACE: check, then rename (the
+        // small race is the best such a filesystem allows).
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => {
+            if to.exists() {
+                Err(std::io::ErrorKind::AlreadyExists.into())
+            } else {
+                std::fs::rename(from, to)
+            }
+        }
+        _ => Err(e),
     }
 }
 
@@ -155,5 +201,37 @@ mod tests {
             std::fs::read_to_string(dest.join("trips.1.csv")).unwrap(),
             "two"
         );
+    }
+
+    #[test]
+    fn concurrent_moves_of_the_same_name_keep_every_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("processed");
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (src, dest) = (d.path().join(format!("in{t}")), dest.clone());
+                std::thread::spawn(move || {
+                    std::fs::create_dir_all(&src).unwrap();
+                    for i in 0..25 {
+                        let f = src.join("trips.csv");
+                        std::fs::write(&f, format!("{t}-{i}")).unwrap();
+                        move_into(&f, &dest).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut seen: Vec<String> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        seen.sort();
+        let mut expect: Vec<String> = (0..8)
+            .flat_map(|t| (0..25).map(move |i| format!("{t}-{i}")))
+            .collect();
+        expect.sort();
+        assert_eq!(seen, expect, "every file kept, none overwritten");
     }
 }
