@@ -3,7 +3,9 @@
 
 use crate::embedded::Embedded;
 use std::path::{Path, PathBuf};
-use tokio_postgres::{Client, NoTls};
+use std::sync::Arc;
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -124,13 +126,120 @@ pub fn is_local(conninfo: &str) -> bool {
     })
 }
 
+/// TLS for database connections. With `sslmode=prefer` (the default) the
+/// session is encrypted when the server offers TLS and plain otherwise; with
+/// `sslmode=require` it must be encrypted; `sslmode=disable` never tries.
+/// As libpq does at these modes, the server's certificate is not verified
+/// (encryption, not authentication of the server): `verify-ca` and
+/// `verify-full` are not supported yet.
+pub fn tls() -> Result<Tls, DbError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::BadUrl(format!("TLS setup: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+        .with_no_client_auth();
+    Ok(Tls(MakeRustlsConnect::new(config)))
+}
+
+/// [`MakeRustlsConnect`] that accepts any host: a unix socket path or a
+/// name that is not a DNS name would be refused as a TLS server name, and
+/// since the certificate is not verified the name only goes into SNI.
+#[derive(Clone)]
+pub struct Tls(MakeRustlsConnect);
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for Tls
+where
+    MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let name = if rustls::pki_types::ServerName::try_from(domain).is_ok() {
+            domain
+        } else {
+            "localhost"
+        };
+        tokio_postgres::tls::MakeTlsConnect::<S>::make_tls_connect(&mut self.0, name)
+    }
+}
+
+/// Accepts any server certificate but still checks the handshake signatures,
+/// which is what libpq's `sslmode=require` does.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The server's own message for a database error ("db error" alone says
+/// nothing), or the error with its causes (e.g. a TLS handshake failure).
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        return format!("{}: {}", d.severity(), d.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Connects and drives the connection on the runtime.
 pub async fn connect(conninfo: &str) -> Result<Client, DbError> {
     let cfg: tokio_postgres::Config = conninfo
         .parse()
         .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
-        let reason = e.to_string();
+    let (client, connection) = cfg.connect(tls()?).await.map_err(|e| {
+        let reason = error_text(&e);
         let hint = if reason.contains("password") || reason.contains("authentication") {
             "check the user and password in DATABASE_URL"
         } else if reason.contains("does not exist") {

@@ -5,7 +5,7 @@
 use crate::db::{self, query_err, DbError};
 use crate::events::{Event, CHANNEL};
 use futures_util::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// One line for a person.
 pub fn human(e: &Event) -> String {
@@ -95,11 +95,14 @@ pub async fn follow(
     let cfg: tokio_postgres::Config = conninfo
         .parse()
         .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
-    let (client, mut connection) = cfg.connect(NoTls).await.map_err(|e| DbError::Connect {
-        target: db::describe(conninfo),
-        reason: e.to_string(),
-        hint: "is the server running? check DATABASE_URL".into(),
-    })?;
+    let (client, mut connection) =
+        cfg.connect(crate::db::tls()?)
+            .await
+            .map_err(|e| DbError::Connect {
+                target: db::describe(conninfo),
+                reason: crate::db::error_text(&e),
+                hint: "is the server running? check DATABASE_URL".into(),
+            })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

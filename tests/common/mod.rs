@@ -59,6 +59,12 @@ fn cluster() -> &'static Cluster {
     })
 }
 
+/// The test cluster's data directory, TCP port and superuser.
+pub fn cluster_info() -> (PathBuf, u16, String) {
+    let e = &cluster().emb;
+    (e.data_dir.clone(), e.port, e.user.clone())
+}
+
 /// A fresh database (PostGIS preinstalled) for one test.
 pub struct TestDb {
     pub conninfo: String,
