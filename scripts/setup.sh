@@ -28,6 +28,12 @@ if [ "${TRIPLOAD_SETUP_TESTS:-0}" = 1 ] && ! /usr/bin/python3 -c 'import aiosmtp
   sudo_if_needed apt-get update -q
   sudo_if_needed apt-get install -y -q python3-aiosmtpd
 fi
+# The TLS test makes a self-signed server certificate with openssl.
+if [ "${TRIPLOAD_SETUP_TESTS:-0}" = 1 ] && ! command -v openssl >/dev/null; then
+  echo "setup: installing openssl (certificate for the TLS test)" >&2
+  sudo_if_needed apt-get update -q
+  sudo_if_needed apt-get install -y -q openssl
+fi
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found: install the Rust toolchain (https://rustup.rs)" >&2
   exit 1
