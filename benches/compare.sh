@@ -16,19 +16,14 @@ REPEATS=${2:-3}
 OUT=bench-out
 mkdir -p "$OUT"
 chmod 755 "$OUT"
-scripts/setup.sh
+source benches/common.sh
+bench_build
 if ! command -v pgloader >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get install -y -q pgloader >/dev/null; else sudo apt-get install -y -q pgloader >/dev/null; fi \
     || echo "pgloader could not be installed: its row is left out" >&2
 fi
-cargo build --release --quiet
-TL="$PWD/target/release/tripload"
 export TRIPLOAD_PG_DIR="$PWD/$OUT/pg"
-unset DATABASE_URL
-URL=$("$TL" db url)
-"$TL" db migrate >/dev/null
-calc() { awk "BEGIN { print $* }"; }
-psql_() { psql "$URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
+bench_db
 
 CSV="$OUT/trips-$ROWS.csv"
 [ -f "$CSV" ] || "$TL" gen --rows "$ROWS" --seed 1 --out "$CSV"
@@ -101,7 +96,6 @@ for i in $(seq "$REPEATS"); do
   echo "round $i: tripload ${T[tripload]} psql ${T[psql_copy]} pgloader ${T[pgloader]:-} ceiling ${T[server_binary_copy]}" | tr -s ' ' >&2
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 TL_MED=$(echo "${T[tripload]}" | median)
 {
 echo "## End-to-end load, $ROWS rows ($(( BYTES / 1048576 )) MiB), median of $REPEATS alternating runs"

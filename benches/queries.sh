@@ -8,14 +8,10 @@ ROWS=${1:-10000000}
 REPEATS=${2:-7}
 OUT=bench-out
 mkdir -p "$OUT/q/landing"
-scripts/setup.sh
-cargo build --release --quiet
-TL="$PWD/target/release/tripload"
+source benches/common.sh
+bench_build
 export TRIPLOAD_PG_DIR="$PWD/$OUT/pg"
-unset DATABASE_URL
-URL=$("$TL" db url)
-"$TL" db migrate >/dev/null
-psql_() { psql "$URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
+bench_db
 have=$(psql_ -c "SELECT coalesce(sum(rows_loaded), 0) FROM load_files")
 if [ "$have" != "$ROWS" ]; then
   psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist" \

@@ -23,17 +23,12 @@ SPATIAL=${SPATIAL:-1}
 OUT_MD=${OUT_MD:-docs/scale-100m.md}
 mkdir -p "$WORK/landing"
 chmod 755 "$WORK" "$(dirname "$WORK")"
-scripts/setup.sh
-cargo build --release --quiet
-TL="$PWD/target/release/tripload"
+source benches/common.sh
+bench_build
 export TRIPLOAD_PG_DIR="$PWD/$WORK/pg"
-unset DATABASE_URL
 "$TL" db stop >/dev/null 2>&1 || true
 rm -rf "$TRIPLOAD_PG_DIR" "$WORK/processed" "$WORK/failed"
-URL=$("$TL" db url)
-"$TL" db migrate >/dev/null
-psql_() { psql "$URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
-calc() { awk "BEGIN { print $* }"; }
+bench_db
 md() { echo "$@" >>"$OUT_MD.tmp"; }
 : >"$OUT_MD.tmp"
 

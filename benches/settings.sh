@@ -13,16 +13,10 @@ ROWS=${1:-5000000}
 REPEATS=${2:-3}
 OUT=bench-out
 mkdir -p "$OUT/settings"
-scripts/setup.sh
-cargo build --release --quiet
-TL="$PWD/target/release/tripload"
+source benches/common.sh
+bench_build
 export TRIPLOAD_PG_DIR="$PWD/$OUT/pg"
-unset DATABASE_URL
-URL=$("$TL" db url)
-"$TL" db migrate >/dev/null
-psql_() { psql "$URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
-calc() { awk "BEGIN { print $* }"; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+bench_db
 CSV="$OUT/settings/trips-$ROWS.csv"
 [ -f "$CSV" ] || "$TL" gen --rows "$ROWS" --seed 3 --out "$CSV"
 psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist"
