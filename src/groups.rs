@@ -129,26 +129,10 @@ pub fn render(q: &Query, cell: f64, groups: &[Group], format: Format) -> String 
                     ]
                 })
                 .collect();
-            let mut width = header.map(str::len);
-            for row in &body {
-                for (w, c) in width.iter_mut().zip(row) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let line = |cells: &[String]| {
-                let mut l = String::new();
-                for (i, (c, w)) in cells.iter().zip(width).enumerate() {
-                    if i == 0 {
-                        l.push_str(&format!("{c:>w$}"));
-                    } else {
-                        l.push_str(&format!("  {c:<w$}"));
-                    }
-                }
-                l.trim_end().to_string() + "\n"
-            };
-            s.push_str(&line(&header.map(String::from)));
-            for row in &body {
-                s.push_str(&line(row));
+            let mut rows = vec![header.map(String::from)];
+            rows.extend(body);
+            for line in crate::report::aligned(&rows, |j| j == 0) {
+                s.push_str(&line);
             }
             if groups.is_empty() {
                 s.push_str("(no trips match)\n");
@@ -156,25 +140,35 @@ pub fn render(q: &Query, cell: f64, groups: &[Group], format: Format) -> String 
             s
         }
         Format::Csv => {
-            let mut s = String::from(
-                "trips,region,origin_ix,origin_iy,destination_ix,destination_iy,bucket_start,first_at,last_at,datasources\n",
-            );
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let _ = w.write_record([
+                "trips",
+                "region",
+                "origin_ix",
+                "origin_iy",
+                "destination_ix",
+                "destination_iy",
+                "bucket_start",
+                "first_at",
+                "last_at",
+                "datasources",
+            ]);
             for g in groups {
-                s.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{}\n",
-                    g.trips,
-                    csv_field(&g.region),
-                    g.origin_cell.0,
-                    g.origin_cell.1,
-                    g.destination_cell.0,
-                    g.destination_cell.1,
-                    g.bucket_start.format("%H:%M"),
+                // Writing to a Vec cannot fail.
+                let _ = w.write_record([
+                    g.trips.to_string(),
+                    g.region.clone(),
+                    g.origin_cell.0.to_string(),
+                    g.origin_cell.1.to_string(),
+                    g.destination_cell.0.to_string(),
+                    g.destination_cell.1.to_string(),
+                    g.bucket_start.format("%H:%M").to_string(),
                     ts(&g.first_at),
                     ts(&g.last_at),
-                    csv_field(&g.datasources.join(" ")),
-                ));
+                    g.datasources.join(" "),
+                ]);
             }
-            s
+            String::from_utf8_lossy(&w.into_inner().unwrap_or_default()).into_owned()
         }
         Format::Json => serde_json::json!({
             "cell_deg": cell,
@@ -194,14 +188,6 @@ pub fn render(q: &Query, cell: f64, groups: &[Group], format: Format) -> String 
         })
         .to_string()
             + "\n",
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
     }
 }
 
@@ -226,7 +212,29 @@ mod tests {
 
     #[test]
     fn csv_quotes_when_needed() {
-        assert_eq!(csv_field("Prague"), "Prague");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        let t = chrono::DateTime::from_timestamp(1_527_498_220, 0).unwrap();
+        let g = Group {
+            region: "Prague, CZ".into(),
+            origin_cell: (1449, 5000),
+            destination_cell: (1443, 5004),
+            bucket_start: chrono::NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
+            trips: 3,
+            first_at: t,
+            last_at: t,
+            datasources: vec!["funny_car".into()],
+        };
+        let q = Query {
+            region: None,
+            bbox: None,
+            by: By::Origin,
+            cell_deg: None,
+            bucket_minutes: 60,
+            top: 20,
+        };
+        let csv = render(&q, 0.01, &[g], Format::Csv);
+        assert_eq!(
+            csv.lines().nth(1),
+            Some("3,\"Prague, CZ\",1449,5000,1443,5004,09:00,2018-05-28 09:03:40,2018-05-28 09:03:40,funny_car")
+        );
     }
 }

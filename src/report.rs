@@ -192,6 +192,43 @@ fn status_word(s: &Status) -> &'static str {
 }
 
 /// The end-of-run table: file, status, rows loaded, rejected, seconds, rows/s.
+fn column_widths<R: AsRef<[String]>>(rows: &[R]) -> Vec<usize> {
+    let mut widths: Vec<usize> = Vec::new();
+    for r in rows {
+        for (j, c) in r.as_ref().iter().enumerate() {
+            if widths.len() <= j {
+                widths.push(0);
+            }
+            widths[j] = widths[j].max(c.chars().count());
+        }
+    }
+    widths
+}
+
+/// Text table lines (each ending in a newline): columns two spaces apart,
+/// padded to their widest cell, right-aligned where `right(column)`.
+pub fn aligned<R: AsRef<[String]>>(rows: &[R], right: impl Fn(usize) -> bool) -> Vec<String> {
+    let widths = column_widths(rows);
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .as_ref()
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    let w = widths[j];
+                    if right(j) {
+                        format!("{c:>w$}")
+                    } else {
+                        format!("{c:<w$}")
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_string() + "\n"
+        })
+        .collect()
+}
+
 pub fn summary_table(reports: &[FileReport]) -> String {
     let mut rows: Vec<[String; 6]> = vec![[
         "file".into(),
@@ -225,27 +262,10 @@ pub fn summary_table(reports: &[FileReport]) -> String {
         String::new(),
         String::new(),
     ]);
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
+    let widths = column_widths(&rows);
     let mut out = String::new();
-    for (i, r) in rows.iter().enumerate() {
-        let cells: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(j, c)| {
-                if j >= 2 {
-                    format!("{c:>w$}", w = widths[j])
-                } else {
-                    format!("{c:<w$}", w = widths[j])
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
+    for (i, line) in aligned(&rows, |j| j >= 2).into_iter().enumerate() {
+        out.push_str(&line);
         if i == 0 || i == rows.len() - 2 {
             out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 10));
             out.push('\n');

@@ -57,16 +57,13 @@ pub fn week_of(datetime_us: i64) -> i32 {
 pub const ORIGIN: u8 = b'o';
 pub const DESTINATION: u8 = b'd';
 
-/// Trip counts by week for one cell: a short list while few weeks are seen
-/// (a 4 MiB chunk puts ~10 trips in a cell), then dense counters from the
-/// first week seen (a file rarely spans more than a year), sparse past
+/// Trip counts by week for one cell: dense counters from the first week
+/// seen (a file rarely spans more than a year), sparse past
 /// [`WeekCounts::DENSE_MAX`] weeks. Keying the cell map by cell alone keeps it small enough to stay in
 /// cache (cells × 2 entries instead of cells × weeks × 2), which is most of
 /// the rollups' cost per row.
 #[derive(Debug, Clone)]
 pub enum WeekCounts {
-    /// (week index, trips), unordered, at most [`WeekCounts::SMALL_MAX`].
-    Small(Vec<(i32, i64)>),
     /// `counts[i]` trips in week index `base + i`.
     Dense {
         base: i32,
@@ -77,7 +74,10 @@ pub enum WeekCounts {
 
 impl Default for WeekCounts {
     fn default() -> Self {
-        WeekCounts::Small(Vec::new())
+        WeekCounts::Dense {
+            base: 0,
+            counts: Vec::new(),
+        }
     }
 }
 
@@ -92,36 +92,11 @@ fn week_monday(index: i32) -> i32 {
 impl WeekCounts {
     /// Weeks a dense counter may span before it turns sparse.
     pub const DENSE_MAX: usize = 1024;
-    /// Weeks a short list holds before it turns dense.
-    pub const SMALL_MAX: usize = 12;
 
     /// Adds `n` trips to the week whose Monday is day `monday`.
     pub fn add(&mut self, monday: i32, n: i64) {
         let w = week_index(monday);
         match self {
-            WeekCounts::Small(v) => {
-                if let Some(e) = v.iter_mut().find(|e| e.0 == w) {
-                    e.1 += n;
-                } else if v.len() < Self::SMALL_MAX {
-                    v.push((w, n));
-                } else {
-                    let lo = v.iter().map(|e| e.0).min().unwrap_or(w).min(w);
-                    let hi = v.iter().map(|e| e.0).max().unwrap_or(w).max(w);
-                    let old = std::mem::take(v);
-                    *self = if ((hi - lo) as usize) < Self::DENSE_MAX {
-                        WeekCounts::Dense {
-                            base: lo,
-                            counts: vec![0; (hi - lo) as usize + 1],
-                        }
-                    } else {
-                        WeekCounts::Sparse(Default::default())
-                    };
-                    for (ow, on) in old {
-                        self.add(week_monday(ow), on);
-                    }
-                    self.add(monday, n);
-                }
-            }
             WeekCounts::Dense { base, counts } => {
                 if counts.is_empty() {
                     *base = w;
@@ -152,13 +127,7 @@ impl WeekCounts {
     }
 
     fn make_sparse(&mut self) -> &mut Self {
-        if let WeekCounts::Small(v) = self {
-            let mut m = std::collections::BTreeMap::new();
-            for &(w, n) in v.iter() {
-                *m.entry(w).or_default() += n;
-            }
-            *self = WeekCounts::Sparse(m);
-        } else if let WeekCounts::Dense { base, counts } = self {
+        if let WeekCounts::Dense { base, counts } = self {
             let m = counts
                 .iter()
                 .enumerate()
@@ -173,15 +142,6 @@ impl WeekCounts {
     /// (Monday day number, trips) for the weeks with trips, in order.
     pub fn weeks(&self) -> Vec<(i32, i64)> {
         match self {
-            WeekCounts::Small(v) => {
-                let mut w: Vec<(i32, i64)> = v
-                    .iter()
-                    .filter(|e| e.1 != 0)
-                    .map(|&(w, n)| (week_monday(w), n))
-                    .collect();
-                w.sort_unstable();
-                w
-            }
             WeekCounts::Dense { base, counts } => counts
                 .iter()
                 .enumerate()
@@ -198,32 +158,8 @@ impl WeekCounts {
 
     /// Folds `other` in.
     pub fn merge(&mut self, other: WeekCounts) {
-        match (&mut *self, other) {
-            (
-                WeekCounts::Dense { base, counts },
-                WeekCounts::Dense {
-                    base: ob,
-                    counts: oc,
-                },
-            ) if !counts.is_empty()
-                && ob >= *base
-                && (ob - *base) as usize + oc.len() <= counts.len() =>
-            {
-                let off = (ob - *base) as usize;
-                for (a, b) in counts[off..off + oc.len()].iter_mut().zip(oc) {
-                    *a += b;
-                }
-            }
-            (_, WeekCounts::Small(v)) => {
-                for (w, n) in v {
-                    self.add(week_monday(w), n);
-                }
-            }
-            (_, other) => {
-                for (monday, n) in other.weeks() {
-                    self.add(monday, n);
-                }
-            }
+        for (monday, n) in other.weeks() {
+            self.add(monday, n);
         }
     }
 }
