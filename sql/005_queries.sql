@@ -28,12 +28,15 @@ LANGUAGE sql STABLE AS $$
     SELECT weeks.week, coalesce(counts.trips, 0)::bigint FROM weeks LEFT JOIN counts USING (week) ORDER BY 1
 $$;
 
--- Trips per week for a bounding box. Cells wholly inside the box come from the
--- cell/week rollup; trips in the cells the box's edge crosses (and, for
--- p_by = 'both', all trips) are counted from the raw rows, exactly. The raw
--- part uses a GiST index on trips when one exists (`tripload db index --spatial`).
+-- Trips per week for a bounding box. Cells wholly inside the box come from
+-- rollup_cell_week; the cells its edge crosses from the exact coordinates in
+-- rollup_cell_points (binary searches over sorted arrays); p_by = 'both' needs
+-- origin and destination together, which no rollup keeps, and reads the raw
+-- trips (with the GiST indexes of `tripload db index --spatial` if built).
 -- Rust and PostgreSQL compute a cell as floor(coordinate / grid_deg) with the
--- same IEEE arithmetic, so each trip is counted in exactly one of the two parts.
+-- same IEEE arithmetic; "wholly inside" keeps a margin, and every cell that is
+-- not wholly inside is counted from its exact coordinates, so the answer is
+-- exact whatever the rounding.
 CREATE OR REPLACE FUNCTION weekly_trips_bbox(
     min_lon double precision, min_lat double precision, max_lon double precision, max_lat double precision,
     p_by text DEFAULT 'origin', p_from date DEFAULT NULL, p_to date DEFAULT NULL)
@@ -41,27 +44,30 @@ RETURNS TABLE (week date, trips bigint)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     g double precision := tripload_setting('grid_deg');
-    -- Cells strictly inside the box, with a margin for floating-point cell assignment.
-    in_x0 int := ceil(min_lon / g + 1e-7)::int;
-    in_x1 int := floor(max_lon / g - 1e-7)::int - 1;
-    in_y0 int := ceil(min_lat / g + 1e-7)::int;
-    in_y1 int := floor(max_lat / g - 1e-7)::int - 1;
+    -- Every trip lies in the world; cutting the box to it keeps cell numbers small.
+    x0 double precision := greatest(min_lon, -180);
+    x1 double precision := least(max_lon, 180);
+    y0 double precision := greatest(min_lat, -90);
+    y1 double precision := least(max_lat, 90);
+    -- Cells a point of the box can fall in (division and floor are monotonic).
+    cx0 int := floor(x0 / g)::int;
+    cx1 int := floor(x1 / g)::int;
+    cy0 int := floor(y0 / g)::int;
+    cy1 int := floor(y1 / g)::int;
+    -- Cells wholly inside the box, with a margin for floating-point cell assignment.
+    in_x0 int := ceil(x0 / g + 1e-7)::int;
+    in_x1 int := floor(x1 / g - 1e-7)::int - 1;
+    in_y0 int := ceil(y0 / g + 1e-7)::int;
+    in_y1 int := floor(y1 / g - 1e-7)::int - 1;
+    -- The edge band as four strips around the inner columns sx0..sx1.
+    sx0 int;
+    sx1 int;
+    s "char" := CASE p_by WHEN 'origin' THEN 'o' ELSE 'd' END;
     box geometry := ST_MakeEnvelope(min_lon, min_lat, max_lon, max_lat, 4326);
-    -- The edge band (box minus the interior cells) as four strips, widened a
-    -- hair so that floating-point cell assignment cannot slip a point between
-    -- them; the exact predicate below decides. With GiST indexes the raw part
-    -- then reads only the trips near the edge.
-    e double precision := 1e-9;
-    xi0 double precision := in_x0 * g;
-    xi1 double precision := (in_x1 + 1) * g;
-    yi0 double precision := in_y0 * g;
-    yi1 double precision := (in_y1 + 1) * g;
-    s1 geometry;
-    s2 geometry;
-    s3 geometry;
-    s4 geometry;
     w0 date;
     w1 date;
+    wi0 int;
+    wi1 int;
     t0 timestamptz;
     t1 timestamptz;
 BEGIN
@@ -72,16 +78,23 @@ BEGIN
         RAISE EXCEPTION 'empty bounding box: min must not exceed max';
     END IF;
     SELECT * INTO w0, w1 FROM trip_week_window(p_from, p_to);
-    IF in_x0 > in_x1 OR in_y0 > in_y1 THEN
-        s1 := box; s2 := box; s3 := box; s4 := box;
-    ELSE
-        s1 := ST_MakeEnvelope(min_lon, min_lat, xi0 + e, max_lat, 4326);
-        s2 := ST_MakeEnvelope(xi1 - e, min_lat, max_lon, max_lat, 4326);
-        s3 := ST_MakeEnvelope(xi0 - e, min_lat, xi1 + e, yi0 + e, 4326);
-        s4 := ST_MakeEnvelope(xi0 - e, yi1 - e, xi1 + e, max_lat, 4326);
-    END IF;
+    wi0 := w0 - date '1970-01-01';
+    wi1 := w1 - date '1970-01-01';
     t0 := w0::timestamp AT TIME ZONE 'UTC';
     t1 := (w1 + 7)::timestamp AT TIME ZONE 'UTC';
+    IF x0 > x1 OR y0 > y1 THEN
+        -- Outside the world: no trips.
+        RETURN QUERY SELECT generate_series(w0, w1, interval '1 week')::date, 0::bigint;
+        RETURN;
+    END IF;
+    IF in_x0 > in_x1 OR in_y0 > in_y1 THEN
+        -- No inner cells: one strip holding every candidate cell.
+        sx0 := cx1 + 1;
+        sx1 := cx1;
+    ELSE
+        sx0 := in_x0;
+        sx1 := in_x1;
+    END IF;
     IF p_by = 'both' THEN
         RETURN QUERY
         WITH weeks AS (SELECT generate_series(w0, w1, interval '1 week')::date AS week),
@@ -101,28 +114,37 @@ BEGIN
         inner_cells AS (
             SELECT date '1970-01-01' + u.w AS week, sum(u.n)::bigint AS n
             FROM rollup_cell_week r, unnest(r.weeks, r.trips) AS u(w, n)
-            WHERE r.side = CASE p_by WHEN 'origin' THEN 'o' ELSE 'd' END::"char"
+            WHERE r.side = s
               AND r.ix BETWEEN in_x0 AND in_x1 AND r.iy BETWEEN in_y0 AND in_y1
-              AND date '1970-01-01' + u.w BETWEEN w0 AND w1
+              AND u.w BETWEEN wi0 AND wi1
             GROUP BY 1
         ),
-        pts AS (
-            SELECT t.datetime, t.origin AS p FROM trips t
-            WHERE p_by = 'origin'
-              AND (t.origin && s1 OR t.origin && s2 OR t.origin && s3 OR t.origin && s4)
-              AND t.datetime >= t0 AND t.datetime < t1
-            UNION ALL
-            SELECT t.datetime, t.destination FROM trips t
-            WHERE p_by = 'destination'
-              AND (t.destination && s1 OR t.destination && s2 OR t.destination && s3 OR t.destination && s4)
-              AND t.datetime >= t0 AND t.datetime < t1
-        ),
+        -- count(v in [lo, hi]) over a sorted array = width_bucket(hi) - width_bucket(lo)
+        -- + the elements equal to lo (width_bucket counts v <= operand).
         edge AS (
-            SELECT date_trunc('week', pts.datetime AT TIME ZONE 'UTC')::date AS week, count(*)::bigint AS n
-            FROM pts
-            WHERE ST_X(pts.p) BETWEEN min_lon AND max_lon AND ST_Y(pts.p) BETWEEN min_lat AND max_lat
-              AND NOT (floor(ST_X(pts.p) / g)::int BETWEEN in_x0 AND in_x1
-                       AND floor(ST_Y(pts.p) / g)::int BETWEEN in_y0 AND in_y1)
+            SELECT date '1970-01-01' + p.week AS week, sum(
+                CASE
+                WHEN p.iy BETWEEN in_y0 AND in_y1 THEN
+                    -- Wholly inside in latitude: count longitudes.
+                    width_bucket(x1, p.lons) - width_bucket(x0, p.lons)
+                    + CASE WHEN p.lons[width_bucket(x0, p.lons)] = x0
+                           THEN (SELECT count(*) FROM unnest(p.lons) v WHERE v = x0)::int ELSE 0 END
+                WHEN p.ix BETWEEN in_x0 AND in_x1 THEN
+                    -- Wholly inside in longitude: count latitudes.
+                    width_bucket(y1, p.lats_sorted) - width_bucket(y0, p.lats_sorted)
+                    + CASE WHEN p.lats_sorted[width_bucket(y0, p.lats_sorted)] = y0
+                           THEN (SELECT count(*) FROM unnest(p.lats_sorted) v WHERE v = y0)::int ELSE 0 END
+                ELSE
+                    -- A corner: test each pair.
+                    (SELECT count(*) FROM unnest(p.lons, p.lats) AS u(x, y)
+                     WHERE u.x BETWEEN x0 AND x1 AND u.y BETWEEN y0 AND y1)::int
+                END)::bigint AS n
+            FROM rollup_cell_points p
+            WHERE p.side = s AND p.week BETWEEN wi0 AND wi1
+              AND ((p.ix BETWEEN cx0 AND sx0 - 1 AND p.iy BETWEEN cy0 AND cy1)
+                OR (p.ix BETWEEN sx1 + 1 AND cx1 AND p.iy BETWEEN cy0 AND cy1)
+                OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN cy0 AND in_y0 - 1)
+                OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN in_y1 + 1 AND cy1))
             GROUP BY 1
         )
         SELECT weeks.week, (coalesce(i.n, 0) + coalesce(e.n, 0))::bigint

@@ -12,6 +12,7 @@ use crate::ledger;
 use crate::map::{self, Mapped};
 use crate::ordered;
 use crate::parse::{self, Header};
+use crate::points::{self, Spill};
 use crate::report::{FileProgress, FileReport, Status};
 use crate::rollup::Rollup;
 use bytes::Bytes;
@@ -108,6 +109,7 @@ struct Committed {
     rejected: u64,
     rejects: RejectWriter,
     rollup: Option<Rollup>,
+    points: Option<Spill>,
 }
 
 async fn copy_text(
@@ -130,6 +132,76 @@ async fn copy_text(
         .finish()
         .await
         .map_err(|e| classify(e, "COPY rollups"))?;
+    Ok(())
+}
+
+/// Writes a file's cell points in its transaction (after its trips): each
+/// partition of the spill is sorted and encoded on a blocking thread (the
+/// sort on the rayon pool) while this task streams the buffers to COPY.
+async fn write_points(
+    tx: &tokio_postgres::Transaction<'_>,
+    file_id: i32,
+    spill: Spill,
+) -> Result<(), Abort> {
+    let what = "COPY rollup_cell_points";
+    let sink = tx
+        .copy_in::<_, Bytes>(&format!(
+            "COPY rollup_cell_points ({}) FROM STDIN (FORMAT binary)",
+            points::COPY_COLUMNS
+        ))
+        .await
+        .map_err(|e| classify(e, what))?;
+    let mut sink = Box::pin(sink);
+    sink.send(Bytes::from_static(COPY_HEADER))
+        .await
+        .map_err(|e| classify(e, what))?;
+    let (btx, mut brx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let producer = tokio::task::spawn_blocking(move || {
+        spill.drain(|mut pts| {
+            use rayon::slice::ParallelSliceMut;
+            pts.par_sort_unstable_by(points::cmp);
+            // Buffers of about 1 MiB, cut between cells, keep the pipe full.
+            let mut out = Vec::with_capacity(2 << 20);
+            for cell in pts.chunk_by(|a, b| (a.side, a.ix, a.iy) == (b.side, b.ix, b.iy)) {
+                points::encode_rows(file_id, cell, &mut out);
+                if out.len() >= 1 << 20 {
+                    let full = std::mem::replace(&mut out, Vec::with_capacity(2 << 20));
+                    if btx.blocking_send(Bytes::from(full)).is_err() {
+                        return false;
+                    }
+                }
+            }
+            out.is_empty() || btx.blocking_send(Bytes::from(out)).is_ok()
+        })
+    });
+    let mut copy_error = None;
+    while let Some(buf) = brx.recv().await {
+        if let Err(e) = sink.send(buf).await {
+            copy_error = Some(e);
+            break;
+        }
+    }
+    drop(brx);
+    match producer.await {
+        Err(e) => return Err(Abort::Env(format!("cell points task failed: {e}"))),
+        Ok(Err(e)) => {
+            return Err(Abort::Env(format!(
+                "cannot read back the cell points spilled to {}: {e}",
+                std::env::temp_dir().display()
+            )))
+        }
+        Ok(Ok(())) => {}
+    }
+    if let Some(e) = copy_error {
+        return Err(classify(e, what));
+    }
+    sink.send(Bytes::from_static(COPY_TRAILER))
+        .await
+        .map_err(|e| classify(e, what))?;
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(|e| classify(e, what))?;
     Ok(())
 }
 
@@ -454,6 +526,11 @@ async fn load_in_transaction(
             return Err(fail_with(abort, done));
         }
     }
+    if let Some(p) = done.points.take() {
+        if let Err(abort) = write_points(&tx, file_id, p).await {
+            return Err(fail_with(abort, done));
+        }
+    }
     let seconds = start.elapsed().as_secs_f64();
     if let Err(e) = ledger::finish(&tx, file_id, done.rows, done.rejected, seconds).await {
         return Err(fail_with(e.into(), done));
@@ -498,6 +575,26 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         out,
     } = s;
     let mut rollup = grid.map(|_| Rollup::default());
+    let mut points = match grid {
+        None => None,
+        Some(_) => match Spill::new(
+            mapped.bytes().len() as u64,
+            points::PARTITION_BYTES,
+            &std::env::temp_dir(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return Err(Failure {
+                    abort: Abort::Env(format!(
+                        "cannot create temporary files for the cell points in {} (set TMPDIR to a writable directory with room for about half the file's size): {e}",
+                        std::env::temp_dir().display()
+                    )),
+                    rejected: 0,
+                    rejects: Some(Box::new(rejects)),
+                })
+            }
+        },
+    };
     let mut line_base = header.lines_before_data;
     let mut rows = 0u64;
     let mut abort: Option<Abort> = None;
@@ -532,6 +629,15 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
                 return false;
             }
         }
+        if let Some(p) = points.as_mut() {
+            if let Err(e) = p.push(&enc.rollup.pending) {
+                abort = Some(Abort::Env(format!(
+                    "cannot spill the cell points to {}: {e}",
+                    std::env::temp_dir().display()
+                )));
+                return false;
+            }
+        }
         if let Some(r) = rollup.as_mut() {
             r.merge(enc.rollup);
         }
@@ -560,6 +666,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
             rejected,
             rejects,
             rollup,
+            points,
         }),
     }
 }

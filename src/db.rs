@@ -291,6 +291,11 @@ const LATER: &[Migration] = &[
         name: "rollups",
         sql: include_str!("../sql/004_rollups.sql"),
     },
+    Migration {
+        version: 6,
+        name: "cell points",
+        sql: include_str!("../sql/006_cell_points.sql"),
+    },
 ];
 /// Query functions: replaced on every migrate, so they follow the binary.
 const FUNCTIONS: &str = include_str!("../sql/005_queries.sql");

@@ -3,10 +3,10 @@
 //!
 //! The pipeline, one module per stage:
 //! [`discover`] → [`map`] → [`chunk`] → [`record`]/[`parse`] → [`encode`]
-//! (on the rayon pool, in order via [`ordered`]) → [`copy`] (one transaction,
-//! with the [`ledger`]) → [`archive`] → [`report`]. [`load`] runs it for many
+//! (on the rayon pool, in order via [`ordered`], with the [`rollup`]s and the
+//! [`points`] of each chunk) → [`copy`] (one transaction, with the [`ledger`]) → [`archive`] → [`report`]. [`load`] runs it for many
 //! files; [`db`] and [`embedded`] provide the database. The pure core
-//! (`chunk`, `record`, `parse`, `encode`) takes bytes and returns values.
+//! (`chunk`, `record`, `parse`, `encode`, `rollup`, `points`) takes bytes and returns values.
 
 pub mod archive;
 pub mod chunk;
@@ -26,6 +26,7 @@ pub mod mail;
 pub mod map;
 pub mod ordered;
 pub mod parse;
+pub mod points;
 pub mod record;
 pub mod report;
 pub mod rollup;

@@ -11,12 +11,13 @@
 //! - per region and datasource: counts and latest datetime (the bonus questions);
 //! - per side (origin/destination), cell and week: trip counts (the cells
 //!   wholly inside a bounding box; the cells its edge crosses are counted
-//!   from the raw rows).
+//!   from the exact coordinates kept by [`crate::points`]).
 //!
 //! Keys carry the file id, so concurrent files never touch the same rows.
 //! Every map is bounded by regions × datasources × cells × weeks, never by
 //! the number of rows.
 
+use crate::points::Pt;
 use rustc_hash::FxHashMap as HashMap;
 use std::fmt::Write as _;
 
@@ -180,7 +181,9 @@ pub struct Rollup {
     /// only appends (a chunk spreads its trips over thousands of cells, so
     /// counting them per chunk costs a cache miss and an allocation per
     /// trip); the file's rollup counts them as it merges the chunks.
-    pub pending: Vec<(u8, i32, i32, i32)>,
+    /// The same points also go, with their coordinates, to the file's
+    /// [`crate::points::Spill`].
+    pub pending: Vec<Pt>,
 }
 
 impl PartialEq for Rollup {
@@ -214,8 +217,22 @@ impl Rollup {
         rs.0 += 1;
         rs.1 = rs.1.max(datetime_us);
         let (oix, oiy, dix, diy) = (g.cell(ox), g.cell(oy), g.cell(dx), g.cell(dy));
-        self.pending.push((ORIGIN, oix, oiy, week));
-        self.pending.push((DESTINATION, dix, diy, week));
+        self.pending.push(Pt {
+            side: ORIGIN,
+            ix: oix,
+            iy: oiy,
+            week,
+            lon: ox,
+            lat: oy,
+        });
+        self.pending.push(Pt {
+            side: DESTINATION,
+            ix: dix,
+            iy: diy,
+            week,
+            lon: dx,
+            lat: dy,
+        });
     }
 
     /// Counts the pending trips into `cell_week`.
@@ -224,12 +241,12 @@ impl Rollup {
         self.count(&pending);
     }
 
-    fn count(&mut self, pending: &[(u8, i32, i32, i32)]) {
-        for &(side, ix, iy, week) in pending {
+    fn count(&mut self, pending: &[Pt]) {
+        for p in pending {
             self.cell_week
-                .entry((side, ix, iy))
+                .entry((p.side, p.ix, p.iy))
                 .or_default()
-                .add(week, 1);
+                .add(p.week, 1);
         }
     }
 

@@ -197,6 +197,9 @@ fn rollup_state(db: &TestDb) -> Vec<String> {
            JOIN regions g ON g.id = r.region_id JOIN datasources d ON d.id = r.datasource_id GROUP BY g.name, d.name
          UNION ALL
          SELECT 'cw ' || side::text || ' ' || ix || ' ' || iy || ' ' || w || ' ' || sum(n) FROM rollup_cell_week, unnest(weeks, trips) AS u(w, n) GROUP BY side, ix, iy, w
+         UNION ALL
+         SELECT 'cp ' || side::text || ' ' || ix || ' ' || iy || ' ' || week || ' ' || string_agg(x::text || ':' || y::text, ',' ORDER BY x, y)
+           FROM rollup_cell_points, unnest(lons, lats) AS u(x, y) GROUP BY side, ix, iy, week
          ORDER BY 1",
     )
     .iter()
@@ -251,6 +254,120 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
         db2.count("SELECT count(*) FROM rollup_region_week WHERE file_id NOT IN (SELECT file_id FROM load_files)"),
         0
     );
+    assert_eq!(
+        db2.count("SELECT count(*) FROM rollup_cell_points WHERE file_id NOT IN (SELECT file_id FROM load_files)"),
+        0
+    );
+    check_cell_points(&db2);
+}
+
+/// The cell points read back from PostgreSQL are exactly the trips'
+/// coordinates, each once, in the right cell and week, sorted as the query
+/// functions need.
+fn check_cell_points(db: &TestDb) {
+    let from_trips = "SELECT t.file_id, s.side, floor(ST_X(s.p) / 0.01)::int AS ix, floor(ST_Y(s.p) / 0.01)::int AS iy,
+                             date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date - date '1970-01-01' AS week,
+                             ST_X(s.p) AS x, ST_Y(s.p) AS y
+                      FROM trips t, LATERAL (VALUES ('o'::\"char\", t.origin), ('d'::\"char\", t.destination)) AS s(side, p)";
+    let from_points = "SELECT file_id, side, ix, iy, week, x, y FROM rollup_cell_points, unnest(lons, lats) AS u(x, y)";
+    assert_eq!(
+        db.count("SELECT count(*) FROM rollup_cell_points, unnest(lons)"),
+        2 * db.trips()
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM (({from_trips}) EXCEPT ALL ({from_points})) d"
+        )),
+        0
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM (({from_points}) EXCEPT ALL ({from_trips})) d"
+        )),
+        0
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM rollup_cell_points
+             WHERE cardinality(lons) NOT BETWEEN 1 AND 64
+                OR cardinality(lats) <> cardinality(lons)
+                OR lons <> ARRAY(SELECT v FROM unnest(lons) v ORDER BY v)
+                OR lats_sorted <> ARRAY(SELECT v FROM unnest(lats) v ORDER BY v)"
+        ),
+        0
+    );
+}
+
+/// Trips sharing exact coordinates, and neighbours one float step away, with
+/// box edges through them on every side: the binary searches count ties once.
+#[test]
+fn box_edges_through_repeated_points_count_each_trip_once() {
+    let (x, y) = (14.437_812_345_678_9_f64, 50.075_512_345_678_9_f64);
+    let up = |v: f64| f64::from_bits(v.to_bits() + 1);
+    let down = |v: f64| f64::from_bits(v.to_bits() - 1);
+    let mut csv = String::from("region,origin_coord,destination_coord,datetime,datasource\n");
+    let pts = [
+        (x, y),
+        (x, y),
+        (x, y),
+        (down(x), y),
+        (up(x), y),
+        (x, down(y)),
+        (x, up(y)),
+        (down(x), down(y)),
+        (up(x), up(y)),
+        (x + 0.003, y + 0.004),
+        (x - 0.02, y + 0.001),
+    ];
+    for (i, (px, py)) in pts.iter().enumerate() {
+        for week in 0..3 {
+            csv.push_str(&format!(
+                "Prague,POINT ({px:?} {py:?}),POINT ({py:?} {px:?}),2018-05-{:02} 0{}:00:00,funny_car\n",
+                7 + week * 7,
+                i % 10
+            ));
+        }
+    }
+    let db = fresh_db();
+    let w = Work::new();
+    load(
+        &w,
+        &db,
+        &[
+            ("ties.csv", csv.into_bytes()),
+            ("g.csv", tripload::gen::trips_csv(3_000, 5)),
+        ],
+    );
+    check_cell_points(&db);
+    let mut boxes = Vec::new();
+    for (ex, ey) in [(x, y), (down(x), down(y)), (up(x), up(y))] {
+        for d in [0.0, 1e-9, 0.004, 0.05] {
+            boxes.push([ex, ey - d, ex + d, ey + d]); // left edge through the points
+            boxes.push([ex - d, ey - d, ex, ey + d]); // right edge
+            boxes.push([ex - d, ey, ex + d, ey + d]); // bottom edge
+            boxes.push([ex - d, ey - d, ex + d, ey]); // top edge
+            boxes.push([ex, ey, ex + d, ey + d]); // corner
+            boxes.push([ex - d, ey - d, ex, ey]); // the other corner
+        }
+    }
+    for b in boxes {
+        check_bbox(&db, b, None, None);
+    }
+}
+
+/// A file larger than one spill partition: its points go through temporary
+/// files on disk and come back complete.
+#[test]
+fn cell_points_of_a_file_spilled_to_disk_are_complete() {
+    let rows = 420_000;
+    let csv = tripload::gen::trips_csv(rows, 77);
+    assert!(csv.len() as u64 * 4 / 3 > tripload::points::PARTITION_BYTES);
+    let db = fresh_db();
+    let w = Work::new();
+    load(&w, &db, &[("big.csv", csv)]);
+    assert_eq!(db.trips(), rows as i64);
+    check_cell_points(&db);
+    check_bbox(&db, [14.37, 50.0, 14.52, 50.13], None, None);
 }
 
 #[test]

@@ -1,0 +1,368 @@
+//! Cell points: the exact coordinates of every trip's origin and destination,
+//! grouped by (side, cell, week) into sorted `float8[]` arrays and written in
+//! the file's transaction to `rollup_cell_points`.
+//!
+//! Why: a bounding box sums the cells wholly inside it from `rollup_cell_week`,
+//! but the cells its edge crosses need each trip's coordinates. Reading those
+//! trips from `trips` costs a scan (or a GiST index that is slow to build and
+//! still reads ~1.5M rows for a city-district box at 100M trips). Here a cut
+//! cell is two binary searches (`width_bucket`) over at most
+//! [`MAX_PER_ROW`] sorted values in one heap row.
+//!
+//! Each row holds `lons` (ascending), `lats` (aligned with `lons`, so the pairs
+//! survive for the corner cells) and `lats_sorted` (ascending, for cells cut by
+//! a horizontal edge).
+//!
+//! A file's points (32 bytes each, two per trip) are kept in memory for small
+//! files; otherwise they are spilled to anonymous temporary files (in `TMPDIR`),
+//! hash-partitioned by cell, so memory stays bounded by one partition whatever
+//! the file size. After the trips' COPY each partition is sorted and encoded as
+//! binary COPY rows. Everything here but [`Spill`] is pure.
+
+use std::cmp::Ordering;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::path::Path;
+
+/// One side of one trip: its cell, week and exact coordinates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pt {
+    pub side: u8,
+    pub ix: i32,
+    pub iy: i32,
+    /// Day number (since 1970-01-01) of the week's Monday.
+    pub week: i32,
+    pub lon: f64,
+    pub lat: f64,
+}
+
+/// Bytes of a spilled [`Pt`].
+const PT_BYTES: usize = 32;
+
+/// Values per row: 3 arrays of 64 float8 keep a row near 1.7 KB, under
+/// PostgreSQL's 2 KB TOAST threshold, so a query reads the values in the heap
+/// row itself instead of three TOAST lookups per row.
+pub const MAX_PER_ROW: usize = 64;
+
+/// Columns of the binary COPY rows, in order.
+pub const COPY_COLUMNS: &str = "file_id, side, ix, iy, week, lons, lats, lats_sorted";
+
+/// Memory for one partition; a file's spill is cut into as many as needed.
+pub const PARTITION_BYTES: u64 = 64 << 20;
+
+/// PostgreSQL's type oid of float8 (the arrays' element type).
+const FLOAT8_OID: i32 = 701;
+
+impl Pt {
+    fn to_bytes(self) -> [u8; PT_BYTES] {
+        let mut b = [0u8; PT_BYTES];
+        b[0] = self.side;
+        b[4..8].copy_from_slice(&self.ix.to_le_bytes());
+        b[8..12].copy_from_slice(&self.iy.to_le_bytes());
+        b[12..16].copy_from_slice(&self.week.to_le_bytes());
+        b[16..24].copy_from_slice(&self.lon.to_le_bytes());
+        b[24..32].copy_from_slice(&self.lat.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Pt {
+        let i = |r: std::ops::Range<usize>| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&b[r]);
+            i32::from_le_bytes(a)
+        };
+        let f = |r: std::ops::Range<usize>| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[r]);
+            f64::from_le_bytes(a)
+        };
+        Pt {
+            side: b[0],
+            ix: i(4..8),
+            iy: i(8..12),
+            week: i(12..16),
+            lon: f(16..24),
+            lat: f(24..32),
+        }
+    }
+
+    fn key(&self) -> (u8, i32, i32, i32) {
+        (self.side, self.ix, self.iy, self.week)
+    }
+}
+
+/// Row order: by (side, cell, week), then longitude, then latitude.
+pub fn cmp(a: &Pt, b: &Pt) -> Ordering {
+    a.key()
+        .cmp(&b.key())
+        .then(a.lon.total_cmp(&b.lon))
+        .then(a.lat.total_cmp(&b.lat))
+}
+
+fn put_i32(out: &mut Vec<u8>, v: i32) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+/// A one-dimensional float8[] in PostgreSQL's binary array format.
+fn put_array(out: &mut Vec<u8>, vals: impl ExactSizeIterator<Item = f64>) {
+    let n = vals.len() as i32;
+    put_i32(out, 20 + n * 12); // field length
+    put_i32(out, 1); // dimensions
+    put_i32(out, 0); // no nulls
+    put_i32(out, FLOAT8_OID);
+    put_i32(out, n);
+    put_i32(out, 1); // lower bound
+    for v in vals {
+        put_i32(out, 8);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// Appends the binary COPY tuples (see [`COPY_COLUMNS`]) for `pts`, which must
+/// be sorted by [`cmp`]: one row per (side, cell, week) and run of at most
+/// [`MAX_PER_ROW`] points. Returns the number of rows.
+pub fn encode_rows(file_id: i32, pts: &[Pt], out: &mut Vec<u8>) -> u64 {
+    let mut rows = 0;
+    let mut lats = Vec::with_capacity(MAX_PER_ROW);
+    for group in pts.chunk_by(|a, b| a.key() == b.key()) {
+        for piece in group.chunks(MAX_PER_ROW) {
+            let p = piece[0];
+            out.extend_from_slice(&8i16.to_be_bytes());
+            put_i32(out, 4);
+            put_i32(out, file_id);
+            put_i32(out, 1);
+            out.push(p.side);
+            for v in [p.ix, p.iy, p.week] {
+                put_i32(out, 4);
+                put_i32(out, v);
+            }
+            put_array(out, piece.iter().map(|q| q.lon));
+            put_array(out, piece.iter().map(|q| q.lat));
+            lats.clear();
+            lats.extend(piece.iter().map(|q| q.lat));
+            lats.sort_unstable_by(f64::total_cmp);
+            put_array(out, lats.iter().copied());
+            rows += 1;
+        }
+    }
+    rows
+}
+
+/// A file's points until its trips are copied: in memory, or spilled to
+/// partitions on disk.
+pub enum Spill {
+    Memory(Vec<Pt>),
+    Files(Vec<BufWriter<File>>),
+}
+
+fn partition_of(p: &Pt, n: usize) -> usize {
+    let h = (p.ix as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (p.iy as u32 as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ p.side as u64;
+    ((h >> 32) % n as u64) as usize
+}
+
+impl Spill {
+    /// For a file of `file_bytes`: at most two points of 32 bytes per row of
+    /// at least 48 bytes, so the points take at most 4/3 of the file; one
+    /// partition per `partition_bytes` of that (at most 1024 open files).
+    pub fn new(file_bytes: u64, partition_bytes: u64, dir: &Path) -> io::Result<Spill> {
+        let bound = file_bytes.saturating_mul(4) / 3;
+        if bound <= partition_bytes {
+            return Ok(Spill::Memory(Vec::new()));
+        }
+        let n = bound.div_ceil(partition_bytes.max(1)).clamp(2, 1024) as usize;
+        let files = (0..n)
+            .map(|_| tempfile::tempfile_in(dir).map(|f| BufWriter::with_capacity(32 << 10, f)))
+            .collect::<io::Result<_>>()?;
+        Ok(Spill::Files(files))
+    }
+
+    pub fn push(&mut self, pts: &[Pt]) -> io::Result<()> {
+        match self {
+            Spill::Memory(v) => v.extend_from_slice(pts),
+            Spill::Files(files) => {
+                let n = files.len();
+                for p in pts {
+                    files[partition_of(p, n)].write_all(&p.to_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `each` with every partition's points (unsorted); stops early when
+    /// it returns false.
+    pub fn drain(self, mut each: impl FnMut(Vec<Pt>) -> bool) -> io::Result<()> {
+        match self {
+            Spill::Memory(v) => {
+                each(v);
+            }
+            Spill::Files(files) => {
+                for w in files {
+                    let mut f = w.into_inner().map_err(|e| e.into_error())?;
+                    f.rewind()?;
+                    let mut bytes = Vec::new();
+                    f.read_to_end(&mut bytes)?;
+                    let pts = bytes.chunks_exact(PT_BYTES).map(Pt::from_bytes).collect();
+                    drop(bytes);
+                    if !each(pts) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(side: u8, ix: i32, iy: i32, week: i32, lon: f64, lat: f64) -> Pt {
+        Pt {
+            side,
+            ix,
+            iy,
+            week,
+            lon,
+            lat,
+        }
+    }
+
+    /// Decodes the tuples back into (side, ix, iy, week, lons, lats, lats_sorted).
+    type Row = (u8, i32, i32, i32, Vec<f64>, Vec<f64>, Vec<f64>);
+    fn decode(mut b: &[u8]) -> Vec<Row> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
+            let (h, t) = b.split_at(n);
+            *b = t;
+            h
+        }
+        let i32_ = |b: &mut &[u8]| i32::from_be_bytes(take(b, 4).try_into().unwrap());
+        let int = |b: &mut &[u8]| {
+            assert_eq!(i32_(b), 4);
+            i32_(b)
+        };
+        let arr = |b: &mut &[u8]| {
+            let len = i32_(b);
+            let (dims, nulls, oid, n, lb) = (i32_(b), i32_(b), i32_(b), i32_(b), i32_(b));
+            assert_eq!((dims, nulls, oid, lb, len), (1, 0, 701, 1, 20 + n * 12));
+            (0..n)
+                .map(|_| {
+                    assert_eq!(i32_(b), 8);
+                    f64::from_be_bytes(take(b, 8).try_into().unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut rows = Vec::new();
+        while !b.is_empty() {
+            assert_eq!(take(&mut b, 2), 8i16.to_be_bytes());
+            assert_eq!(int(&mut b), 7);
+            assert_eq!(i32_(&mut b), 1);
+            let side = take(&mut b, 1)[0];
+            let (ix, iy, week) = (int(&mut b), int(&mut b), int(&mut b));
+            rows.push((side, ix, iy, week, arr(&mut b), arr(&mut b), arr(&mut b)));
+        }
+        rows
+    }
+
+    #[test]
+    fn rows_group_sort_and_split() {
+        let mut pts = vec![
+            pt(b'o', 1, 2, 10, 0.015, 0.029),
+            pt(b'd', 1, 2, 10, 0.5, 0.5),
+            pt(b'o', 1, 2, 10, 0.011, 0.021),
+            pt(b'o', 1, 2, 17, 0.012, 0.025),
+            pt(b'o', 1, 2, 10, 0.011, 0.020),
+        ];
+        // A big cell/week: split into runs of MAX_PER_ROW.
+        for i in 0..(MAX_PER_ROW + 5) {
+            pts.push(pt(
+                b'o',
+                3,
+                4,
+                10,
+                0.03 + i as f64 * 1e-6,
+                0.05 - i as f64 * 1e-6,
+            ));
+        }
+        pts.sort_unstable_by(cmp);
+        let mut out = Vec::new();
+        let n = encode_rows(7, &pts, &mut out);
+        let rows = decode(&out);
+        assert_eq!(n as usize, rows.len());
+        assert_eq!(rows.len(), 5);
+        assert_eq!(rows[0], (b'd', 1, 2, 10, vec![0.5], vec![0.5], vec![0.5]));
+        assert_eq!(
+            rows[1],
+            (
+                b'o',
+                1,
+                2,
+                10,
+                vec![0.011, 0.011, 0.015],
+                vec![0.020, 0.021, 0.029],
+                vec![0.020, 0.021, 0.029]
+            )
+        );
+        assert_eq!(rows[2].3, 17);
+        assert_eq!((rows[3].4.len(), rows[4].4.len()), (MAX_PER_ROW, 5));
+        for r in &rows {
+            assert!(r.4.windows(2).all(|w| w[0] <= w[1]), "lons ascending");
+            assert!(
+                r.6.windows(2).all(|w| w[0] <= w[1]),
+                "lats_sorted ascending"
+            );
+        }
+        // Pairs survive: lats are aligned with lons.
+        assert_eq!(rows[3].5[0], 0.05);
+        assert_eq!(rows[4].6[0], 0.05 - (MAX_PER_ROW + 4) as f64 * 1e-6);
+    }
+
+    #[test]
+    fn spilled_partitions_hold_exactly_what_was_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pts: Vec<Pt> = (0..5000)
+            .map(|i| {
+                pt(
+                    if i % 2 == 0 { b'o' } else { b'd' },
+                    (i % 37) - 18,
+                    i % 11,
+                    i % 5,
+                    i as f64 * 1e-3,
+                    -(i as f64) * 1e-4,
+                )
+            })
+            .collect();
+        // Small file: memory. Larger: several partitions on disk.
+        for (file_bytes, want_files) in [(1_000, false), (1_000_000, true)] {
+            let mut spill = Spill::new(file_bytes, 100_000, dir.path()).unwrap();
+            assert_eq!(matches!(spill, Spill::Files(_)), want_files);
+            for c in pts.chunks(333) {
+                spill.push(c).unwrap();
+            }
+            let mut got = Vec::new();
+            let mut parts = 0;
+            spill
+                .drain(|p| {
+                    // A cell never straddles partitions.
+                    let mut keys: Vec<_> = p.iter().map(|q| (q.side, q.ix, q.iy)).collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    for k in keys {
+                        assert!(!got.iter().any(|q: &Pt| (q.side, q.ix, q.iy) == k));
+                    }
+                    got.extend(p);
+                    parts += 1;
+                    true
+                })
+                .unwrap();
+            assert_eq!(parts > 1, want_files);
+            let (mut a, mut b) = (got, pts.clone());
+            a.sort_unstable_by(cmp);
+            b.sort_unstable_by(cmp);
+            assert_eq!(a, b);
+        }
+    }
+}
