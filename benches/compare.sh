@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end comparison, side by side in one run on one machine and server:
 #   tripload load            (this project)
+#   tripload, no rollups     (TRIPLOAD_BENCH_NO_ROLLUPS=1: what the rollups and
+#                             cell points cost at load time)
 #   psql \copy (FORMAT csv)  (the reference solution's approach: CSV into a
 #                             table with natural columns, WKT parsed by the server)
 #   pgloader                 (Debian's pgloader: CSV into the same natural table,
@@ -9,6 +11,7 @@
 #                             `trips` table (the ceiling: no client at all)
 # Runs alternate, each repeated REPEATS times; prints medians and ratios, and
 # the client's peak RSS. Usage: benches/compare.sh [ROWS] [REPEATS]
+# PGLOADER=0 leaves pgloader out (it takes ~30x longer than the rest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000}
@@ -18,7 +21,8 @@ mkdir -p "$OUT"
 chmod 755 "$OUT"
 source benches/common.sh
 bench_build
-if ! command -v pgloader >/dev/null; then
+PGLOADER=${PGLOADER:-1}
+if [ "$PGLOADER" = 1 ] && ! command -v pgloader >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get install -y -q pgloader >/dev/null; else sudo apt-get install -y -q pgloader >/dev/null; fi \
     || echo "pgloader could not be installed: its row is left out" >&2
 fi
@@ -36,7 +40,7 @@ BIN="$SHARED/trips-$ROWS.bin"
 psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist"
 psql_ -c "CREATE TABLE IF NOT EXISTS trips_natural (region text, origin geometry(Point,4326), destination geometry(Point,4326), datetime timestamptz, datasource text)"
 
-reset_db() { psql_ -c "TRUNCATE trips, load_files, trips_natural, rollup_region_week, rollup_region_source, rollup_cell_week" -c "CHECKPOINT"; }
+reset_db() { psql_ -c "TRUNCATE trips, load_files, trips_natural, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points" -c "CHECKPOINT"; }
 
 # pgloader wants a URL; the embedded server listens on a unix socket.
 SOCK_DIR=$(psql_ -c "SHOW unix_socket_directories" | cut -d, -f1)
@@ -52,13 +56,17 @@ EOF
 
 declare -A T RSS
 run_tripload() {
+  local key=${1:-tripload}
   reset_db
   mkdir -p "$OUT/landing"; cp "$CSV" "$OUT/landing/in.csv"
   local s e; s=$(date +%s.%N)
-  /usr/bin/time -f %M -o "$OUT/rss" "$TL" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" >/dev/null
+  if [ "$key" = tripload_no_rollups ]; then export TRIPLOAD_BENCH_NO_ROLLUPS=1; fi
+  /usr/bin/time -f %M -o "$OUT/rss" "$TL" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" >/dev/null 2>"$OUT/tripload.err" \
+    || { cat "$OUT/tripload.err" >&2; exit 1; }
+  unset TRIPLOAD_BENCH_NO_ROLLUPS
   e=$(date +%s.%N); rm -rf "$OUT/processed"
   [ "$(psql_ -c 'SELECT count(*) FROM trips')" = "$ROWS" ] || { echo "tripload loaded a wrong row count" >&2; exit 1; }
-  T[tripload]+="$(calc "$e - $s") "; RSS[tripload]=$(cat "$OUT/rss")
+  T[$key]+="$(calc "$e - $s") "; RSS[$key]=$(cat "$OUT/rss")
 }
 run_psql_copy() {
   reset_db
@@ -69,7 +77,7 @@ run_psql_copy() {
   T[psql_copy]+="$(calc "$e - $s") "; RSS[psql_copy]=$(cat "$OUT/rss")
 }
 run_pgloader() {
-  command -v pgloader >/dev/null || return 0
+  [ "$PGLOADER" = 1 ] && command -v pgloader >/dev/null || return 0
   reset_db
   local s e; s=$(date +%s.%N)
   /usr/bin/time -f %M -o "$OUT/rss" pgloader --quiet "$PGL_CMD" >"$OUT/pgloader.log" 2>&1 || { cat "$OUT/pgloader.log" >&2; exit 1; }
@@ -92,8 +100,8 @@ if [ ! -f "$BIN" ]; then
 fi
 
 for i in $(seq "$REPEATS"); do
-  run_tripload; run_psql_copy; run_pgloader; run_ceiling
-  echo "round $i: tripload ${T[tripload]} psql ${T[psql_copy]} pgloader ${T[pgloader]:-} ceiling ${T[server_binary_copy]}" | tr -s ' ' >&2
+  run_tripload; run_tripload tripload_no_rollups; run_psql_copy; run_pgloader; run_ceiling
+  echo "round $i: tripload ${T[tripload]} no-rollups ${T[tripload_no_rollups]} psql ${T[psql_copy]} pgloader ${T[pgloader]:-} ceiling ${T[server_binary_copy]}" | tr -s ' ' >&2
 done
 
 TL_MED=$(echo "${T[tripload]}" | median)
@@ -104,12 +112,14 @@ echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM; $(p
 echo
 echo "| method | median s | rows/s | MB/s | time vs tripload | client peak RSS |"
 echo "|---|---:|---:|---:|---:|---:|"
-for k in tripload psql_copy pgloader server_binary_copy; do
+for k in tripload tripload_no_rollups psql_copy pgloader server_binary_copy; do
   [ -n "${T[$k]:-}" ] || continue
   m=$(echo "${T[$k]}" | median)
   printf "| %s | %.2f | %.0f | %.0f | %.2fx | %s |\n" "$k" "$m" "$(calc "$ROWS / $m")" "$(calc "$BYTES / 1000000 / $m")" "$(calc "$m / $TL_MED")" \
     "$( [ "${RSS[$k]}" = 0 ] && echo "n/a (server)" || echo "$(( ${RSS[$k]} / 1024 )) MiB")"
 done
+echo
+echo "Rollup cost at load time (tripload vs tripload_no_rollups, same run): $(calc "($TL_MED / $(echo "${T[tripload_no_rollups]}" | median) - 1) * 100" | xargs printf '%.0f')% slower with them."
 echo
 echo "tripload: one transaction per file, rollups maintained, rejects with line numbers. psql \\copy: one transaction, aborts at the first bad row. pgloader: commits per batch (a failure leaves part of the file loaded)."
 } | tee "$OUT/compare-$ROWS.md"

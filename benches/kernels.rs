@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the pure kernels on generated data (fixed seed):
 //! chunk splitting, framing+parse+validate, and the full per-chunk kernel
 //! (parse+validate+encode), the same with the rollups aggregated beside it,
-//! and the merge of per-chunk rollups, with byte and row throughput.
+//! the merge of per-chunk rollups, and sorting+encoding the cell points, with
+//! byte and row throughput.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -137,11 +138,42 @@ fn bench_rollup_merge(c: &mut Criterion) {
     g.finish();
 }
 
+/// Cell points after the trips' COPY: sorting a file's points and encoding
+/// them as binary COPY rows (one core; the loader sorts on the rayon pool).
+fn bench_cell_points(c: &mut Criterion) {
+    let buf = data();
+    let header = parse_header(&buf).expect("generated header");
+    let body = &buf[header.data_start..];
+    let dims = Dims::in_memory();
+    let grid = tripload::rollup::Grid::default();
+    let pts: Vec<tripload::points::Pt> = chunk::split(body, 0, 4 << 20)
+        .into_iter()
+        .filter_map(|r| encode_chunk(&body[r], &header, 1, &dims, Some(&grid)).ok())
+        .flat_map(|e| e.rollup.pending)
+        .collect();
+    let mut g = c.benchmark_group("cell_points_sort_encode");
+    g.throughput(Throughput::Elements(ROWS));
+    g.bench_function("rows", |b| {
+        b.iter_batched(
+            || pts.clone(),
+            |mut pts| {
+                pts.sort_unstable_by(tripload::points::cmp);
+                let mut out = Vec::with_capacity(pts.len() * 40);
+                tripload::points::encode_rows(1, &pts, &mut out);
+                out.len()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_chunk,
     bench_parse,
     bench_encode,
-    bench_rollup_merge
+    bench_rollup_merge,
+    bench_cell_points
 );
 criterion_main!(benches);

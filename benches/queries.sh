@@ -15,7 +15,7 @@ bench_db
 have=$(psql_ -c "SELECT coalesce(sum(rows_loaded), 0) FROM load_files")
 if [ "$have" != "$ROWS" ]; then
   psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist" \
-        -c "TRUNCATE trips, load_files, rollup_region_week, rollup_region_source, rollup_cell_week"
+        -c "TRUNCATE trips, load_files, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points"
   per=2000000; n=$(( (ROWS + per - 1) / per ))
   for i in $(seq "$n"); do
     rows=$(( i < n ? per : ROWS - per * (n - 1) ))

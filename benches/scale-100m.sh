@@ -11,7 +11,8 @@
 #    checks that both give the same numbers;
 # 4. writes everything as Markdown to docs/scale-100m.md (OUT_MD to change).
 # Env: WORK (default bench-out/scale), KEEP_CSV=1 keeps the generated files,
-# REPEATS (default 7) / BRUTE_REPEATS (default 3), SPATIAL=0 skips the GiST phase.
+# REPEATS (default 7) / BRUTE_REPEATS (default 3), RANDOM_BOXES (default 15),
+# SPATIAL=0 skips the GiST phase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-100000000}
@@ -20,6 +21,7 @@ WORK=${WORK:-bench-out/scale}
 REPEATS=${REPEATS:-7}
 BRUTE_REPEATS=${BRUTE_REPEATS:-3}
 SPATIAL=${SPATIAL:-1}
+RANDOM_BOXES=${RANDOM_BOXES:-15}
 OUT_MD=${OUT_MD:-docs/scale-100m.md}
 mkdir -p "$WORK/landing"
 chmod 755 "$WORK" "$(dirname "$WORK")"
@@ -91,7 +93,8 @@ psql_ -F ' | ' -c "SELECT '| ' || x.name, pg_size_pretty(x.bytes) || ' |' FROM (
   ('trips (heap + BRIN)', pg_total_relation_size('trips')),
   ('rollup_region_week', pg_total_relation_size('rollup_region_week')),
   ('rollup_region_source', pg_total_relation_size('rollup_region_source')),
-  ('rollup_cell_week', pg_total_relation_size('rollup_cell_week'))) AS x(name, bytes)" | sed 's/$//' >>"$OUT_MD.tmp"
+  ('rollup_cell_week', pg_total_relation_size('rollup_cell_week')),
+  ('rollup_cell_points', pg_total_relation_size('rollup_cell_points'))) AS x(name, bytes)" | sed 's/$//' >>"$OUT_MD.tmp"
 md
 
 # 3. Query latency, side by side with brute force, and equality of the answers.
@@ -133,6 +136,21 @@ queries() {
       echo "bbox ${b#*|} $by done" >&2
     done
   done
+  # Random boxes inside a city (origin mode): one run each, so the p50 is over
+  # boxes rather than repeats of one box.
+  local t_ours=() t_brute=() ok=yes i
+  for i in $(seq "$RANDOM_BOXES"); do
+    IFS=, read -r x0 y0 x1 y1 <<<"$(awk -v s="$i" 'BEGIN { srand(s); x = 14.29 + rand() * 0.25; y = 49.98 + rand() * 0.17;
+      printf "%.6f,%.6f,%.6f,%.6f", x, y, x + 0.005 + rand() * 0.1, y + 0.005 + rand() * 0.08 }')"
+    ours="SELECT week, trips FROM weekly_trips_bbox($x0, $y0, $x1, $y1, 'origin')"
+    brute="SELECT $WEEK AS week, count(*) AS trips FROM trips WHERE $(inbox origin "$x0" "$y0" "$x1" "$y1") GROUP BY 1"
+    t_ours+=("$(psql "$URL" -Atq -c '\timing on' -c "$ours" | awk '/^Time:/ {print $2}')")
+    t_brute+=("$(psql "$URL" -Atq -c '\timing on' -c "$brute" | awk '/^Time:/ {print $2}')")
+    [ "$(same "$ours" "$brute")" = yes ] || ok="**NO** (box $x0,$y0,$x1,$y1)"
+  done
+  pct() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.1f | %.1f", a[int((NR+1)/2)], a[int(NR*0.95+0.999)]}'; }
+  md "| weekly average, $RANDOM_BOXES random boxes in Prague (0.005°-0.105° wide) by origin, one run each | $(pct "${t_ours[@]}") | $(pct "${t_brute[@]}") | $ok |"
+  echo "random boxes done" >&2
   local q1 q2
   q1=$(sed -n '/^-- 1\./,/;$/p' sql/questions.sql | grep -v '^--' | tr -d ';')
   q2=$(sed -n '/^-- 2\./,/;$/p' sql/questions.sql | grep -v '^--' | tr -d ';')

@@ -119,32 +119,42 @@ BEGIN
               AND u.w BETWEEN wi0 AND wi1
             GROUP BY 1
         ),
-        -- count(v in [lo, hi]) over a sorted array = width_bucket(hi) - width_bucket(lo)
-        -- + the elements equal to lo (width_bucket counts v <= operand).
-        edge AS (
-            SELECT date '1970-01-01' + p.week AS week, sum(
-                CASE
-                WHEN p.iy BETWEEN in_y0 AND in_y1 THEN
-                    -- Wholly inside in latitude: count longitudes.
-                    width_bucket(x1, p.lons) - width_bucket(x0, p.lons)
-                    + CASE WHEN p.lons[width_bucket(x0, p.lons)] = x0
-                           THEN (SELECT count(*) FROM unnest(p.lons) v WHERE v = x0)::int ELSE 0 END
-                WHEN p.ix BETWEEN in_x0 AND in_x1 THEN
-                    -- Wholly inside in longitude: count latitudes.
-                    width_bucket(y1, p.lats_sorted) - width_bucket(y0, p.lats_sorted)
-                    + CASE WHEN p.lats_sorted[width_bucket(y0, p.lats_sorted)] = y0
-                           THEN (SELECT count(*) FROM unnest(p.lats_sorted) v WHERE v = y0)::int ELSE 0 END
-                ELSE
-                    -- A corner: test each pair.
-                    (SELECT count(*) FROM unnest(p.lons, p.lats) AS u(x, y)
-                     WHERE u.x BETWEEN x0 AND x1 AND u.y BETWEEN y0 AND y1)::int
-                END)::bigint AS n
-            FROM rollup_cell_points p
-            WHERE p.side = s AND p.week BETWEEN wi0 AND wi1
+        -- Each row of rollup_cell_points in the edge band, per week segment
+        -- [a, e] in the window: a cell wholly inside in latitude counts its
+        -- longitudes in [x0, x1], one wholly inside in longitude its latitudes
+        -- in [y0, y1] -- binary searches over the sorted segment (v): count in
+        -- [lo, hi] = width_bucket(hi) - width_bucket(lo) + the elements equal to
+        -- lo, since width_bucket counts elements <= its operand. A corner cell
+        -- tests its pairs.
+        seg AS (
+            SELECT p.ix, p.iy, u.w,
+                   CASE WHEN p.iy BETWEEN in_y0 AND in_y1 THEN p.lons[coalesce(p.ends[u.k - 1], 0) + 1:u.e]
+                        WHEN p.ix BETWEEN in_x0 AND in_x1 THEN p.lats_sorted[coalesce(p.ends[u.k - 1], 0) + 1:u.e]
+                   END AS v,
+                   CASE WHEN p.iy BETWEEN in_y0 AND in_y1 THEN x0 ELSE y0 END AS lo,
+                   CASE WHEN p.iy BETWEEN in_y0 AND in_y1 THEN x1 ELSE y1 END AS hi,
+                   CASE WHEN NOT (p.iy BETWEEN in_y0 AND in_y1 OR p.ix BETWEEN in_x0 AND in_x1)
+                        THEN (SELECT count(*) FROM unnest(p.lons[coalesce(p.ends[u.k - 1], 0) + 1:u.e],
+                                                          p.lats[coalesce(p.ends[u.k - 1], 0) + 1:u.e]) AS q(x, y)
+                              WHERE q.x BETWEEN x0 AND x1 AND q.y BETWEEN y0 AND y1)::int
+                   END AS corner
+            FROM rollup_cell_points p, unnest(p.weeks, p.ends) WITH ORDINALITY AS u(w, e, k)
+            WHERE p.side = s
               AND ((p.ix BETWEEN cx0 AND sx0 - 1 AND p.iy BETWEEN cy0 AND cy1)
                 OR (p.ix BETWEEN sx1 + 1 AND cx1 AND p.iy BETWEEN cy0 AND cy1)
                 OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN cy0 AND in_y0 - 1)
                 OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN in_y1 + 1 AND cy1))
+              AND u.w BETWEEN wi0 AND wi1
+            OFFSET 0
+        ),
+        edge AS (
+            SELECT date '1970-01-01' + seg.w AS week, sum(
+                coalesce(seg.corner,
+                    width_bucket(seg.hi, seg.v) - width_bucket(seg.lo, seg.v)
+                    + CASE WHEN seg.v[width_bucket(seg.lo, seg.v)] = seg.lo
+                           THEN (SELECT count(*) FROM unnest(seg.v) q WHERE q = seg.lo)::int ELSE 0 END)
+            )::bigint AS n
+            FROM seg
             GROUP BY 1
         )
         SELECT weeks.week, (coalesce(i.n, 0) + coalesce(e.n, 0))::bigint

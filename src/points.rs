@@ -1,6 +1,6 @@
 //! Cell points: the exact coordinates of every trip's origin and destination,
-//! grouped by (side, cell, week) into sorted `float8[]` arrays and written in
-//! the file's transaction to `rollup_cell_points`.
+//! grouped by (side, cell) and week into sorted `float8[]` arrays and written
+//! in the file's transaction to `rollup_cell_points`.
 //!
 //! Why: a bounding box sums the cells wholly inside it from `rollup_cell_week`,
 //! but the cells its edge crosses need each trip's coordinates. Reading those
@@ -9,9 +9,10 @@
 //! cell is two binary searches (`width_bucket`) over at most
 //! [`MAX_PER_ROW`] sorted values in one heap row.
 //!
-//! Each row holds `lons` (ascending), `lats` (aligned with `lons`, so the pairs
-//! survive for the corner cells) and `lats_sorted` (ascending, for cells cut by
-//! a horizontal edge).
+//! Each row holds up to [`MAX_PER_ROW`] points of one (side, cell) in week
+//! segments (`weeks`, `ends`); within a segment `lons` ascend, `lats` are
+//! aligned with `lons` (the pairs, for the corner cells) and `lats_sorted`
+//! ascend (for cells cut by a horizontal edge).
 //!
 //! A file's points (32 bytes each, two per trip) are kept in memory for small
 //! files; otherwise they are spilled to anonymous temporary files (in `TMPDIR`),
@@ -39,19 +40,20 @@ pub struct Pt {
 /// Bytes of a spilled [`Pt`].
 const PT_BYTES: usize = 32;
 
-/// Values per row: 3 arrays of 64 float8 keep a row near 1.7 KB, under
-/// PostgreSQL's 2 KB TOAST threshold, so a query reads the values in the heap
-/// row itself instead of three TOAST lookups per row.
+/// Points per row: 3 arrays of 64 float8 (and the week index) keep a row
+/// under 1.9 KB, below PostgreSQL's 2 KB TOAST threshold, so a query reads
+/// the values in the heap row itself instead of TOAST lookups per row.
 pub const MAX_PER_ROW: usize = 64;
 
 /// Columns of the binary COPY rows, in order.
-pub const COPY_COLUMNS: &str = "file_id, side, ix, iy, week, lons, lats, lats_sorted";
+pub const COPY_COLUMNS: &str = "file_id, side, ix, iy, weeks, ends, lons, lats, lats_sorted";
 
 /// Memory for one partition; a file's spill is cut into as many as needed.
 pub const PARTITION_BYTES: u64 = 64 << 20;
 
-/// PostgreSQL's type oid of float8 (the arrays' element type).
+/// PostgreSQL's type oids of the arrays' element types.
 const FLOAT8_OID: i32 = 701;
+const INT4_OID: i32 = 23;
 
 impl Pt {
     fn to_bytes(self) -> [u8; PT_BYTES] {
@@ -86,15 +88,15 @@ impl Pt {
         }
     }
 
-    fn key(&self) -> (u8, i32, i32, i32) {
-        (self.side, self.ix, self.iy, self.week)
+    fn cell(&self) -> (u8, i32, i32) {
+        (self.side, self.ix, self.iy)
     }
 }
 
 /// Row order: by (side, cell, week), then longitude, then latitude.
 pub fn cmp(a: &Pt, b: &Pt) -> Ordering {
-    a.key()
-        .cmp(&b.key())
+    (a.side, a.ix, a.iy, a.week)
+        .cmp(&(b.side, b.ix, b.iy, b.week))
         .then(a.lon.total_cmp(&b.lon))
         .then(a.lat.total_cmp(&b.lat))
 }
@@ -118,29 +120,61 @@ fn put_array(out: &mut Vec<u8>, vals: impl ExactSizeIterator<Item = f64>) {
     }
 }
 
+/// A one-dimensional int4[] in PostgreSQL's binary array format.
+fn put_int_array(out: &mut Vec<u8>, vals: &[i32]) {
+    let n = vals.len() as i32;
+    put_i32(out, 20 + n * 8);
+    put_i32(out, 1);
+    put_i32(out, 0);
+    put_i32(out, INT4_OID);
+    put_i32(out, n);
+    put_i32(out, 1);
+    for &v in vals {
+        put_i32(out, 4);
+        put_i32(out, v);
+    }
+}
+
 /// Appends the binary COPY tuples (see [`COPY_COLUMNS`]) for `pts`, which must
-/// be sorted by [`cmp`]: one row per (side, cell, week) and run of at most
-/// [`MAX_PER_ROW`] points. Returns the number of rows.
+/// be sorted by [`cmp`]: one row per run of at most [`MAX_PER_ROW`] points of
+/// one (side, cell), whatever their weeks — the server's cost is mostly per
+/// row and per array element, so rows are filled rather than cut per week.
+/// Inside a row the points are ordered by week, then longitude: `weeks` lists
+/// the row's weeks, `ends[k]` is the 1-based position of the last point of
+/// `weeks[k]`; `lats_sorted` is sorted within each week's segment. Returns the
+/// number of rows.
 pub fn encode_rows(file_id: i32, pts: &[Pt], out: &mut Vec<u8>) -> u64 {
     let mut rows = 0;
     let mut lats = Vec::with_capacity(MAX_PER_ROW);
-    for group in pts.chunk_by(|a, b| a.key() == b.key()) {
-        for piece in group.chunks(MAX_PER_ROW) {
+    let (mut weeks, mut ends) = (Vec::new(), Vec::new());
+    for cell in pts.chunk_by(|a, b| a.cell() == b.cell()) {
+        for piece in cell.chunks(MAX_PER_ROW) {
             let p = piece[0];
-            out.extend_from_slice(&8i16.to_be_bytes());
+            weeks.clear();
+            ends.clear();
+            lats.clear();
+            let mut at = 0;
+            for week in piece.chunk_by(|a, b| a.week == b.week) {
+                at += week.len();
+                weeks.push(week[0].week);
+                ends.push(at as i32);
+                let from = lats.len();
+                lats.extend(week.iter().map(|q| q.lat));
+                lats[from..].sort_unstable_by(f64::total_cmp);
+            }
+            out.extend_from_slice(&9i16.to_be_bytes());
             put_i32(out, 4);
             put_i32(out, file_id);
             put_i32(out, 1);
             out.push(p.side);
-            for v in [p.ix, p.iy, p.week] {
+            for v in [p.ix, p.iy] {
                 put_i32(out, 4);
                 put_i32(out, v);
             }
+            put_int_array(out, &weeks);
+            put_int_array(out, &ends);
             put_array(out, piece.iter().map(|q| q.lon));
             put_array(out, piece.iter().map(|q| q.lat));
-            lats.clear();
-            lats.extend(piece.iter().map(|q| q.lat));
-            lats.sort_unstable_by(f64::total_cmp);
             put_array(out, lats.iter().copied());
             rows += 1;
         }
@@ -201,11 +235,15 @@ impl Spill {
             Spill::Files(files) => {
                 for w in files {
                     let mut f = w.into_inner().map_err(|e| e.into_error())?;
+                    let n = f.stream_position()? as usize / PT_BYTES;
                     f.rewind()?;
-                    let mut bytes = Vec::new();
-                    f.read_to_end(&mut bytes)?;
-                    let pts = bytes.chunks_exact(PT_BYTES).map(Pt::from_bytes).collect();
-                    drop(bytes);
+                    let mut r = io::BufReader::with_capacity(1 << 20, f);
+                    let mut pts = Vec::with_capacity(n);
+                    let mut b = [0u8; PT_BYTES];
+                    for _ in 0..n {
+                        r.read_exact(&mut b)?;
+                        pts.push(Pt::from_bytes(&b));
+                    }
                     if !each(pts) {
                         break;
                     }
@@ -231,23 +269,45 @@ mod tests {
         }
     }
 
-    /// Decodes the tuples back into (side, ix, iy, week, lons, lats, lats_sorted).
-    type Row = (u8, i32, i32, i32, Vec<f64>, Vec<f64>, Vec<f64>);
+    /// A decoded row: (side, ix, iy, weeks, ends, lons, lats, lats_sorted).
+    type Row = (
+        u8,
+        i32,
+        i32,
+        Vec<i32>,
+        Vec<i32>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+    );
     fn decode(mut b: &[u8]) -> Vec<Row> {
         fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
             let (h, t) = b.split_at(n);
             *b = t;
             h
         }
-        let i32_ = |b: &mut &[u8]| i32::from_be_bytes(take(b, 4).try_into().unwrap());
-        let int = |b: &mut &[u8]| {
+        fn i32_(b: &mut &[u8]) -> i32 {
+            i32::from_be_bytes(take(b, 4).try_into().unwrap())
+        }
+        fn int(b: &mut &[u8]) -> i32 {
             assert_eq!(i32_(b), 4);
             i32_(b)
-        };
-        let arr = |b: &mut &[u8]| {
+        }
+        fn header(b: &mut &[u8], oid: i32, elem: i32) -> i32 {
             let len = i32_(b);
-            let (dims, nulls, oid, n, lb) = (i32_(b), i32_(b), i32_(b), i32_(b), i32_(b));
-            assert_eq!((dims, nulls, oid, lb, len), (1, 0, 701, 1, 20 + n * 12));
+            let (dims, nulls, o, n, lb) = (i32_(b), i32_(b), i32_(b), i32_(b), i32_(b));
+            assert_eq!(
+                (dims, nulls, o, lb, len),
+                (1, 0, oid, 1, 20 + n * (4 + elem))
+            );
+            n
+        }
+        let ints = |b: &mut &[u8]| {
+            let n = header(b, 23, 4);
+            (0..n).map(|_| int(b)).collect::<Vec<_>>()
+        };
+        let floats = |b: &mut &[u8]| {
+            let n = header(b, 701, 8);
             (0..n)
                 .map(|_| {
                     assert_eq!(i32_(b), 8);
@@ -257,12 +317,21 @@ mod tests {
         };
         let mut rows = Vec::new();
         while !b.is_empty() {
-            assert_eq!(take(&mut b, 2), 8i16.to_be_bytes());
+            assert_eq!(take(&mut b, 2), 9i16.to_be_bytes());
             assert_eq!(int(&mut b), 7);
             assert_eq!(i32_(&mut b), 1);
             let side = take(&mut b, 1)[0];
-            let (ix, iy, week) = (int(&mut b), int(&mut b), int(&mut b));
-            rows.push((side, ix, iy, week, arr(&mut b), arr(&mut b), arr(&mut b)));
+            let (ix, iy) = (int(&mut b), int(&mut b));
+            rows.push((
+                side,
+                ix,
+                iy,
+                ints(&mut b),
+                ints(&mut b),
+                floats(&mut b),
+                floats(&mut b),
+                floats(&mut b),
+            ));
         }
         rows
     }
@@ -275,14 +344,15 @@ mod tests {
             pt(b'o', 1, 2, 10, 0.011, 0.021),
             pt(b'o', 1, 2, 17, 0.012, 0.025),
             pt(b'o', 1, 2, 10, 0.011, 0.020),
+            pt(b'o', 1, 2, 17, 0.013, 0.022),
         ];
-        // A big cell/week: split into runs of MAX_PER_ROW.
+        // A big cell: split into runs of MAX_PER_ROW, across weeks.
         for i in 0..(MAX_PER_ROW + 5) {
             pts.push(pt(
                 b'o',
                 3,
                 4,
-                10,
+                10 + (i as i32 / 30) * 7,
                 0.03 + i as f64 * 1e-6,
                 0.05 - i as f64 * 1e-6,
             ));
@@ -292,32 +362,58 @@ mod tests {
         let n = encode_rows(7, &pts, &mut out);
         let rows = decode(&out);
         assert_eq!(n as usize, rows.len());
-        assert_eq!(rows.len(), 5);
-        assert_eq!(rows[0], (b'd', 1, 2, 10, vec![0.5], vec![0.5], vec![0.5]));
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            rows[0],
+            (
+                b'd',
+                1,
+                2,
+                vec![10],
+                vec![1],
+                vec![0.5],
+                vec![0.5],
+                vec![0.5]
+            )
+        );
         assert_eq!(
             rows[1],
             (
                 b'o',
                 1,
                 2,
-                10,
-                vec![0.011, 0.011, 0.015],
-                vec![0.020, 0.021, 0.029],
-                vec![0.020, 0.021, 0.029]
+                vec![10, 17],
+                vec![3, 5],
+                vec![0.011, 0.011, 0.015, 0.012, 0.013],
+                vec![0.020, 0.021, 0.029, 0.025, 0.022],
+                vec![0.020, 0.021, 0.029, 0.022, 0.025]
             )
         );
-        assert_eq!(rows[2].3, 17);
-        assert_eq!((rows[3].4.len(), rows[4].4.len()), (MAX_PER_ROW, 5));
+        assert_eq!((rows[2].5.len(), rows[3].5.len()), (MAX_PER_ROW, 5));
+        assert_eq!(
+            (rows[2].3.clone(), rows[2].4.clone()),
+            (vec![10, 17, 24], vec![30, 60, 64])
+        );
+        assert_eq!((rows[3].3.clone(), rows[3].4.clone()), (vec![24], vec![5]));
         for r in &rows {
-            assert!(r.4.windows(2).all(|w| w[0] <= w[1]), "lons ascending");
-            assert!(
-                r.6.windows(2).all(|w| w[0] <= w[1]),
-                "lats_sorted ascending"
-            );
+            let mut from = 0;
+            for &end in &r.4 {
+                let seg = from..end as usize;
+                assert!(
+                    r.5[seg.clone()].windows(2).all(|w| w[0] <= w[1]),
+                    "lons ascending"
+                );
+                assert!(
+                    r.7[seg].windows(2).all(|w| w[0] <= w[1]),
+                    "lats_sorted ascending"
+                );
+                from = end as usize;
+            }
+            assert_eq!(from, r.5.len());
         }
         // Pairs survive: lats are aligned with lons.
-        assert_eq!(rows[3].5[0], 0.05);
-        assert_eq!(rows[4].6[0], 0.05 - (MAX_PER_ROW + 4) as f64 * 1e-6);
+        assert_eq!(rows[2].6[0], 0.05);
+        assert_eq!(rows[3].7[0], 0.05 - (MAX_PER_ROW + 4) as f64 * 1e-6);
     }
 
     #[test]

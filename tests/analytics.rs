@@ -188,10 +188,16 @@ fn the_two_questions_on_the_sample() {
     assert_eq!(top, [("Turin".to_string(), 38), ("Prague".to_string(), 34)]);
 }
 
+/// Every point of rollup_cell_points with its week:
+/// (file_id, side, ix, iy, week, x, y).
+const POINTS: &str = "SELECT p.file_id, p.side, p.ix, p.iy, u.w AS week, q.x, q.y
+    FROM rollup_cell_points p, unnest(p.weeks, p.ends) WITH ORDINALITY AS u(w, e, k),
+         unnest(p.lons[coalesce(p.ends[u.k - 1], 0) + 1:u.e], p.lats[coalesce(p.ends[u.k - 1], 0) + 1:u.e]) AS q(x, y)";
+
 /// Rollups summed over files, in a canonical order.
 fn rollup_state(db: &TestDb) -> Vec<String> {
     db.query(
-        "SELECT 'rw ' || g.name || ' ' || week || ' ' || sum(trips) FROM rollup_region_week r JOIN regions g ON g.id = r.region_id GROUP BY g.name, week
+        &"SELECT 'rw ' || g.name || ' ' || week || ' ' || sum(trips) FROM rollup_region_week r JOIN regions g ON g.id = r.region_id GROUP BY g.name, week
          UNION ALL
          SELECT 'rs ' || g.name || ' ' || d.name || ' ' || sum(trips) || ' ' || max(last_at) FROM rollup_region_source r
            JOIN regions g ON g.id = r.region_id JOIN datasources d ON d.id = r.datasource_id GROUP BY g.name, d.name
@@ -199,8 +205,8 @@ fn rollup_state(db: &TestDb) -> Vec<String> {
          SELECT 'cw ' || side::text || ' ' || ix || ' ' || iy || ' ' || w || ' ' || sum(n) FROM rollup_cell_week, unnest(weeks, trips) AS u(w, n) GROUP BY side, ix, iy, w
          UNION ALL
          SELECT 'cp ' || side::text || ' ' || ix || ' ' || iy || ' ' || week || ' ' || string_agg(x::text || ':' || y::text, ',' ORDER BY x, y)
-           FROM rollup_cell_points, unnest(lons, lats) AS u(x, y) GROUP BY side, ix, iy, week
-         ORDER BY 1",
+           FROM ({POINTS}) p GROUP BY side, ix, iy, week
+         ORDER BY 1".replace("{POINTS}", POINTS),
     )
     .iter()
     .map(|r| r.get(0))
@@ -259,6 +265,21 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
         0
     );
     check_cell_points(&db2);
+
+    // The migration's backfill (for trips loaded before cell points existed)
+    // writes exactly the loader's rows.
+    let rows = |db: &TestDb| -> Vec<String> {
+        db.query("SELECT concat_ws(' ', file_id, side, ix, iy, weeks, ends, lons, lats, lats_sorted) FROM rollup_cell_points ORDER BY 1")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let loaded = rows(&db2);
+    db2.query("TRUNCATE rollup_cell_points");
+    db2.query("DELETE FROM tripload_schema WHERE version = 6");
+    let out = tripload(&w2, &db2, &["db", "migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rows(&db2), loaded);
 }
 
 /// The cell points read back from PostgreSQL are exactly the trips'
@@ -269,7 +290,7 @@ fn check_cell_points(db: &TestDb) {
                              date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date - date '1970-01-01' AS week,
                              ST_X(s.p) AS x, ST_Y(s.p) AS y
                       FROM trips t, LATERAL (VALUES ('o'::\"char\", t.origin), ('d'::\"char\", t.destination)) AS s(side, p)";
-    let from_points = "SELECT file_id, side, ix, iy, week, x, y FROM rollup_cell_points, unnest(lons, lats) AS u(x, y)";
+    let from_points = POINTS;
     assert_eq!(
         db.count("SELECT count(*) FROM rollup_cell_points, unnest(lons)"),
         2 * db.trips()
@@ -286,13 +307,21 @@ fn check_cell_points(db: &TestDb) {
         )),
         0
     );
+    // Rows as the query functions need them: at most 64 points, weeks and
+    // segment ends ascending, each segment's lons and lats_sorted ascending,
+    // lats_sorted a permutation of the segment's lats.
     assert_eq!(
         db.count(
-            "SELECT count(*) FROM rollup_cell_points
+            "SELECT count(*) FROM rollup_cell_points p
              WHERE cardinality(lons) NOT BETWEEN 1 AND 64
-                OR cardinality(lats) <> cardinality(lons)
-                OR lons <> ARRAY(SELECT v FROM unnest(lons) v ORDER BY v)
-                OR lats_sorted <> ARRAY(SELECT v FROM unnest(lats) v ORDER BY v)"
+                OR cardinality(lats) <> cardinality(lons) OR cardinality(lats_sorted) <> cardinality(lons)
+                OR cardinality(weeks) <> cardinality(ends) OR ends[cardinality(ends)] <> cardinality(lons)
+                OR weeks <> ARRAY(SELECT DISTINCT v FROM unnest(weeks) v ORDER BY v)
+                OR ends <> ARRAY(SELECT DISTINCT v FROM unnest(ends) v ORDER BY v)
+                OR EXISTS (SELECT 1 FROM unnest(p.ends) WITH ORDINALITY AS u(e, k),
+                           LATERAL (SELECT coalesce(p.ends[u.k - 1], 0) + 1 AS a) s
+                           WHERE p.lons[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lons[s.a:u.e]) v ORDER BY v)
+                              OR p.lats_sorted[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lats[s.a:u.e]) v ORDER BY v))"
         ),
         0
     );
