@@ -155,7 +155,9 @@ async fn write_points(
     sink.send(Bytes::from_static(COPY_HEADER))
         .await
         .map_err(|e| classify(e, what))?;
-    let (btx, mut brx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    // Room for about one partition's rows, so that the next partition is
+    // read and sorted while the server inserts this one.
+    let (btx, mut brx) = tokio::sync::mpsc::channel::<Bytes>(32);
     let producer = tokio::task::spawn_blocking(move || {
         spill.drain(|mut pts| {
             use rayon::slice::ParallelSliceMut;
@@ -521,16 +523,24 @@ async fn load_in_transaction(
             return Err(fail_with(Abort::File(msg), done));
         }
     }
+    let trips_done = Instant::now();
     if let Some(r) = done.rollup.take() {
         if let Err(abort) = write_rollups(&tx, file_id, r).await {
             return Err(fail_with(abort, done));
         }
     }
+    let rollups_done = Instant::now();
     if let Some(p) = done.points.take() {
         if let Err(abort) = write_points(&tx, file_id, p).await {
             return Err(fail_with(abort, done));
         }
     }
+    tracing::debug!(
+        "{name}: trips copied in {:.2} s, rollups in {:.2} s, cell points in {:.2} s",
+        (trips_done - start).as_secs_f64(),
+        (rollups_done - trips_done).as_secs_f64(),
+        rollups_done.elapsed().as_secs_f64()
+    );
     let seconds = start.elapsed().as_secs_f64();
     if let Err(e) = ledger::finish(&tx, file_id, done.rows, done.rejected, seconds).await {
         return Err(fail_with(e.into(), done));
