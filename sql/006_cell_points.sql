@@ -3,7 +3,7 @@
 -- transaction, like the other rollups: keyed by file_id, nothing left behind
 -- by a rolled-back file.
 --
--- One row holds at most 64 points of one (file, side, cell), in week segments:
+-- One row holds at most 150 points of one (file, side, cell), in week segments:
 -- weeks[k] (day number of the Monday, as in rollup_cell_week) covers the
 -- 1-based positions ends[k-1]+1 .. ends[k]. Within a segment lons ascend, lats
 -- are aligned with lons (the pairs) and lats_sorted ascend. A cell cut by a
@@ -20,7 +20,9 @@ CREATE TABLE IF NOT EXISTS rollup_cell_points (
     lats        double precision[] NOT NULL,
     lats_sorted double precision[] NOT NULL
 );
--- Floats barely compress; do not spend load time trying.
+-- Rows of up to 150 points (about 3.8 KB) stay inline: no TOAST lookups at
+-- query time. Floats barely compress; do not spend load time trying.
+ALTER TABLE rollup_cell_points SET (toast_tuple_target = 8160);
 ALTER TABLE rollup_cell_points
     ALTER COLUMN lons SET STORAGE EXTERNAL,
     ALTER COLUMN lats SET STORAGE EXTERNAL,
@@ -30,7 +32,7 @@ CREATE INDEX IF NOT EXISTS rollup_cell_points_cell ON rollup_cell_points (side, 
 -- Backfill for trips loaded before this migration (a no-op on a new database);
 -- the same rows as the loader writes.
 WITH pieces AS (
-    SELECT a.*, (row_number() OVER (PARTITION BY file_id, side, ix, iy ORDER BY week, x, y) - 1) / 64 AS piece
+    SELECT a.*, (row_number() OVER (PARTITION BY file_id, side, ix, iy ORDER BY week, x, y) - 1) / 150 AS piece
     FROM (
         SELECT t.file_id, s.side, ST_X(s.p) AS x, ST_Y(s.p) AS y,
                floor(ST_X(s.p) / tripload_setting('grid_deg'))::int AS ix,

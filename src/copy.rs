@@ -155,19 +155,20 @@ async fn write_points(
     sink.send(Bytes::from_static(COPY_HEADER))
         .await
         .map_err(|e| classify(e, what))?;
-    // Room for about one partition's rows, so that the next partition is
+    // Room for part of a partition's rows, so that the next partition is
     // read and sorted while the server inserts this one.
-    let (btx, mut brx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    let (btx, mut brx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let producer = tokio::task::spawn_blocking(move || {
         spill.drain(|mut pts| {
             use rayon::slice::ParallelSliceMut;
             pts.par_sort_unstable_by(points::cmp);
-            // Buffers of about 1 MiB, cut between cells, keep the pipe full.
-            let mut out = Vec::with_capacity(2 << 20);
+            // Buffers of about 1 MiB, cut between cells (a cell's rows are
+            // rarely over 200 KB), keep the pipe full.
+            let mut out = Vec::with_capacity(1 << 20);
             for cell in pts.chunk_by(|a, b| (a.side, a.ix, a.iy) == (b.side, b.ix, b.iy)) {
                 points::encode_rows(file_id, cell, &mut out);
-                if out.len() >= 1 << 20 {
-                    let full = std::mem::replace(&mut out, Vec::with_capacity(2 << 20));
+                if out.len() >= 768 << 10 {
+                    let full = std::mem::replace(&mut out, Vec::with_capacity(1 << 20));
                     if btx.blocking_send(Bytes::from(full)).is_err() {
                         return false;
                     }

@@ -307,13 +307,13 @@ fn check_cell_points(db: &TestDb) {
         )),
         0
     );
-    // Rows as the query functions need them: at most 64 points, weeks and
+    // Rows as the query functions need them: at most points::MAX_PER_ROW points, weeks and
     // segment ends ascending, each segment's lons and lats_sorted ascending,
     // lats_sorted a permutation of the segment's lats.
     assert_eq!(
         db.count(
-            "SELECT count(*) FROM rollup_cell_points p
-             WHERE cardinality(lons) NOT BETWEEN 1 AND 64
+            &"SELECT count(*) FROM rollup_cell_points p
+             WHERE cardinality(lons) NOT BETWEEN 1 AND {max}
                 OR cardinality(lats) <> cardinality(lons) OR cardinality(lats_sorted) <> cardinality(lons)
                 OR cardinality(weeks) <> cardinality(ends) OR ends[cardinality(ends)] <> cardinality(lons)
                 OR weeks <> ARRAY(SELECT DISTINCT v FROM unnest(weeks) v ORDER BY v)
@@ -322,6 +322,7 @@ fn check_cell_points(db: &TestDb) {
                            LATERAL (SELECT coalesce(p.ends[u.k - 1], 0) + 1 AS a) s
                            WHERE p.lons[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lons[s.a:u.e]) v ORDER BY v)
                               OR p.lats_sorted[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lats[s.a:u.e]) v ORDER BY v))"
+                .replace("{max}", &tripload::points::MAX_PER_ROW.to_string())
         ),
         0
     );
@@ -397,6 +398,18 @@ fn cell_points_of_a_file_spilled_to_disk_are_complete() {
     assert_eq!(db.trips(), rows as i64);
     check_cell_points(&db);
     check_bbox(&db, [14.37, 50.0, 14.52, 50.13], None, None);
+    // Full rows exist, and every row stayed inline (nothing in TOAST): the
+    // query reads the arrays from the heap row.
+    assert!(
+        db.count(&format!(
+            "SELECT count(*) FROM rollup_cell_points WHERE cardinality(lons) = {}",
+            tripload::points::MAX_PER_ROW
+        )) > 0
+    );
+    assert_eq!(
+        db.count("SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE relname = 'rollup_cell_points'"),
+        0
+    );
 }
 
 #[test]
