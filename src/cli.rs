@@ -67,6 +67,11 @@ pub enum Command {
     /// Loaded files move to processed/ and failed ones to failed/, both beside
     /// the directory the file was in (data/landing -> data/processed) unless
     /// --processed-dir/--failed-dir say otherwise.
+    ///
+    /// The analytics rollups are written in the same transaction. For a file
+    /// over 48 MiB the exact coordinates they keep (cell points) are spilled
+    /// to temporary files in $TMPDIR (default /tmp), about half the file's
+    /// size, deleted when the file ends.
     #[command(after_help = EXIT_CODES)]
     Load(LoadArgs),
     /// Watch the landing directory and load files as they arrive (inotify; no polling).
@@ -92,6 +97,10 @@ pub enum Command {
     /// destination, or both lie in it; box edges are inclusive. Weeks are ISO
     /// weeks (Monday 00:00 UTC); the window defaults to the weeks that have data
     /// in the dataset, and weeks without matching trips count as zero.
+    ///
+    /// Answered from rollups maintained at load time, exactly: milliseconds for
+    /// a region or a box by origin/destination. --by both scans the trips
+    /// (seconds on 100M rows; `tripload db index --spatial` helps small boxes).
     Weekly(WeeklyArgs),
     /// Trip groups, largest first: trips with the same region, origin cell,
     /// destination cell and time-of-day bucket.
