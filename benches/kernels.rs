@@ -108,18 +108,24 @@ fn bench_encode(c: &mut Criterion) {
     g.finish();
 }
 
-/// Folding per-chunk rollups (4 MiB chunks) into the file's, as the loader does.
-fn bench_rollup_merge(c: &mut Criterion) {
+/// The per-chunk rollups of the generated data in 4 MiB chunks, as the
+/// workers produce them.
+fn chunk_rollups() -> Vec<tripload::rollup::Rollup> {
     let buf = data();
     let header = parse_header(&buf).expect("generated header");
     let body = &buf[header.data_start..];
     let dims = Dims::in_memory();
     let grid = tripload::rollup::Grid::default();
-    let parts: Vec<tripload::rollup::Rollup> = chunk::split(body, 0, 4 << 20)
+    chunk::split(body, 0, 4 << 20)
         .into_iter()
         .filter_map(|r| encode_chunk(&body[r], &header, 1, &dims, Some(&grid)).ok())
         .map(|e| e.rollup)
-        .collect();
+        .collect()
+}
+
+/// Folding per-chunk rollups (4 MiB chunks) into the file's, as the loader does.
+fn bench_rollup_merge(c: &mut Criterion) {
+    let parts = chunk_rollups();
     let mut g = c.benchmark_group("rollup_merge");
     g.throughput(Throughput::Elements(ROWS));
     g.bench_function("rows", |b| {
@@ -141,15 +147,9 @@ fn bench_rollup_merge(c: &mut Criterion) {
 /// Cell points after the trips' COPY: sorting a file's points and encoding
 /// them as binary COPY rows (one core; the loader sorts on the rayon pool).
 fn bench_cell_points(c: &mut Criterion) {
-    let buf = data();
-    let header = parse_header(&buf).expect("generated header");
-    let body = &buf[header.data_start..];
-    let dims = Dims::in_memory();
-    let grid = tripload::rollup::Grid::default();
-    let pts: Vec<tripload::points::Pt> = chunk::split(body, 0, 4 << 20)
+    let pts: Vec<tripload::points::Pt> = chunk_rollups()
         .into_iter()
-        .filter_map(|r| encode_chunk(&body[r], &header, 1, &dims, Some(&grid)).ok())
-        .flat_map(|e| e.rollup.pending)
+        .flat_map(|r| r.pending)
         .collect();
     let mut g = c.benchmark_group("cell_points_sort_encode");
     g.throughput(Throughput::Elements(ROWS));

@@ -135,6 +135,21 @@ async fn copy_text(
     Ok(())
 }
 
+/// Sends every buffer from `brx` into the COPY until the producer is done;
+/// stops at the first error and returns it (closing `brx`, so the producer
+/// stops too).
+async fn forward(
+    sink: &mut std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>,
+    mut brx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> Option<tokio_postgres::Error> {
+    while let Some(buf) = brx.recv().await {
+        if let Err(e) = sink.send(buf).await {
+            return Some(e);
+        }
+    }
+    None
+}
+
 /// Writes a file's cell points in its transaction (after its trips): each
 /// partition of the spill is sorted and encoded on a blocking thread (the
 /// sort on the rayon pool) while this task streams the buffers to COPY.
@@ -157,7 +172,7 @@ async fn write_points(
         .map_err(|e| classify(e, what))?;
     // Room for part of a partition's rows, so that the next partition is
     // read and sorted while the server inserts this one.
-    let (btx, mut brx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (btx, brx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let producer = tokio::task::spawn_blocking(move || {
         spill.drain(|mut pts| {
             use rayon::slice::ParallelSliceMut;
@@ -177,14 +192,7 @@ async fn write_points(
             out.is_empty() || btx.blocking_send(Bytes::from(out)).is_ok()
         })
     });
-    let mut copy_error = None;
-    while let Some(buf) = brx.recv().await {
-        if let Err(e) = sink.send(buf).await {
-            copy_error = Some(e);
-            break;
-        }
-    }
-    drop(brx);
+    let copy_error = forward(&mut sink, brx).await;
     match producer.await {
         Err(e) => return Err(Abort::Env(format!("cell points task failed: {e}"))),
         Ok(Err(e)) => {
@@ -450,7 +458,7 @@ async fn load_in_transaction(
 
     // Encoded chunks flow from the in-order stage (a blocking thread feeding
     // the rayon pool) to this task through a small bounded channel.
-    let (btx, mut brx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let (btx, brx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let stage = {
         let mapped = Arc::clone(&mapped);
         let header = Arc::clone(&header);
@@ -477,14 +485,7 @@ async fn load_in_transaction(
             })
         })
     };
-    let mut copy_error = None;
-    while let Some(buf) = brx.recv().await {
-        if let Err(e) = sink.send(buf).await {
-            copy_error = Some(e);
-            break;
-        }
-    }
-    drop(brx);
+    let copy_error = forward(&mut sink, brx).await;
     let stage = stage
         .await
         .map_err(|e| fail(Abort::Env(format!("encoding task failed: {e}"))))?;
