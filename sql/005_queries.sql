@@ -125,7 +125,7 @@ BEGIN
         -- in [y0, y1] -- binary searches over the sorted segment (v): count in
         -- [lo, hi] = width_bucket(hi) - width_bucket(lo) + the elements equal to
         -- lo, since width_bucket counts elements <= its operand. A corner cell
-        -- tests its pairs.
+        -- tests its pairs (lons[i], lats_sorted[lat_pos byte i - 1, 1-based]).
         seg AS (
             SELECT p.ix, p.iy, u.w,
                    CASE WHEN p.iy BETWEEN in_y0 AND in_y1 THEN p.lons[coalesce(p.ends[u.k - 1], 0) + 1:u.e]
@@ -134,9 +134,9 @@ BEGIN
                    CASE WHEN p.iy BETWEEN in_y0 AND in_y1 THEN x0 ELSE y0 END AS lo,
                    CASE WHEN p.iy BETWEEN in_y0 AND in_y1 THEN x1 ELSE y1 END AS hi,
                    CASE WHEN NOT (p.iy BETWEEN in_y0 AND in_y1 OR p.ix BETWEEN in_x0 AND in_x1)
-                        THEN (SELECT count(*) FROM unnest(p.lons[coalesce(p.ends[u.k - 1], 0) + 1:u.e],
-                                                          p.lats[coalesce(p.ends[u.k - 1], 0) + 1:u.e]) AS q(x, y)
-                              WHERE q.x BETWEEN x0 AND x1 AND q.y BETWEEN y0 AND y1)::int
+                        THEN (SELECT count(*) FROM generate_series(coalesce(p.ends[u.k - 1], 0) + 1, u.e) AS i
+                              WHERE p.lons[i] BETWEEN x0 AND x1
+                                AND p.lats_sorted[get_byte(p.lat_pos, i - 1) + 1] BETWEEN y0 AND y1)::int
                    END AS corner
             FROM rollup_cell_points p, unnest(p.weeks, p.ends) WITH ORDINALITY AS u(w, e, k)
             WHERE p.side = s

@@ -3,12 +3,13 @@
 -- transaction, like the other rollups: keyed by file_id, nothing left behind
 -- by a rolled-back file.
 --
--- One row holds at most 150 points of one (file, side, cell), in week segments:
+-- One row holds at most 140 points of one (file, side, cell), in week segments:
 -- weeks[k] (day number of the Monday, as in rollup_cell_week) covers the
--- 1-based positions ends[k-1]+1 .. ends[k]. Within a segment lons ascend, lats
--- are aligned with lons (the pairs) and lats_sorted ascend. A cell cut by a
--- vertical edge is counted with binary searches over lons, one cut by a
--- horizontal edge over lats_sorted; a corner cell scans its pairs.
+-- 1-based positions ends[k-1]+1 .. ends[k]. Within a segment lons ascend and
+-- lats_sorted ascend; the byte get_byte(lat_pos, i - 1) is the 0-based
+-- position in lats_sorted of the latitude paired with lons[i] (same segment).
+-- A cell cut by a vertical edge is counted with binary searches over lons, one
+-- cut by a horizontal edge over lats_sorted; a corner cell tests its pairs.
 CREATE TABLE IF NOT EXISTS rollup_cell_points (
     file_id     integer            NOT NULL,
     side        "char"             NOT NULL,
@@ -17,22 +18,24 @@ CREATE TABLE IF NOT EXISTS rollup_cell_points (
     weeks       integer[]          NOT NULL,
     ends        integer[]          NOT NULL,
     lons        double precision[] NOT NULL,
-    lats        double precision[] NOT NULL,
-    lats_sorted double precision[] NOT NULL
+    lats_sorted double precision[] NOT NULL,
+    lat_pos     bytea              NOT NULL
 );
--- Rows of up to 150 points (about 3.8 KB) stay inline: no TOAST lookups at
+-- Rows of up to 140 points (about 2.6 KB) stay inline: no TOAST lookups at
 -- query time. Floats barely compress; do not spend load time trying.
 ALTER TABLE rollup_cell_points SET (toast_tuple_target = 8160);
 ALTER TABLE rollup_cell_points
     ALTER COLUMN lons SET STORAGE EXTERNAL,
-    ALTER COLUMN lats SET STORAGE EXTERNAL,
-    ALTER COLUMN lats_sorted SET STORAGE EXTERNAL;
+    ALTER COLUMN lats_sorted SET STORAGE EXTERNAL,
+    ALTER COLUMN lat_pos SET STORAGE EXTERNAL;
 CREATE INDEX IF NOT EXISTS rollup_cell_points_cell ON rollup_cell_points (side, ix, iy);
 
 -- Backfill for trips loaded before this migration (a no-op on a new database);
--- the same rows as the loader writes.
+-- the same rows as the loader writes. pos is a point's 0-based position in its
+-- row (order week, x, y), lat_rank the position of its latitude in lats_sorted
+-- (order week, y, then row position: the loader's stable sort).
 WITH pieces AS (
-    SELECT a.*, (row_number() OVER (PARTITION BY file_id, side, ix, iy ORDER BY week, x, y) - 1) / 150 AS piece
+    SELECT a.*, (row_number() OVER (PARTITION BY file_id, side, ix, iy ORDER BY week, x, y) - 1) / 140 AS piece
     FROM (
         SELECT t.file_id, s.side, ST_X(s.p) AS x, ST_Y(s.p) AS y,
                floor(ST_X(s.p) / tripload_setting('grid_deg'))::int AS ix,
@@ -41,6 +44,14 @@ WITH pieces AS (
         FROM trips t, LATERAL (VALUES ('o'::"char", t.origin), ('d'::"char", t.destination)) AS s(side, p)
         WHERE t.file_id NOT IN (SELECT file_id FROM rollup_cell_points)
     ) a
+),
+placed AS (
+    SELECT *, row_number() OVER (PARTITION BY file_id, side, ix, iy, piece ORDER BY week, x, y) - 1 AS pos
+    FROM pieces
+),
+ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY file_id, side, ix, iy, piece ORDER BY week, y, pos) - 1 AS lat_rank
+    FROM placed
 ),
 segments AS (
     SELECT file_id, side, ix, iy, piece, array_agg(week ORDER BY week) AS weeks, array_agg(end_at ORDER BY week) AS ends
@@ -51,7 +62,7 @@ segments AS (
 )
 INSERT INTO rollup_cell_points
 SELECT p.file_id, p.side, p.ix, p.iy, sg.weeks, sg.ends,
-       array_agg(p.x ORDER BY p.week, p.x, p.y), array_agg(p.y ORDER BY p.week, p.x, p.y),
-       array_agg(p.y ORDER BY p.week, p.y)
-FROM pieces p JOIN segments sg USING (file_id, side, ix, iy, piece)
+       array_agg(p.x ORDER BY p.pos), array_agg(p.y ORDER BY p.lat_rank),
+       string_agg(set_byte('\x00'::bytea, 0, p.lat_rank::int), ''::bytea ORDER BY p.pos)
+FROM ranked p JOIN segments sg USING (file_id, side, ix, iy, piece)
 GROUP BY p.file_id, p.side, p.ix, p.iy, p.piece, sg.weeks, sg.ends;

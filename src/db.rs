@@ -296,6 +296,15 @@ const LATER: &[Migration] = &[
         name: "cell points",
         sql: include_str!("../sql/006_cell_points.sql"),
     },
+    // Drops cell points of the older layout, then (re)creates and backfills.
+    Migration {
+        version: 7,
+        name: "cell points with latitude positions",
+        sql: concat!(
+            include_str!("../sql/007_cell_points_lat_pos.sql"),
+            include_str!("../sql/006_cell_points.sql")
+        ),
+    },
 ];
 /// Query functions: replaced on every migrate, so they follow the binary.
 const FUNCTIONS: &str = include_str!("../sql/005_queries.sql");

@@ -10,9 +10,13 @@
 //! [`MAX_PER_ROW`] sorted values in one heap row.
 //!
 //! Each row holds up to [`MAX_PER_ROW`] points of one (side, cell) in week
-//! segments (`weeks`, `ends`); within a segment `lons` ascend, `lats` are
-//! aligned with `lons` (the pairs, for the corner cells) and `lats_sorted`
-//! ascend (for cells cut by a horizontal edge).
+//! segments (`weeks`, `ends`); within a segment `lons` ascend and
+//! `lats_sorted` ascend (for cells cut by a horizontal edge), and the byte
+//! `lat_pos[i]` is the 0-based position in `lats_sorted` of the latitude that
+//! pairs with `lons[i]` (for the corner cells). A byte instead of a third
+//! float8 array: the server decodes a binary array element by element (a
+//! function call each), but copies a `bytea` whole -- a third less of the
+//! cell points' receive cost.
 //!
 //! A file's points (32 bytes each, two per trip) are kept in memory for small
 //! files; otherwise they are spilled to anonymous temporary files (in `TMPDIR`),
@@ -40,17 +44,18 @@ pub struct Pt {
 /// Bytes of a spilled [`Pt`].
 const PT_BYTES: usize = 32;
 
-/// Points per row: three arrays of 150 float8 and the week index make a row
-/// of about 3.8 KB, two to a page. The table's `toast_tuple_target` (8160)
-/// keeps such rows inline, so a query reads the arrays from the heap row
-/// instead of TOAST lookups (repeated for every reference to an array), and
-/// a bounding box's edge band is ~2.3x fewer rows and week segments than at
+/// Points per row: two arrays of 140 float8, 140 position bytes and a week
+/// index of ~14 weeks make a row of about 2.6 KB, three to a page (150 would
+/// fit two, wasting a third of each page). The table's `toast_tuple_target`
+/// (8160) keeps such rows inline, so a query reads the arrays from the heap
+/// row instead of TOAST lookups (repeated for every reference to an array),
+/// and a bounding box's edge band is ~2x fewer rows and week segments than at
 /// the default 2 KB limit (64 points). A row of sparse data, one week per
-/// point, is at most ~6.2 KB: still inline.
-pub const MAX_PER_ROW: usize = 150;
+/// point, is at most ~3.8 KB: still inline. At most 256, for `lat_pos`.
+pub const MAX_PER_ROW: usize = 140;
 
 /// Columns of the binary COPY rows, in order.
-pub const COPY_COLUMNS: &str = "file_id, side, ix, iy, weeks, ends, lons, lats, lats_sorted";
+pub const COPY_COLUMNS: &str = "file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos";
 
 /// Memory for one partition; a file's spill is cut into as many as needed.
 pub const PARTITION_BYTES: u64 = 64 << 20;
@@ -145,26 +150,34 @@ fn put_int_array(out: &mut Vec<u8>, vals: &[i32]) {
 /// row and per array element, so rows are filled rather than cut per week.
 /// Inside a row the points are ordered by week, then longitude: `weeks` lists
 /// the row's weeks, `ends[k]` is the 1-based position of the last point of
-/// `weeks[k]`; `lats_sorted` is sorted within each week's segment. Returns the
-/// number of rows.
+/// `weeks[k]`; `lats_sorted` is sorted within each week's segment and
+/// `lat_pos` maps each point to its latitude there. Returns the number of rows.
 pub fn encode_rows(file_id: i32, pts: &[Pt], out: &mut Vec<u8>) -> u64 {
+    const _: () = assert!(MAX_PER_ROW <= 256, "lat_pos holds a row position in a byte");
     let mut rows = 0;
-    let mut lats = Vec::with_capacity(MAX_PER_ROW);
+    // Row positions of the points in latitude order, per segment.
+    let mut order: Vec<u8> = Vec::with_capacity(MAX_PER_ROW);
+    let mut pos = vec![0u8; MAX_PER_ROW];
     let (mut weeks, mut ends) = (Vec::new(), Vec::new());
     for cell in pts.chunk_by(|a, b| a.cell() == b.cell()) {
         for piece in cell.chunks(MAX_PER_ROW) {
             let p = piece[0];
             weeks.clear();
             ends.clear();
-            lats.clear();
+            order.clear();
             let mut at = 0;
             for week in piece.chunk_by(|a, b| a.week == b.week) {
+                let from = at;
                 at += week.len();
                 weeks.push(week[0].week);
                 ends.push(at as i32);
-                let from = lats.len();
-                lats.extend(week.iter().map(|q| q.lat));
-                lats[from..].sort_unstable_by(f64::total_cmp);
+                // Positions fit a byte: at <= MAX_PER_ROW <= 256.
+                order.extend((from..at).map(|i| i as u8));
+                order[from..]
+                    .sort_by(|&a, &b| piece[a as usize].lat.total_cmp(&piece[b as usize].lat));
+            }
+            for (k, &i) in order.iter().enumerate() {
+                pos[i as usize] = k as u8;
             }
             out.extend_from_slice(&9i16.to_be_bytes());
             put_i32(out, 4);
@@ -178,8 +191,9 @@ pub fn encode_rows(file_id: i32, pts: &[Pt], out: &mut Vec<u8>) -> u64 {
             put_int_array(out, &weeks);
             put_int_array(out, &ends);
             put_array(out, piece.iter().map(|q| q.lon));
-            put_array(out, piece.iter().map(|q| q.lat));
-            put_array(out, lats.iter().copied());
+            put_array(out, order.iter().map(|&i| piece[i as usize].lat));
+            put_i32(out, piece.len() as i32);
+            out.extend_from_slice(&pos[..piece.len()]);
             rows += 1;
         }
     }
@@ -273,7 +287,7 @@ mod tests {
         }
     }
 
-    /// A decoded row: (side, ix, iy, weeks, ends, lons, lats, lats_sorted).
+    /// A decoded row: (side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos).
     type Row = (
         u8,
         i32,
@@ -282,7 +296,7 @@ mod tests {
         Vec<i32>,
         Vec<f64>,
         Vec<f64>,
-        Vec<f64>,
+        Vec<u8>,
     );
     fn decode(mut b: &[u8]) -> Vec<Row> {
         fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
@@ -334,7 +348,10 @@ mod tests {
                 ints(&mut b),
                 floats(&mut b),
                 floats(&mut b),
-                floats(&mut b),
+                {
+                    let n = i32_(&mut b) as usize;
+                    take(&mut b, n).to_vec()
+                },
             ));
         }
         rows
@@ -369,16 +386,7 @@ mod tests {
         assert_eq!(rows.len(), 4);
         assert_eq!(
             rows[0],
-            (
-                b'd',
-                1,
-                2,
-                vec![10],
-                vec![1],
-                vec![0.5],
-                vec![0.5],
-                vec![0.5]
-            )
+            (b'd', 1, 2, vec![10], vec![1], vec![0.5], vec![0.5], vec![0])
         );
         assert_eq!(
             rows[1],
@@ -389,8 +397,8 @@ mod tests {
                 vec![10, 17],
                 vec![3, 5],
                 vec![0.011, 0.011, 0.015, 0.012, 0.013],
-                vec![0.020, 0.021, 0.029, 0.025, 0.022],
-                vec![0.020, 0.021, 0.029, 0.022, 0.025]
+                vec![0.020, 0.021, 0.029, 0.022, 0.025],
+                vec![0, 1, 2, 4, 3]
             )
         );
         assert_eq!((rows[2].5.len(), rows[3].5.len()), (MAX_PER_ROW, 5));
@@ -415,16 +423,32 @@ mod tests {
                     "lons ascending"
                 );
                 assert!(
-                    r.7[seg].windows(2).all(|w| w[0] <= w[1]),
+                    r.6[seg.clone()].windows(2).all(|w| w[0] <= w[1]),
                     "lats_sorted ascending"
                 );
+                // lat_pos is a permutation of the segment's positions.
+                let mut p: Vec<usize> = r.7[seg.clone()].iter().map(|&i| i as usize).collect();
+                p.sort_unstable();
+                assert_eq!(p, seg.collect::<Vec<_>>());
                 from = end as usize;
             }
-            assert_eq!(from, r.5.len());
+            assert_eq!((from, r.6.len(), r.7.len()), (r.5.len(), from, from));
         }
-        // Pairs survive: lats are aligned with lons.
-        assert_eq!(rows[2].6[0], 0.05);
-        assert_eq!(rows[3].7[0], 0.05 - (MAX_PER_ROW + 4) as f64 * 1e-6);
+        // Pairs survive: each lon finds its own lat through lat_pos.
+        let pairs = |r: &Row| -> Vec<(f64, f64)> {
+            r.5.iter()
+                .zip(&r.7)
+                .map(|(&x, &i)| (x, r.6[i as usize]))
+                .collect()
+        };
+        let want: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|q| (q.side, q.ix, q.iy) == (b'o', 3, 4))
+            .map(|q| (q.lon, q.lat))
+            .collect();
+        assert_eq!([pairs(&rows[2]), pairs(&rows[3])].concat(), want);
+        assert_eq!(rows[2].6[0], 0.05 - 29.0 * 1e-6);
+        assert_eq!(rows[3].6[0], 0.05 - (MAX_PER_ROW + 4) as f64 * 1e-6);
     }
 
     #[test]

@@ -192,7 +192,8 @@ fn the_two_questions_on_the_sample() {
 /// (file_id, side, ix, iy, week, x, y).
 const POINTS: &str = "SELECT p.file_id, p.side, p.ix, p.iy, u.w AS week, q.x, q.y
     FROM rollup_cell_points p, unnest(p.weeks, p.ends) WITH ORDINALITY AS u(w, e, k),
-         unnest(p.lons[coalesce(p.ends[u.k - 1], 0) + 1:u.e], p.lats[coalesce(p.ends[u.k - 1], 0) + 1:u.e]) AS q(x, y)";
+         generate_series(coalesce(p.ends[u.k - 1], 0) + 1, u.e) AS i,
+         LATERAL (SELECT p.lons[i] AS x, p.lats_sorted[get_byte(p.lat_pos, i - 1) + 1] AS y) q";
 
 /// Rollups summed over files, in a canonical order.
 fn rollup_state(db: &TestDb) -> Vec<String> {
@@ -269,7 +270,7 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
     // The migration's backfill (for trips loaded before cell points existed)
     // writes exactly the loader's rows.
     let rows = |db: &TestDb| -> Vec<String> {
-        db.query("SELECT concat_ws(' ', file_id, side, ix, iy, weeks, ends, lons, lats, lats_sorted) FROM rollup_cell_points ORDER BY 1")
+        db.query("SELECT concat_ws(' ', file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos) FROM rollup_cell_points ORDER BY 1")
             .iter()
             .map(|r| r.get(0))
             .collect()
@@ -280,6 +281,20 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
     let out = tripload(&w2, &db2, &["db", "migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(rows(&db2), loaded);
+
+    // A database migrated by an older binary has the older layout (a third
+    // float8 array, no lat_pos): migration 7 rebuilds it from trips.
+    db2.query("DROP TABLE rollup_cell_points");
+    db2.query(
+        "CREATE TABLE rollup_cell_points (file_id int, side \"char\", ix int, iy int, weeks int[], ends int[],
+                                          lons float8[], lats float8[], lats_sorted float8[])",
+    );
+    db2.query("INSERT INTO rollup_cell_points VALUES (1, 'o', 0, 0, '{0}', '{1}', '{0.5}', '{0.5}', '{0.5}')");
+    db2.query("DELETE FROM tripload_schema WHERE version = 7");
+    let out = tripload(&w2, &db2, &["db", "migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rows(&db2), loaded);
+    check_cell_points(&db2);
 }
 
 /// The cell points read back from PostgreSQL are exactly the trips'
@@ -309,19 +324,22 @@ fn check_cell_points(db: &TestDb) {
     );
     // Rows as the query functions need them: at most points::MAX_PER_ROW points, weeks and
     // segment ends ascending, each segment's lons and lats_sorted ascending,
-    // lats_sorted a permutation of the segment's lats.
+    // lat_pos a permutation of the segment's positions (so the pairs above
+    // use every latitude of the segment once).
     assert_eq!(
         db.count(
             &"SELECT count(*) FROM rollup_cell_points p
              WHERE cardinality(lons) NOT BETWEEN 1 AND {max}
-                OR cardinality(lats) <> cardinality(lons) OR cardinality(lats_sorted) <> cardinality(lons)
+                OR length(lat_pos) <> cardinality(lons) OR cardinality(lats_sorted) <> cardinality(lons)
                 OR cardinality(weeks) <> cardinality(ends) OR ends[cardinality(ends)] <> cardinality(lons)
                 OR weeks <> ARRAY(SELECT DISTINCT v FROM unnest(weeks) v ORDER BY v)
                 OR ends <> ARRAY(SELECT DISTINCT v FROM unnest(ends) v ORDER BY v)
                 OR EXISTS (SELECT 1 FROM unnest(p.ends) WITH ORDINALITY AS u(e, k),
                            LATERAL (SELECT coalesce(p.ends[u.k - 1], 0) + 1 AS a) s
                            WHERE p.lons[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lons[s.a:u.e]) v ORDER BY v)
-                              OR p.lats_sorted[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lats[s.a:u.e]) v ORDER BY v))"
+                              OR p.lats_sorted[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lats_sorted[s.a:u.e]) v ORDER BY v)
+                              OR ARRAY(SELECT get_byte(p.lat_pos, i - 1) + 1 FROM generate_series(s.a, u.e) i ORDER BY 1)
+                                 <> ARRAY(SELECT generate_series(s.a, u.e)))"
                 .replace("{max}", &tripload::points::MAX_PER_ROW.to_string())
         ),
         0
