@@ -157,7 +157,7 @@ pub fn encode_rows(file_id: i32, pts: &[Pt], out: &mut Vec<u8>) -> u64 {
     let mut rows = 0;
     // Row positions of the points in latitude order, per segment.
     let mut order: Vec<u8> = Vec::with_capacity(MAX_PER_ROW);
-    let mut pos = vec![0u8; MAX_PER_ROW];
+    let mut pos = [0u8; MAX_PER_ROW];
     let (mut weeks, mut ends) = (Vec::new(), Vec::new());
     for cell in pts.chunk_by(|a, b| a.cell() == b.cell()) {
         for piece in cell.chunks(MAX_PER_ROW) {
