@@ -165,6 +165,32 @@ fn bench_cell_points(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
+    g.bench_function("sort_only", |b| {
+        b.iter_batched(
+            || pts.clone(),
+            |mut pts| {
+                pts.sort_unstable_by(tripload::points::cmp);
+                pts.len()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("group_by_cell", |b| {
+        b.iter_batched(
+            || pts.clone(),
+            |mut pts| tripload::points::group_by_cell(&mut pts).len(),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let mut sorted = pts.clone();
+    sorted.sort_unstable_by(tripload::points::cmp);
+    g.bench_function("encode_only", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(sorted.len() * 40);
+            tripload::points::encode_rows(1, &sorted, &mut out);
+            out.len()
+        })
+    });
     g.finish();
 }
 

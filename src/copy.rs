@@ -175,13 +175,14 @@ async fn write_points(
     let (btx, brx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let producer = tokio::task::spawn_blocking(move || {
         spill.drain(|mut pts| {
-            use rayon::slice::ParallelSliceMut;
-            pts.par_sort_unstable_by(points::cmp);
+            let lens = points::group_by_cell(&mut pts);
             // Buffers of about 1 MiB, cut between cells (a cell's rows are
             // rarely over 200 KB), keep the pipe full.
             let mut out = Vec::with_capacity(1 << 20);
-            for cell in pts.chunk_by(|a, b| (a.side, a.ix, a.iy) == (b.side, b.ix, b.iy)) {
-                points::encode_rows(file_id, cell, &mut out);
+            let mut at = 0;
+            for n in lens {
+                points::encode_rows(file_id, &pts[at..at + n], &mut out);
+                at += n;
                 if out.len() >= 768 << 10 {
                     let full = std::mem::replace(&mut out, Vec::with_capacity(1 << 20));
                     if btx.blocking_send(Bytes::from(full)).is_err() {
