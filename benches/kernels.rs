@@ -144,33 +144,30 @@ fn bench_rollup_merge(c: &mut Criterion) {
     g.finish();
 }
 
-/// Cell points after the trips' COPY: sorting a file's points and encoding
-/// them as binary COPY rows (one core; the loader sorts on the rayon pool).
+/// Cell points after the trips' COPY: ordering a file's points by cell and
+/// encoding them as binary COPY rows, as the loader does (`rows`), and the
+/// parts: `group_by_cell`, `encode`, and `comparator_sort`, one sort of the
+/// whole set by `points::cmp` (what `group_by_cell` replaced). One core
+/// unless RAYON_NUM_THREADS allows more (the per-cell sorts use the pool).
 fn bench_cell_points(c: &mut Criterion) {
     let pts: Vec<tripload::points::Pt> = chunk_rollups()
         .into_iter()
         .flat_map(|r| r.pending)
         .collect();
-    let mut g = c.benchmark_group("cell_points_sort_encode");
+    let mut g = c.benchmark_group("cell_points");
     g.throughput(Throughput::Elements(ROWS));
     g.bench_function("rows", |b| {
         b.iter_batched(
             || pts.clone(),
             |mut pts| {
-                pts.sort_unstable_by(tripload::points::cmp);
-                let mut out = Vec::with_capacity(pts.len() * 40);
-                tripload::points::encode_rows(1, &pts, &mut out);
+                let lens = tripload::points::group_by_cell(&mut pts);
+                let mut out = Vec::with_capacity(pts.len() * 24);
+                let mut at = 0;
+                for n in lens {
+                    tripload::points::encode_rows(1, &pts[at..at + n], &mut out);
+                    at += n;
+                }
                 out.len()
-            },
-            criterion::BatchSize::LargeInput,
-        )
-    });
-    g.bench_function("sort_only", |b| {
-        b.iter_batched(
-            || pts.clone(),
-            |mut pts| {
-                pts.sort_unstable_by(tripload::points::cmp);
-                pts.len()
             },
             criterion::BatchSize::LargeInput,
         )
@@ -182,11 +179,21 @@ fn bench_cell_points(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
+    g.bench_function("comparator_sort", |b| {
+        b.iter_batched(
+            || pts.clone(),
+            |mut pts| {
+                pts.sort_unstable_by(tripload::points::cmp);
+                pts.len()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
     let mut sorted = pts.clone();
     sorted.sort_unstable_by(tripload::points::cmp);
-    g.bench_function("encode_only", |b| {
+    g.bench_function("encode", |b| {
         b.iter(|| {
-            let mut out = Vec::with_capacity(sorted.len() * 40);
+            let mut out = Vec::with_capacity(sorted.len() * 24);
             tripload::points::encode_rows(1, &sorted, &mut out);
             out.len()
         })

@@ -150,30 +150,21 @@ async fn forward(
     None
 }
 
-/// Writes a file's cell points in its transaction (after its trips): each
-/// partition of the spill is sorted and encoded on a blocking thread (the
-/// sort on the rayon pool) while this task streams the buffers to COPY.
-async fn write_points(
-    tx: &tokio_postgres::Transaction<'_>,
-    file_id: i32,
-    spill: Spill,
-) -> Result<(), Abort> {
-    let what = "COPY rollup_cell_points";
-    let sink = tx
-        .copy_in::<_, Bytes>(&format!(
-            "COPY rollup_cell_points ({}) FROM STDIN (FORMAT binary)",
-            points::COPY_COLUMNS
-        ))
-        .await
-        .map_err(|e| classify(e, what))?;
-    let mut sink = Box::pin(sink);
-    sink.send(Bytes::from_static(COPY_HEADER))
-        .await
-        .map_err(|e| classify(e, what))?;
+/// Cell points being grouped and encoded on a blocking thread (the sorts on
+/// the rayon pool), a partition of the spill at a time, into a small queue.
+struct PointsProducer {
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+/// Starts encoding a file's cell points as soon as its last chunk is parsed,
+/// so the first buffers are ready while the server finishes the trips and
+/// the other rollups. Dropping the producer's receiver stops it.
+fn start_points(file_id: i32, spill: Spill) -> PointsProducer {
     // Room for part of a partition's rows, so that the next partition is
     // read and sorted while the server inserts this one.
-    let (btx, brx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let producer = tokio::task::spawn_blocking(move || {
+    let (btx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let task = tokio::task::spawn_blocking(move || {
         spill.drain(|mut pts| {
             let lens = points::group_by_cell(&mut pts);
             // Buffers of about 1 MiB, cut between cells (a cell's rows are
@@ -193,8 +184,29 @@ async fn write_points(
             out.is_empty() || btx.blocking_send(Bytes::from(out)).is_ok()
         })
     });
+    PointsProducer { task, rx }
+}
+
+/// Writes a file's cell points in its transaction, after its trips.
+async fn write_points(
+    tx: &tokio_postgres::Transaction<'_>,
+    producer: PointsProducer,
+) -> Result<(), Abort> {
+    let what = "COPY rollup_cell_points";
+    let PointsProducer { task, rx: brx } = producer;
+    let sink = tx
+        .copy_in::<_, Bytes>(&format!(
+            "COPY rollup_cell_points ({}) FROM STDIN (FORMAT binary)",
+            points::COPY_COLUMNS
+        ))
+        .await
+        .map_err(|e| classify(e, what))?;
+    let mut sink = Box::pin(sink);
+    sink.send(Bytes::from_static(COPY_HEADER))
+        .await
+        .map_err(|e| classify(e, what))?;
     let copy_error = forward(&mut sink, brx).await;
-    match producer.await {
+    match task.await {
         Err(e) => return Err(Abort::Env(format!("cell points task failed: {e}"))),
         Ok(Err(e)) => {
             return Err(Abort::Env(format!(
@@ -500,6 +512,7 @@ async fn load_in_transaction(
         rejected: done.rejected,
         rejects: Some(Box::new(done.rejects)),
     };
+    let points = done.points.take().map(|p| start_points(file_id, p));
     if let Err(e) = sink.send(Bytes::from_static(COPY_TRAILER)).await {
         return Err(fail_with(classify(e, "COPY"), done));
     }
@@ -533,8 +546,8 @@ async fn load_in_transaction(
         }
     }
     let rollups_done = Instant::now();
-    if let Some(p) = done.points.take() {
-        if let Err(abort) = write_points(&tx, file_id, p).await {
+    if let Some(p) = points {
+        if let Err(abort) = write_points(&tx, p).await {
             return Err(fail_with(abort, done));
         }
     }

@@ -33,8 +33,39 @@ async fn client(conninfo: &str) -> tokio_postgres::Client {
     c
 }
 
+/// Removes the data directories of earlier test clusters whose server is
+/// gone (each test binary keeps its cluster's directory, ~1.3 GB, past its
+/// exit): a directory without a live postmaster pid is stale, unless it is
+/// minutes old (another test binary may be starting its server in it).
+fn sweep_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with("tripload-test-pg") {
+            continue;
+        }
+        let pid = std::fs::read_to_string(e.path().join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        // kill(pid, 0) probes without signalling.
+        let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        let recent = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < std::time::Duration::from_secs(600));
+        if !alive && !recent {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
+        sweep_stale_clusters();
         let dir = tempfile::Builder::new()
             .prefix("tripload-test-pg")
             .tempdir()
