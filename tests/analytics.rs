@@ -150,6 +150,21 @@ fn weekly_results_equal_brute_force_sql() {
         Some("2018-06-01"),
         Some("2018-08-31"),
     );
+    // The bounding-box function turns JIT off for its own query only: the
+    // caller's setting, on or off, is the same afterwards in its transaction.
+    db.query(
+        "DO $$
+         DECLARE s text;
+         BEGIN
+             FOREACH s IN ARRAY ARRAY['on', 'off'] LOOP
+                 PERFORM set_config('jit', s, true);
+                 PERFORM count(*) FROM weekly_trips_bbox(14.37, 50.0, 14.52, 50.13, 'origin');
+                 IF current_setting('jit') <> s THEN
+                     RAISE EXCEPTION 'jit was %, is % after weekly_trips_bbox', s, current_setting('jit');
+                 END IF;
+             END LOOP;
+         END $$",
+    );
     // And with a spatial index, the same answers.
     let out = tripload(&_w, &db, &["db", "index", "--spatial"]);
     assert!(out.status.success(), "{}", stderr(&out));
