@@ -44,6 +44,7 @@ RETURNS TABLE (week date, trips bigint)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     caller_jit text := current_setting('jit');
+    gist boolean;
     g double precision := tripload_setting('grid_deg');
     -- Every trip lies in the world; cutting the box to it keeps cell numbers small.
     x0 double precision := greatest(min_lon, -180);
@@ -97,12 +98,17 @@ BEGIN
         sx1 := in_x1;
     END IF;
     IF p_by = 'both' THEN
+        -- The && tests let the planner use the GiST indexes of `tripload db
+        -- index --spatial`; without them they only cost time (a scan of 100M
+        -- trips took 8.4 s with them, 6.2-6.5 s without, like the brute-force
+        -- query), so they are skipped.
+        gist := to_regclass('trips_origin_gist') IS NOT NULL AND to_regclass('trips_destination_gist') IS NOT NULL;
         RETURN QUERY
         WITH weeks AS (SELECT generate_series(w0, w1, interval '1 week')::date AS week),
         raw AS (
             SELECT date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date AS week, count(*)::bigint AS n
             FROM trips t
-            WHERE t.origin && box AND t.destination && box
+            WHERE (NOT gist OR (t.origin && box AND t.destination && box))
               AND ST_X(t.origin) BETWEEN min_lon AND max_lon AND ST_Y(t.origin) BETWEEN min_lat AND max_lat
               AND ST_X(t.destination) BETWEEN min_lon AND max_lon AND ST_Y(t.destination) BETWEEN min_lat AND max_lat
               AND t.datetime >= t0 AND t.datetime < t1
