@@ -17,3 +17,19 @@ bench_db() {
 psql_() { psql "$URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
 calc() { awk "BEGIN { print $* }"; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# CPU seconds used so far by the embedded server in $TRIPLOAD_PG_DIR: the
+# postmaster, its live children, and the children it has reaped (ended
+# backends), from /proc. A difference of two readings is the server's CPU for
+# what ran in between.
+server_cpu() {
+  local pidfile pm
+  pidfile=$(find "$TRIPLOAD_PG_DIR" -name postmaster.pid -print -quit)
+  pm=$(head -1 "$pidfile")
+  {
+    sed 's/^.*) //' "/proc/$pm/stat" | awk '{ print $12 + $13 + $14 + $15 }'
+    for c in $(cat "/proc/$pm/task/$pm/children" 2>/dev/null); do
+      [ -r "/proc/$c/stat" ] && sed 's/^.*) //' "/proc/$c/stat" | awk '{ print $12 + $13 }'
+    done
+  } | awk -v hz="$(getconf CLK_TCK)" '{ s += $1 } END { printf "%.2f", s / hz }'
+}

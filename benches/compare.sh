@@ -54,19 +54,21 @@ LOAD CSV
   WITH skip header = 1, fields terminated by ',', fields optionally enclosed by '"', fields escaped by double-quote;
 EOF
 
-declare -A T RSS
+declare -A T RSS CCPU SCPU
 run_tripload() {
   local key=${1:-tripload}
   reset_db
   mkdir -p "$OUT/landing"; cp "$CSV" "$OUT/landing/in.csv"
-  local s e; s=$(date +%s.%N)
+  local s e s0; s0=$(server_cpu); s=$(date +%s.%N)
   if [ "$key" = tripload_no_rollups ]; then export TRIPLOAD_BENCH_NO_ROLLUPS=1; fi
-  /usr/bin/time -f %M -o "$OUT/rss" "$TL" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" >/dev/null 2>"$OUT/tripload.err" \
+  /usr/bin/time -f '%M %U %S' -o "$OUT/rss" "$TL" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" >/dev/null 2>"$OUT/tripload.err" \
     || { cat "$OUT/tripload.err" >&2; exit 1; }
   unset TRIPLOAD_BENCH_NO_ROLLUPS
   e=$(date +%s.%N); rm -rf "$OUT/processed"
+  SCPU[$key]+="$(calc "$(server_cpu) - $s0") "
   [ "$(psql_ -c 'SELECT count(*) FROM trips')" = "$ROWS" ] || { echo "tripload loaded a wrong row count" >&2; exit 1; }
-  T[$key]+="$(calc "$e - $s") "; RSS[$key]=$(cat "$OUT/rss")
+  local rss u sy; read -r rss u sy <"$OUT/rss"
+  T[$key]+="$(calc "$e - $s") "; RSS[$key]=$rss; CCPU[$key]+="$(calc "$u + $sy") "
 }
 run_psql_copy() {
   reset_db
@@ -120,6 +122,15 @@ for k in tripload tripload_no_rollups psql_copy pgloader server_binary_copy; do
 done
 echo
 echo "Rollup cost at load time (tripload vs tripload_no_rollups, same run): $(calc "($TL_MED / $(echo "${T[tripload_no_rollups]}" | median) - 1) * 100" | xargs printf '%.0f')% slower with them."
+echo
+echo "Where the CPU goes (median CPU seconds per load; $(nproc) cores, so the wall time is bounded below by (client + server) / $(nproc)):"
+echo
+echo "| method | wall s | client CPU s | server CPU s | (client + server) / cores |"
+echo "|---|---:|---:|---:|---:|"
+for k in tripload tripload_no_rollups; do
+  c=$(echo "${CCPU[$k]}" | median); sv=$(echo "${SCPU[$k]}" | median)
+  printf "| %s | %.2f | %.2f | %.2f | %.2f |\n" "$k" "$(echo "${T[$k]}" | median)" "$c" "$sv" "$(calc "($c + $sv) / $(nproc)")"
+done
 echo
 echo "tripload: one transaction per file, rollups maintained, rejects with line numbers. psql \\copy: one transaction, aborts at the first bad row. pgloader: commits per batch (a failure leaves part of the file loaded)."
 } | tee "$OUT/compare-$ROWS.md"
