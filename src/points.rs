@@ -543,7 +543,14 @@ mod tests {
             .map(|i: i32| {
                 let side = if i % 3 == 0 { b'o' } else { b'd' };
                 let week = 4 + 7 * ((i * 7) % 11 - 5);
-                pt(side, (i * 31) % 9 - 4, (i * 17) % 5 - 2, week, i as f64 * 1e-5, 0.5)
+                pt(
+                    side,
+                    (i * 31) % 9 - 4,
+                    (i * 17) % 5 - 2,
+                    week,
+                    i as f64 * 1e-5,
+                    0.5,
+                )
             })
             .collect();
         let mut want: BTreeMap<(u8, i32, i32, i32), usize> = BTreeMap::new();
@@ -570,8 +577,15 @@ mod tests {
             };
             let (weeks, trips) = (list(f[4]), list(f[5]));
             assert_eq!(weeks.len(), trips.len());
-            assert!(weeks.windows(2).all(|w| w[0] < w[1]), "weeks ascend: {line}");
-            let key = (f[1].as_bytes()[0], f[2].parse().unwrap(), f[3].parse().unwrap());
+            assert!(
+                weeks.windows(2).all(|w| w[0] < w[1]),
+                "weeks ascend: {line}"
+            );
+            let key = (
+                f[1].as_bytes()[0],
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            );
             for (w, n) in weeks.into_iter().zip(trips) {
                 let prev = got.insert((key.0, key.1, key.2, w as i32), n as usize);
                 assert!(prev.is_none(), "one row per cell: {line}");

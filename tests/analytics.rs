@@ -315,6 +315,27 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
 /// The cell points read back from PostgreSQL are exactly the trips'
 /// coordinates, each once, in the right cell and week, sorted as the query
 /// functions need.
+/// rollup_cell_week holds, per file, one row per (side, cell) whose counts
+/// per week are exactly the trips' (counted from trips alone).
+fn check_cell_weeks(db: &TestDb) {
+    let from_trips = "SELECT t.file_id, s.side, floor(ST_X(s.p) / 0.01)::int, floor(ST_Y(s.p) / 0.01)::int,
+                             date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date - date '1970-01-01', count(*)
+                      FROM trips t, LATERAL (VALUES ('o'::\"char\", t.origin), ('d'::\"char\", t.destination)) AS s(side, p)
+                      GROUP BY 1, 2, 3, 4, 5";
+    let from_rollup =
+        "SELECT file_id, side, ix, iy, w, n FROM rollup_cell_week, unnest(weeks, trips) AS u(w, n)";
+    for (a, b) in [(from_trips, from_rollup), (from_rollup, from_trips)] {
+        assert_eq!(
+            db.count(&format!("SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) d")),
+            0
+        );
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM (SELECT 1 FROM rollup_cell_week GROUP BY file_id, side, ix, iy HAVING count(*) > 1) d"),
+        0
+    );
+}
+
 fn check_cell_points(db: &TestDb) {
     let from_trips = "SELECT t.file_id, s.side, floor(ST_X(s.p) / 0.01)::int AS ix, floor(ST_Y(s.p) / 0.01)::int AS iy,
                              date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date - date '1970-01-01' AS week,
@@ -401,6 +422,7 @@ fn box_edges_through_repeated_points_count_each_trip_once() {
             ("g.csv", tripload::gen::trips_csv(3_000, 5)),
         ],
     );
+    check_cell_weeks(&db);
     check_cell_points(&db);
     let mut boxes = Vec::new();
     for (ex, ey) in [(x, y), (down(x), down(y)), (up(x), up(y))] {
@@ -429,6 +451,7 @@ fn cell_points_of_a_file_spilled_to_disk_are_complete() {
     let w = Work::new();
     load(&w, &db, &[("big.csv", csv)]);
     assert_eq!(db.trips(), rows as i64);
+    check_cell_weeks(&db);
     check_cell_points(&db);
     check_bbox(&db, [14.37, 50.0, 14.52, 50.13], None, None);
     // Full rows exist, and every row stayed inline (nothing in TOAST): the
