@@ -12,6 +12,9 @@
 # Runs alternate, each repeated REPEATS times; prints medians and ratios, and
 # the client's peak RSS. Usage: benches/compare.sh [ROWS] [REPEATS]
 # PGLOADER=0 leaves pgloader out (it takes ~30x longer than the rest).
+# BASELINE_TL=/path/to/tripload adds another build of tripload (same schema),
+# e.g. the previous commit's, as the row `baseline`: a change measured side by
+# side with what it replaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000}
@@ -61,7 +64,8 @@ run_tripload() {
   mkdir -p "$OUT/landing"; cp "$CSV" "$OUT/landing/in.csv"
   local s e s0; s0=$(server_cpu); s=$(date +%s.%N)
   if [ "$key" = tripload_no_rollups ]; then export TRIPLOAD_BENCH_NO_ROLLUPS=1; fi
-  /usr/bin/time -f '%M %U %S' -o "$OUT/rss" "$TL" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" >/dev/null 2>"$OUT/tripload.err" \
+  local bin=$TL; [ "$key" = baseline ] && bin=$BASELINE_TL
+  /usr/bin/time -f '%M %U %S' -o "$OUT/rss" "$bin" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" >/dev/null 2>"$OUT/tripload.err" \
     || { cat "$OUT/tripload.err" >&2; exit 1; }
   unset TRIPLOAD_BENCH_NO_ROLLUPS
   e=$(date +%s.%N); rm -rf "$OUT/processed"
@@ -102,8 +106,16 @@ if [ ! -f "$BIN" ]; then
 fi
 
 for i in $(seq "$REPEATS"); do
-  run_tripload; run_tripload tripload_no_rollups; run_psql_copy; run_pgloader; run_ceiling
-  echo "round $i: tripload ${T[tripload]} no-rollups ${T[tripload_no_rollups]} psql ${T[psql_copy]} pgloader ${T[pgloader]:-} ceiling ${T[server_binary_copy]}" | tr -s ' ' >&2
+  # Each round starts with the next method, so no method always runs right
+  # after the same other one (autovacuum and checkpoints of the previous
+  # run's rows land on whichever comes next).
+  runs=("run_tripload" "run_tripload tripload_no_rollups")
+  if [ -n "${BASELINE_TL:-}" ]; then runs+=("run_tripload baseline"); fi
+  runs+=(run_psql_copy run_pgloader run_ceiling)
+  for j in $(seq 0 $(( ${#runs[@]} - 1 ))); do
+    ${runs[$(( (j + i - 1) % ${#runs[@]} ))]}
+  done
+  echo "round $i: tripload ${T[tripload]} no-rollups ${T[tripload_no_rollups]} baseline ${T[baseline]:-} psql ${T[psql_copy]} pgloader ${T[pgloader]:-} ceiling ${T[server_binary_copy]}" | tr -s ' ' >&2
 done
 
 TL_MED=$(echo "${T[tripload]}" | median)
@@ -114,7 +126,7 @@ echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM; $(p
 echo
 echo "| method | median s | rows/s | MB/s | time vs tripload | client peak RSS |"
 echo "|---|---:|---:|---:|---:|---:|"
-for k in tripload tripload_no_rollups psql_copy pgloader server_binary_copy; do
+for k in tripload tripload_no_rollups baseline psql_copy pgloader server_binary_copy; do
   [ -n "${T[$k]:-}" ] || continue
   m=$(echo "${T[$k]}" | median)
   printf "| %s | %.2f | %.0f | %.0f | %.2fx | %s |\n" "$k" "$m" "$(calc "$ROWS / $m")" "$(calc "$BYTES / 1000000 / $m")" "$(calc "$m / $TL_MED")" \
@@ -122,12 +134,17 @@ for k in tripload tripload_no_rollups psql_copy pgloader server_binary_copy; do
 done
 echo
 echo "Rollup cost at load time (tripload vs tripload_no_rollups, same run): $(calc "($TL_MED / $(echo "${T[tripload_no_rollups]}" | median) - 1) * 100" | xargs printf '%.0f')% slower with them."
+if [ -n "${T[baseline]:-}" ]; then
+  echo
+  echo "This build vs baseline ($BASELINE_TL), same run: $(calc "$TL_MED / $(echo "${T[baseline]}" | median)" | xargs printf '%.2f')x the baseline's time."
+fi
 echo
 echo "Where the CPU goes (median CPU seconds per load; $(nproc) cores, so the wall time is bounded below by (client + server) / $(nproc)):"
 echo
 echo "| method | wall s | client CPU s | server CPU s | (client + server) / cores |"
 echo "|---|---:|---:|---:|---:|"
-for k in tripload tripload_no_rollups; do
+for k in tripload tripload_no_rollups baseline; do
+  [ -n "${T[$k]:-}" ] || continue
   c=$(echo "${CCPU[$k]}" | median); sv=$(echo "${SCPU[$k]}" | median)
   printf "| %s | %.2f | %.2f | %.2f | %.2f |\n" "$k" "$(echo "${T[$k]}" | median)" "$c" "$sv" "$(calc "($c + $sv) / $(nproc)")"
 done
