@@ -102,7 +102,7 @@ fn bench_encode(c: &mut Criterion) {
                     all.merge(e.rollup);
                 }
             }
-            (n, all.region_week.len())
+            (n, all.cell_week.len())
         })
     });
     g.finish();
@@ -136,7 +136,7 @@ fn bench_rollup_merge(c: &mut Criterion) {
                 for p in parts {
                     all.merge(p);
                 }
-                all.region_week.len()
+                all.cell_week.len()
             },
             criterion::BatchSize::LargeInput,
         )
@@ -162,14 +162,12 @@ fn bench_cell_points(c: &mut Criterion) {
             |mut pts| {
                 let lens = tripload::points::group_by_cell(&mut pts);
                 let mut out = Vec::with_capacity(pts.len() * 24);
-                let mut cell_weeks = String::new();
                 let mut at = 0;
                 for n in lens {
                     tripload::points::encode_rows(1, &pts[at..at + n], &mut out);
-                    tripload::points::cell_week_row(1, &pts[at..at + n], &mut cell_weeks);
                     at += n;
                 }
-                (out.len(), cell_weeks.len())
+                out.len()
             },
             criterion::BatchSize::LargeInput,
         )

@@ -152,10 +152,8 @@ async fn forward(
 
 /// Cell points being grouped and encoded on a blocking thread (the sorts on
 /// the rayon pool), a partition of the spill at a time, into a small queue.
-/// The task returns the file's `rollup_cell_week` rows, counted from the same
-/// grouped points.
 struct PointsProducer {
-    task: tokio::task::JoinHandle<std::io::Result<String>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
     rx: tokio::sync::mpsc::Receiver<Bytes>,
 }
 
@@ -167,7 +165,6 @@ fn start_points(file_id: i32, spill: Spill) -> PointsProducer {
     // read and sorted while the server inserts this one.
     let (btx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let task = tokio::task::spawn_blocking(move || {
-        let mut cell_weeks = String::new();
         spill.drain(|mut pts| {
             let lens = points::group_by_cell(&mut pts);
             // Buffers of about 1 MiB, cut between cells (a cell's rows are
@@ -175,9 +172,7 @@ fn start_points(file_id: i32, spill: Spill) -> PointsProducer {
             let mut out = Vec::with_capacity(1 << 20);
             let mut at = 0;
             for n in lens {
-                let cell = &pts[at..at + n];
-                points::encode_rows(file_id, cell, &mut out);
-                points::cell_week_row(file_id, cell, &mut cell_weeks);
+                points::encode_rows(file_id, &pts[at..at + n], &mut out);
                 at += n;
                 if out.len() >= 768 << 10 {
                     let full = std::mem::replace(&mut out, Vec::with_capacity(1 << 20));
@@ -187,14 +182,12 @@ fn start_points(file_id: i32, spill: Spill) -> PointsProducer {
                 }
             }
             out.is_empty() || btx.blocking_send(Bytes::from(out)).is_ok()
-        })?;
-        Ok(cell_weeks)
+        })
     });
     PointsProducer { task, rx }
 }
 
-/// Writes a file's cell points, then its per-cell week counts, in its
-/// transaction, after its trips.
+/// Writes a file's cell points in its transaction, after its trips.
 async fn write_points(
     tx: &tokio_postgres::Transaction<'_>,
     producer: PointsProducer,
@@ -213,7 +206,7 @@ async fn write_points(
         .await
         .map_err(|e| classify(e, what))?;
     let copy_error = forward(&mut sink, brx).await;
-    let cell_weeks = match task.await {
+    match task.await {
         Err(e) => return Err(Abort::Env(format!("cell points task failed: {e}"))),
         Ok(Err(e)) => {
             return Err(Abort::Env(format!(
@@ -221,8 +214,8 @@ async fn write_points(
                 std::env::temp_dir().display()
             )))
         }
-        Ok(Ok(rows)) => rows,
-    };
+        Ok(Ok(())) => {}
+    }
     if let Some(e) = copy_error {
         return Err(classify(e, what));
     }
@@ -233,15 +226,10 @@ async fn write_points(
         .finish()
         .await
         .map_err(|e| classify(e, what))?;
-    copy_text(
-        tx,
-        "rollup_cell_week (file_id, side, ix, iy, weeks, trips)",
-        cell_weeks,
-    )
-    .await
+    Ok(())
 }
 
-/// Writes a file's per-region rollups in its transaction (after its trips).
+/// Writes a file's rollups in its transaction (after its trips).
 async fn write_rollups(
     tx: &tokio_postgres::Transaction<'_>,
     file_id: i32,
@@ -257,6 +245,12 @@ async fn write_rollups(
         tx,
         "rollup_region_source (file_id, region_id, datasource_id, trips, last_at)",
         r.region_source_rows(file_id),
+    )
+    .await?;
+    copy_text(
+        tx,
+        "rollup_cell_week (file_id, side, ix, iy, weeks, trips)",
+        r.cell_week_rows(file_id),
     )
     .await
 }
@@ -684,6 +678,9 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         true
     });
     let rejected = rejects.count;
+    if let Some(r) = rollup.as_mut() {
+        r.fold(); // normally a no-op: merging counts each chunk's trips
+    }
     match abort {
         Some(abort) => Err(Failure {
             abort,

@@ -265,25 +265,6 @@ pub fn encode_rows(file_id: i32, pts: &[Pt], out: &mut Vec<u8>) -> u64 {
     rows
 }
 
-/// Appends the `rollup_cell_week (file_id, side, ix, iy, weeks, trips)` COPY
-/// text row of one cell: `cell` is the cell's points as [`group_by_cell`]
-/// leaves them (one (side, cell), ordered by week first), so each week's
-/// count is the length of its run. One row per cell, the weeks ascending.
-pub fn cell_week_row(file_id: i32, cell: &[Pt], out: &mut String) {
-    use std::fmt::Write as _;
-    let Some(p) = cell.first() else { return };
-    let runs = || cell.chunk_by(|a, b| a.week == b.week);
-    let _ = write!(out, "{file_id}\t{}\t{}\t{}\t{{", p.side as char, p.ix, p.iy);
-    for (i, w) in runs().enumerate() {
-        let _ = write!(out, "{}{}", if i > 0 { "," } else { "" }, w[0].week);
-    }
-    out.push_str("}\t{");
-    for (i, w) in runs().enumerate() {
-        let _ = write!(out, "{}{}", if i > 0 { "," } else { "" }, w.len());
-    }
-    out.push_str("}\n");
-}
-
 /// A file's points until its trips are copied: in memory, or spilled to
 /// partitions on disk.
 pub enum Spill {
@@ -533,65 +514,6 @@ mod tests {
         assert_eq!([pairs(&rows[2]), pairs(&rows[3])].concat(), want);
         assert_eq!(rows[2].6[0], 0.05 - 29.0 * 1e-6);
         assert_eq!(rows[3].6[0], 0.05 - (MAX_PER_ROW + 4) as f64 * 1e-6);
-    }
-
-    #[test]
-    fn cell_week_rows_count_every_point_once_by_cell_and_week() {
-        use std::collections::BTreeMap;
-        // Weeks out of order within a cell, cells in many orders, both sides.
-        let mut pts: Vec<Pt> = (0..5_000)
-            .map(|i: i32| {
-                let side = if i % 3 == 0 { b'o' } else { b'd' };
-                let week = 4 + 7 * ((i * 7) % 11 - 5);
-                pt(
-                    side,
-                    (i * 31) % 9 - 4,
-                    (i * 17) % 5 - 2,
-                    week,
-                    i as f64 * 1e-5,
-                    0.5,
-                )
-            })
-            .collect();
-        let mut want: BTreeMap<(u8, i32, i32, i32), usize> = BTreeMap::new();
-        for p in &pts {
-            *want.entry((p.side, p.ix, p.iy, p.week)).or_default() += 1;
-        }
-        let lens = group_by_cell(&mut pts);
-        let mut text = String::new();
-        let mut at = 0;
-        for n in lens {
-            cell_week_row(42, &pts[at..at + n], &mut text);
-            at += n;
-        }
-        cell_week_row(42, &[], &mut text); // an empty cell writes nothing
-        let mut got: BTreeMap<(u8, i32, i32, i32), usize> = BTreeMap::new();
-        for line in text.lines() {
-            let f: Vec<&str> = line.split('\t').collect();
-            assert_eq!((f.len(), f[0]), (6, "42"), "{line}");
-            let list = |s: &str| -> Vec<i64> {
-                s.trim_matches(|c| c == '{' || c == '}')
-                    .split(',')
-                    .map(|v| v.parse().unwrap())
-                    .collect()
-            };
-            let (weeks, trips) = (list(f[4]), list(f[5]));
-            assert_eq!(weeks.len(), trips.len());
-            assert!(
-                weeks.windows(2).all(|w| w[0] < w[1]),
-                "weeks ascend: {line}"
-            );
-            let key = (
-                f[1].as_bytes()[0],
-                f[2].parse().unwrap(),
-                f[3].parse().unwrap(),
-            );
-            for (w, n) in weeks.into_iter().zip(trips) {
-                let prev = got.insert((key.0, key.1, key.2, w as i32), n as usize);
-                assert!(prev.is_none(), "one row per cell: {line}");
-            }
-        }
-        assert_eq!(got, want);
     }
 
     #[test]

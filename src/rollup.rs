@@ -9,10 +9,9 @@
 //!
 //! - per region and week: trip counts (weekly average for a region);
 //! - per region and datasource: counts and latest datetime (the bonus questions);
-//! - one point per side (origin/destination) of every trip, with its cell and
-//!   week, for [`crate::points`]: grouped by cell after the trips' COPY, they
-//!   give the trip counts per cell and week (the cells wholly inside a
-//!   bounding box) and the exact coordinates (the cells its edge crosses).
+//! - per side (origin/destination), cell and week: trip counts (the cells
+//!   wholly inside a bounding box; the cells its edge crosses are counted
+//!   from the exact coordinates kept by [`crate::points`]).
 //!
 //! Keys carry the file id, so concurrent files never touch the same rows.
 //! Every map is bounded by regions × datasources × cells × weeks, never by
@@ -59,30 +58,142 @@ pub fn week_of(datetime_us: i64) -> i32 {
 pub const ORIGIN: u8 = b'o';
 pub const DESTINATION: u8 = b'd';
 
+/// Trip counts by week for one cell: dense counters from the first week
+/// seen (a file rarely spans more than a year), sparse past
+/// [`WeekCounts::DENSE_MAX`] weeks. Keying the cell map by cell alone keeps it small enough to stay in
+/// cache (cells × 2 entries instead of cells × weeks × 2), which is most of
+/// the rollups' cost per row.
+#[derive(Debug, Clone)]
+pub enum WeekCounts {
+    /// `counts[i]` trips in week index `base + i`.
+    Dense {
+        base: i32,
+        counts: Vec<i64>,
+    },
+    Sparse(std::collections::BTreeMap<i32, i64>),
+}
+
+impl Default for WeekCounts {
+    fn default() -> Self {
+        WeekCounts::Dense {
+            base: 0,
+            counts: Vec::new(),
+        }
+    }
+}
+
+/// Week index of the Monday with day number `day` (1970-01-05, day 4, was a Monday).
+fn week_index(monday: i32) -> i32 {
+    (monday - 4).div_euclid(7)
+}
+fn week_monday(index: i32) -> i32 {
+    index * 7 + 4
+}
+
+impl WeekCounts {
+    /// Weeks a dense counter may span before it turns sparse.
+    pub const DENSE_MAX: usize = 1024;
+
+    /// Adds `n` trips to the week whose Monday is day `monday`.
+    pub fn add(&mut self, monday: i32, n: i64) {
+        let w = week_index(monday);
+        match self {
+            WeekCounts::Dense { base, counts } => {
+                if counts.is_empty() {
+                    *base = w;
+                }
+                if w < *base {
+                    let grow = (*base - w) as usize;
+                    if counts.len() + grow <= Self::DENSE_MAX {
+                        counts.splice(0..0, std::iter::repeat_n(0, grow));
+                        *base = w;
+                    } else {
+                        self.make_sparse().add(monday, n);
+                        return;
+                    }
+                }
+                let i = (w - *base) as usize;
+                if i >= counts.len() {
+                    if i < Self::DENSE_MAX {
+                        counts.resize(i + 1, 0);
+                    } else {
+                        self.make_sparse().add(monday, n);
+                        return;
+                    }
+                }
+                counts[i] += n;
+            }
+            WeekCounts::Sparse(m) => *m.entry(w).or_default() += n,
+        }
+    }
+
+    fn make_sparse(&mut self) -> &mut Self {
+        if let WeekCounts::Dense { base, counts } = self {
+            let m = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n != 0)
+                .map(|(i, &n)| (*base + i as i32, n))
+                .collect();
+            *self = WeekCounts::Sparse(m);
+        }
+        self
+    }
+
+    /// (Monday day number, trips) for the weeks with trips, in order.
+    pub fn weeks(&self) -> Vec<(i32, i64)> {
+        match self {
+            WeekCounts::Dense { base, counts } => counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n != 0)
+                .map(|(i, &n)| (week_monday(*base + i as i32), n))
+                .collect(),
+            WeekCounts::Sparse(m) => m
+                .iter()
+                .filter(|(_, &n)| n != 0)
+                .map(|(&w, &n)| (week_monday(w), n))
+                .collect(),
+        }
+    }
+
+    /// Folds `other` in.
+    pub fn merge(&mut self, other: WeekCounts) {
+        for (monday, n) in other.weeks() {
+            self.add(monday, n);
+        }
+    }
+}
+
+impl PartialEq for WeekCounts {
+    fn eq(&self, other: &Self) -> bool {
+        self.weeks() == other.weeks()
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Rollup {
     pub region_week: HashMap<(i16, i32), i64>,
     pub region_source: HashMap<(i16, i16), (i64, i64)>,
-    /// One [`Pt`] per side of each trip of the chunk, in file order: the
-    /// loader moves them to the file's [`crate::points::Spill`], and the
-    /// per-cell week counts (`rollup_cell_week`) are counted from the same
-    /// points once they are grouped by cell ([`crate::points::cell_week_row`]),
-    /// not here: a chunk spreads its trips over thousands of cells, so a
-    /// counter per cell costs a cache miss per trip (14% of the loader's CPU
-    /// when it was done here).
+    /// (side, ix, iy) → trips by week.
+    pub cell_week: HashMap<(u8, i32, i32), WeekCounts>,
+    /// (side, ix, iy, week) of trips not yet counted in `cell_week`: a worker
+    /// only appends (a chunk spreads its trips over thousands of cells, so
+    /// counting them per chunk costs a cache miss and an allocation per
+    /// trip); the file's rollup counts them as it merges the chunks.
+    /// The same points also go, with their coordinates, to the file's
+    /// [`crate::points::Spill`].
     pub pending: Vec<Pt>,
 }
 
 impl PartialEq for Rollup {
     fn eq(&self, other: &Self) -> bool {
-        let sorted = |r: &Rollup| {
-            let mut v = r.pending.clone();
-            v.sort_by(crate::points::cmp);
-            v
-        };
-        self.region_week == other.region_week
-            && self.region_source == other.region_source
-            && sorted(self) == sorted(other)
+        let (mut a, mut b) = (self.clone(), other.clone());
+        a.fold();
+        b.fold();
+        a.region_week == b.region_week
+            && a.region_source == b.region_source
+            && a.cell_week == b.cell_week
     }
 }
 
@@ -124,9 +235,24 @@ impl Rollup {
         });
     }
 
-    /// Folds the per-region counts of `other` (a later chunk) into `self`.
-    /// Its points are left out: they go to the file's spill, not to memory.
+    /// Counts the pending trips into `cell_week`.
+    pub fn fold(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.count(&pending);
+    }
+
+    fn count(&mut self, pending: &[Pt]) {
+        for p in pending {
+            self.cell_week
+                .entry((p.side, p.ix, p.iy))
+                .or_default()
+                .add(p.week, 1);
+        }
+    }
+
+    /// Folds `other` (a later chunk) into `self`.
     pub fn merge(&mut self, other: Rollup) {
+        self.count(&other.pending);
         for (k, v) in other.region_week {
             *self.region_week.entry(k).or_default() += v;
         }
@@ -134,6 +260,14 @@ impl Rollup {
             let e = self.region_source.entry(k).or_insert((0, i64::MIN));
             e.0 += n;
             e.1 = e.1.max(last);
+        }
+        for (k, v) in other.cell_week {
+            match self.cell_week.entry(k) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(v),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(v);
+                }
+            }
         }
     }
 }
@@ -166,6 +300,32 @@ impl Rollup {
         let mut out = String::new();
         for ((r, d), (n, last)) in &self.region_source {
             let _ = writeln!(out, "{file_id}\t{r}\t{d}\t{n}\t{}", ts(*last));
+        }
+        out
+    }
+
+    /// `rollup_cell_week (file_id, side, ix, iy, week, trips)`
+    /// One row per cell with its weeks and counts as arrays: a file then
+    /// writes one row per cell it touches instead of one per cell and week,
+    /// which keeps the rollup's COPY and index small next to the trips.
+    /// Call [`Rollup::fold`] first: pending trips are not in these rows.
+    pub fn cell_week_rows(&self, file_id: i32) -> String {
+        debug_assert!(self.pending.is_empty(), "fold() before writing");
+        let mut out = String::new();
+        for (&(side, ix, iy), counts) in &self.cell_week {
+            let weeks = counts.weeks();
+            if weeks.is_empty() {
+                continue;
+            }
+            let _ = write!(out, "{file_id}\t{}\t{ix}\t{iy}\t{{", side as char);
+            for (i, (w, _)) in weeks.iter().enumerate() {
+                let _ = write!(out, "{}{w}", if i > 0 { "," } else { "" });
+            }
+            out.push_str("}\t{");
+            for (i, (_, n)) in weeks.iter().enumerate() {
+                let _ = write!(out, "{}{n}", if i > 0 { "," } else { "" });
+            }
+            out.push_str("}\n");
         }
         out
     }
@@ -215,19 +375,56 @@ mod tests {
                 b.add(&g, *r, *d, *o, *de, *t)
             }
         }
-        let points: Vec<Pt> = a.pending.iter().chain(&b.pending).copied().collect();
         a.merge(b);
-        a.pending = points;
         assert_eq!(a, one);
-        assert_eq!(one.region_week.values().sum::<i64>(), 3);
-        assert_eq!(one.region_week[&(1, week_of(1_527_498_220_000_000))], 2);
-        assert_eq!(one.region_source[&(1, 3)], (1, 1_527_498_320_000_000));
-        assert_eq!(one.region_source[&(1, 2)], (1, 1_527_498_220_000_000));
-        let o = one.pending.iter().filter(|p| p.side == ORIGIN).count();
-        assert_eq!((o, one.pending.len()), (3, 6));
+        one.fold();
         assert_eq!(
-            (one.pending[0].ix, one.pending[0].iy, one.pending[0].week),
-            (g.cell(14.1), g.cell(50.1), week_of(1_527_498_220_000_000))
+            one.cell_week[&(ORIGIN, g.cell(14.1), g.cell(50.1))].weeks(),
+            [(week_of(1_527_498_220_000_000), 2)]
+        );
+        assert_eq!(one.region_week.values().sum::<i64>(), 3);
+        assert_eq!(one.region_source[&(1, 3)].0, 1);
+    }
+
+    #[test]
+    fn week_counts_dense_sparse_and_merge_agree_with_a_map() {
+        use std::collections::BTreeMap;
+        let monday = |i: i32| week_monday(i);
+        // Weeks in any order, far apart (sparse), before the base, repeated.
+        let many: Vec<i32> = (0..40).rev().chain(20..60).collect();
+        let spread: Vec<i32> = (0..14).map(|i| i * 500 - 3000).collect();
+        let seqs: [&[i32]; 6] = [
+            &[10, 12, 10, 5, 11],
+            &[3000, 2, 2, -40, 2500],
+            &[7],
+            &[100, 99, 98, 1200, 97],
+            &many,
+            &spread,
+        ];
+        for a in seqs {
+            for b in seqs {
+                let mut expect: BTreeMap<i32, i64> = BTreeMap::new();
+                let (mut x, mut y) = (WeekCounts::default(), WeekCounts::default());
+                for &w in a {
+                    x.add(monday(w), 1);
+                    *expect.entry(monday(w)).or_default() += 1;
+                }
+                for &w in b {
+                    y.add(monday(w), 2);
+                    *expect.entry(monday(w)).or_default() += 2;
+                }
+                x.merge(y);
+                assert_eq!(
+                    x.weeks(),
+                    expect.into_iter().collect::<Vec<_>>(),
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        assert_eq!(week_index(week_of(0)), -1);
+        assert_eq!(
+            week_monday(week_index(week_of(1_527_498_220_000_000))),
+            week_of(1_527_498_220_000_000)
         );
     }
 }
