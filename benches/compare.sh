@@ -101,7 +101,7 @@ run_ceiling() {
 
 # The ceiling's input: exactly the rows tripload encodes, exported by the server.
 if [ ! -f "$BIN" ]; then
-  run_tripload; T[tripload]=""
+  run_tripload; T[tripload]=""; CCPU[tripload]=""; SCPU[tripload]=""
   psql_ -c "COPY (SELECT region_id, datasource_id, origin, destination, datetime, file_id FROM trips) TO '$BIN' (FORMAT binary)"
 fi
 
