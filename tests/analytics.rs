@@ -312,9 +312,6 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
     check_cell_points(&db2);
 }
 
-/// The cell points read back from PostgreSQL are exactly the trips'
-/// coordinates, each once, in the right cell and week, sorted as the query
-/// functions need.
 /// rollup_cell_week holds, per file, one row per (side, cell) whose counts
 /// per week are exactly the trips' (counted from trips alone).
 fn check_cell_weeks(db: &TestDb) {
@@ -336,6 +333,9 @@ fn check_cell_weeks(db: &TestDb) {
     );
 }
 
+/// The cell points read back from PostgreSQL are exactly the trips'
+/// coordinates, each once, in the right cell and week, sorted as the query
+/// functions need.
 fn check_cell_points(db: &TestDb) {
     let from_trips = "SELECT t.file_id, s.side, floor(ST_X(s.p) / 0.01)::int AS ix, floor(ST_Y(s.p) / 0.01)::int AS iy,
                              date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date - date '1970-01-01' AS week,
