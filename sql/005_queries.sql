@@ -154,6 +154,9 @@ BEGIN
                    END AS corner
             FROM rollup_cell_points p, unnest(p.weeks, p.ends) WITH ORDINALITY AS u(w, e, k)
             WHERE p.side = s
+              -- Cell points commit before their file does (src/points_writer.rs):
+              -- they count once the file's ledger row is visible.
+              AND EXISTS (SELECT 1 FROM load_files f WHERE f.file_id = p.file_id)
               AND ((p.ix BETWEEN cx0 AND sx0 - 1 AND p.iy BETWEEN cy0 AND cy1)
                 OR (p.ix BETWEEN sx1 + 1 AND cx1 AND p.iy BETWEEN cy0 AND cy1)
                 OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN cy0 AND in_y0 - 1)

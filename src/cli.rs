@@ -234,6 +234,11 @@ pub struct LoadOptions {
     /// Chunk size in MiB: the unit of parallel parsing and of COPY writes.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub chunk_mib: u64,
+    /// Cell points are written by a second connection, one segment of this
+    /// many MiB of input at a time, while the trips are still being copied.
+    /// Smaller segments overlap more of the load but fill the rows less well.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub points_segment_mib: u64,
     /// TimescaleDB chunk interval, used when the hypertable is first created.
     #[arg(long, env = "TRIPLOAD_CHUNK_INTERVAL", default_value = "7 days")]
     pub chunk_interval: String,
@@ -272,6 +277,7 @@ impl LoadOptions {
             jobs: self.jobs,
             max_rejects: self.max_rejects,
             chunk_bytes: (self.chunk_mib as usize) << 20,
+            points_segment_bytes: (self.points_segment_mib as usize) << 20,
             processed_dir: self.processed_dir,
             failed_dir: self.failed_dir,
             chunk_interval: self.chunk_interval,

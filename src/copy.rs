@@ -13,6 +13,7 @@ use crate::map::{self, Mapped};
 use crate::ordered;
 use crate::parse::{self, Header};
 use crate::points::{self, Spill};
+use crate::points_writer::{self, WriteError, Writer};
 use crate::report::{FileProgress, FileReport, Status};
 use crate::rollup::Rollup;
 use bytes::Bytes;
@@ -35,6 +36,8 @@ pub struct LoadContext {
     pub events: Publisher,
     /// Maintain the rollups (grid read from the database) in each file's transaction.
     pub grid: Option<crate::rollup::Grid>,
+    /// Input bytes per segment of cell points (see [`points_writer`]).
+    pub points_segment_bytes: usize,
 }
 
 impl LoadContext {
@@ -76,6 +79,15 @@ enum Abort {
 impl From<DbError> for Abort {
     fn from(e: DbError) -> Self {
         Abort::Env(e.to_string())
+    }
+}
+
+impl From<WriteError> for Abort {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Db { what, source } => classify(source, what),
+            other => Abort::Env(other.to_string()),
+        }
     }
 }
 
@@ -148,85 +160,6 @@ async fn forward(
         }
     }
     None
-}
-
-/// Cell points being grouped and encoded on a blocking thread (the sorts on
-/// the rayon pool), a partition of the spill at a time, into a small queue.
-struct PointsProducer {
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-}
-
-/// Starts encoding a file's cell points as soon as its last chunk is parsed,
-/// so the first buffers are ready while the server finishes the trips and
-/// the other rollups. Dropping the producer's receiver stops it.
-fn start_points(file_id: i32, spill: Spill) -> PointsProducer {
-    // Room for part of a partition's rows, so that the next partition is
-    // read and sorted while the server inserts this one.
-    let (btx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let task = tokio::task::spawn_blocking(move || {
-        spill.drain(|mut pts| {
-            let lens = points::group_by_cell(&mut pts);
-            // Buffers of about 1 MiB, cut between cells (a cell's rows are
-            // rarely over 200 KB), keep the pipe full.
-            let mut out = Vec::with_capacity(1 << 20);
-            let mut at = 0;
-            for n in lens {
-                points::encode_rows(file_id, &pts[at..at + n], &mut out);
-                at += n;
-                if out.len() >= 768 << 10 {
-                    let full = std::mem::replace(&mut out, Vec::with_capacity(1 << 20));
-                    if btx.blocking_send(Bytes::from(full)).is_err() {
-                        return false;
-                    }
-                }
-            }
-            out.is_empty() || btx.blocking_send(Bytes::from(out)).is_ok()
-        })
-    });
-    PointsProducer { task, rx }
-}
-
-/// Writes a file's cell points in its transaction, after its trips.
-async fn write_points(
-    tx: &tokio_postgres::Transaction<'_>,
-    producer: PointsProducer,
-) -> Result<(), Abort> {
-    let what = "COPY rollup_cell_points";
-    let PointsProducer { task, rx: brx } = producer;
-    let sink = tx
-        .copy_in::<_, Bytes>(&format!(
-            "COPY rollup_cell_points ({}) FROM STDIN (FORMAT binary)",
-            points::COPY_COLUMNS
-        ))
-        .await
-        .map_err(|e| classify(e, what))?;
-    let mut sink = Box::pin(sink);
-    sink.send(Bytes::from_static(COPY_HEADER))
-        .await
-        .map_err(|e| classify(e, what))?;
-    let copy_error = forward(&mut sink, brx).await;
-    match task.await {
-        Err(e) => return Err(Abort::Env(format!("cell points task failed: {e}"))),
-        Ok(Err(e)) => {
-            return Err(Abort::Env(format!(
-                "cannot read back the cell points spilled to {}: {e}",
-                std::env::temp_dir().display()
-            )))
-        }
-        Ok(Ok(())) => {}
-    }
-    if let Some(e) = copy_error {
-        return Err(classify(e, what));
-    }
-    sink.send(Bytes::from_static(COPY_TRAILER))
-        .await
-        .map_err(|e| classify(e, what))?;
-    sink.as_mut()
-        .finish()
-        .await
-        .map_err(|e| classify(e, what))?;
-    Ok(())
 }
 
 /// Writes a file's rollups in its transaction (after its trips).
@@ -395,12 +328,31 @@ pub fn final_event(r: &FileReport, name: &str) -> Event {
     e
 }
 
+/// [`load_inner`], then, if the file did not commit, the deletion of the cell
+/// points its second connection wrote (after both of its connections are
+/// closed: the cleanup waits for their lock).
 async fn load_in_transaction(
     ctx: &LoadContext,
     path: &Path,
     name: &str,
     progress: &Arc<FileProgress>,
     start: Instant,
+) -> Result<Committed, Failure> {
+    let mut points_of = None;
+    let result = load_inner(ctx, path, name, progress, start, &mut points_of).await;
+    if let (Err(_), Some(file_id)) = (&result, points_of) {
+        points_writer::cleanup(&ctx.conninfo, file_id).await;
+    }
+    result
+}
+
+async fn load_inner(
+    ctx: &LoadContext,
+    path: &Path,
+    name: &str,
+    progress: &Arc<FileProgress>,
+    start: Instant,
+    points_of: &mut Option<i32>,
 ) -> Result<Committed, Failure> {
     let fail = |abort| Failure {
         abort,
@@ -458,6 +410,24 @@ async fn load_in_transaction(
         }));
     };
 
+    // Held until COMMIT or rollback: cell points cleanup waits for it.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1, $2)",
+        &[&points_writer::LOCK_CLASS, &file_id],
+    )
+    .await
+    .map_err(|e| fail(classify(e, "locking the file's cell points")))?;
+    let mut writer = match ctx.grid {
+        Some(_) => {
+            *points_of = Some(file_id);
+            Some(
+                Writer::start(&ctx.conninfo, file_id)
+                    .await
+                    .map_err(|e| fail(e.into()))?,
+            )
+        }
+        None => None,
+    };
     let sink = tx
         .copy_in::<_, Bytes>(&format!(
             "COPY trips ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
@@ -481,6 +451,10 @@ async fn load_in_transaction(
         let (max_rejects, chunk_bytes, depth) = (ctx.max_rejects, ctx.chunk_bytes, ctx.depth);
         let grid = ctx.grid;
         let label = name.to_string();
+        let segments = writer
+            .as_ref()
+            .and_then(Writer::segments)
+            .map(|tx| (tx, ctx.points_segment_bytes.max(1)));
         tokio::task::spawn_blocking(move || {
             encode_stage(EncodeStage {
                 mapped,
@@ -495,6 +469,7 @@ async fn load_in_transaction(
                 label,
                 grid,
                 out: btx,
+                segments,
             })
         })
     };
@@ -503,7 +478,15 @@ async fn load_in_transaction(
         .await
         .map_err(|e| fail(Abort::Env(format!("encoding task failed: {e}"))))?;
     let mut done = match (stage, copy_error) {
-        (Err(f), _) => return Err(f),
+        (Err(mut f), _) => {
+            // The stage only saw that its segments were no longer taken.
+            if let Some(e) = writer.as_mut() {
+                if let Some(e) = e.failure().await {
+                    f.abort = e.into();
+                }
+            }
+            return Err(f);
+        }
         (Ok(_), Some(e)) => return Err(fail(classify(e, "COPY"))),
         (Ok(s), None) => s,
     };
@@ -512,7 +495,15 @@ async fn load_in_transaction(
         rejected: done.rejected,
         rejects: Some(Box::new(done.rejects)),
     };
-    let points = done.points.take().map(|p| start_points(file_id, p));
+    if let (Some(w), Some(last)) = (&mut writer, done.points.take()) {
+        if !w.send(last).await {
+            let abort = match w.failure().await {
+                Some(e) => e.into(),
+                None => Abort::Env("the cell points writer stopped".into()),
+            };
+            return Err(fail_with(abort, done));
+        }
+    }
     if let Err(e) = sink.send(Bytes::from_static(COPY_TRAILER)).await {
         return Err(fail_with(classify(e, "COPY"), done));
     }
@@ -546,13 +537,25 @@ async fn load_in_transaction(
         }
     }
     let rollups_done = Instant::now();
-    if let Some(p) = points {
-        if let Err(abort) = write_points(&tx, p).await {
-            return Err(fail_with(abort, done));
+    if let Some(w) = writer.take() {
+        if let Err(e) = w.finish().await {
+            return Err(fail_with(e.into(), done));
+        }
+        if let Err(e) = tx
+            .execute(
+                "DELETE FROM cell_points_pending WHERE file_id = $1",
+                &[&file_id],
+            )
+            .await
+        {
+            return Err(fail_with(
+                classify(e, "recording the file's cell points"),
+                done,
+            ));
         }
     }
     tracing::debug!(
-        "{name}: trips copied in {:.2} s, rollups in {:.2} s, cell points in {:.2} s",
+        "{name}: trips copied in {:.2} s, rollups in {:.2} s, last cell points in {:.2} s",
         (trips_done - start).as_secs_f64(),
         (rollups_done - trips_done).as_secs_f64(),
         rollups_done.elapsed().as_secs_f64()
@@ -581,6 +584,8 @@ struct EncodeStage {
     label: String,
     grid: Option<crate::rollup::Grid>,
     out: tokio::sync::mpsc::Sender<Bytes>,
+    /// Where full segments of cell points go, and their size in input bytes.
+    segments: Option<(tokio::sync::mpsc::Sender<Spill>, usize)>,
 }
 
 /// Runs on a blocking thread: chunks go to the rayon pool, results come back
@@ -599,22 +604,31 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         label,
         grid,
         out,
+        segments,
     } = s;
+    let file_bytes = mapped.bytes().len();
+    let spill_for = |consumed: usize| {
+        let bytes = match &segments {
+            Some((_, seg)) => (file_bytes - consumed.min(file_bytes)).min(*seg),
+            None => file_bytes,
+        };
+        Spill::new(bytes as u64, points::PARTITION_BYTES, &std::env::temp_dir())
+    };
+    let spill_err = |e: std::io::Error| {
+        Abort::Env(format!(
+            "cannot create temporary files for the cell points in {} (set TMPDIR to a writable directory with room for about half the file's size): {e}",
+            std::env::temp_dir().display()
+        ))
+    };
+    let (mut consumed, mut segment_at) = (0usize, 0usize);
     let mut rollup = grid.map(|_| Rollup::default());
     let mut points = match grid {
         None => None,
-        Some(_) => match Spill::new(
-            mapped.bytes().len() as u64,
-            points::PARTITION_BYTES,
-            &std::env::temp_dir(),
-        ) {
+        Some(_) => match spill_for(0) {
             Ok(s) => Some(s),
             Err(e) => {
                 return Err(Failure {
-                    abort: Abort::Env(format!(
-                        "cannot create temporary files for the cell points in {} (set TMPDIR to a writable directory with room for about half the file's size): {e}",
-                        std::env::temp_dir().display()
-                    )),
+                    abort: spill_err(e),
                     rejected: 0,
                     rejects: Some(Box::new(rejects)),
                 })
@@ -666,6 +680,25 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         }
         if let Some(r) = rollup.as_mut() {
             r.merge(enc.rollup);
+        }
+        consumed += enc.bytes;
+        segment_at += enc.bytes;
+        if let (Some((stx, seg)), Some(p)) = (&segments, points.as_mut()) {
+            if segment_at >= *seg && consumed < file_bytes {
+                segment_at = 0;
+                let fresh = match spill_for(consumed) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        abort = Some(spill_err(e));
+                        return false;
+                    }
+                };
+                if stx.blocking_send(std::mem::replace(p, fresh)).is_err() {
+                    // The writer stopped; load_inner reports why.
+                    abort = Some(Abort::Env("the cell points writer stopped".into()));
+                    return false;
+                }
+            }
         }
         line_base += enc.lines;
         rows += enc.rows;

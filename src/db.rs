@@ -305,6 +305,11 @@ const LATER: &[Migration] = &[
             include_str!("../sql/006_cell_points.sql")
         ),
     },
+    Migration {
+        version: 8,
+        name: "cell points written beside the file's transaction",
+        sql: include_str!("../sql/008_cell_points_pending.sql"),
+    },
 ];
 /// Query functions: replaced on every migrate, so they follow the binary.
 const FUNCTIONS: &str = include_str!("../sql/005_queries.sql");

@@ -27,6 +27,7 @@ pub mod map;
 pub mod ordered;
 pub mod parse;
 pub mod points;
+pub mod points_writer;
 pub mod record;
 pub mod report;
 pub mod rollup;

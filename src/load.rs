@@ -25,6 +25,7 @@ pub struct Settings {
     pub jobs: usize,
     pub max_rejects: u64,
     pub chunk_bytes: usize,
+    pub points_segment_bytes: usize,
     pub processed_dir: Option<PathBuf>,
     pub failed_dir: Option<PathBuf>,
     pub chunk_interval: String,
@@ -148,7 +149,8 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         ));
         return Ok(Vec::new());
     }
-    let (conninfo, client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
+    let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
+    crate::points_writer::sweep(&mut client).await?;
     set_threads(cfg.settings.threads, &conninfo);
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
     let (events, events_task) =
@@ -158,6 +160,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         dims,
         max_rejects: cfg.settings.max_rejects,
         chunk_bytes: cfg.settings.chunk_bytes,
+        points_segment_bytes: cfg.settings.points_segment_bytes,
         depth: (rayon::current_num_threads() * 2).max(4),
         processed_dir: cfg.settings.processed_dir.clone(),
         failed_dir: cfg.settings.failed_dir.clone(),

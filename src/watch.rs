@@ -117,7 +117,8 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     std::fs::create_dir_all(&processing)
         .map_err(|e| SetupError::Io(format!("cannot create {}: {e}", processing.display())))?;
 
-    let (conninfo, client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
+    let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
+    crate::points_writer::sweep(&mut client).await?;
     crate::load::set_threads(cfg.settings.threads, &conninfo);
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
     let (events, _events_task) = Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
@@ -126,6 +127,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         dims,
         max_rejects: cfg.settings.max_rejects,
         chunk_bytes: cfg.settings.chunk_bytes,
+        points_segment_bytes: cfg.settings.points_segment_bytes,
         depth: (rayon::current_num_threads() * 2).max(4),
         processed_dir: Some(
             cfg.settings

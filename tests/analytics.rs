@@ -719,3 +719,121 @@ fn trip_groups_equal_groups_computed_from_the_csv() {
         assert_eq!(tripload(&w, &db, bad).status.code(), Some(2), "{bad:?}");
     }
 }
+
+/// Cell points written a segment at a time by the second connection: a file
+/// that fails after several segments were committed leaves none of them, and
+/// a file loaded in segments gives the same rollups, cell points and answers
+/// as one loaded in a single piece.
+#[test]
+fn cell_points_written_in_segments_leave_nothing_when_the_file_fails() {
+    let good = tripload::gen::trips_csv(40_000, 91);
+    assert!(good.len() > 4 << 20, "several 1 MiB segments");
+    // Long enough that the segments before the bad row (at the end) commit
+    // while the trips are still being copied.
+    let mut bad = tripload::gen::trips_csv(200_000, 92);
+    bad.extend_from_slice(b"Prague,POINT (1 2),POINT (3 4),2018-02-30 00:00:00,x\n");
+
+    let db = fresh_db();
+    let w = Work::new();
+    w.land("bad.csv", &bad);
+    let out = tripload_cmd(&w, &db, &["load", "landing", "--points-segment-mib", "1"])
+        .env("TRIPLOAD_LOG", "tripload=debug")
+        .output()
+        .expect("run tripload");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(w.exists("failed/bad.csv"));
+    // The segments before the bad row had committed, and were deleted.
+    let log = stderr(&out);
+    let deleted: u64 = log
+        .split("deleted ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cleanup in the log:\n{log}"));
+    assert!(
+        deleted > 100,
+        "{deleted} rows of committed segments deleted"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM rollup_cell_points"), 0);
+    assert_eq!(db.count("SELECT count(*) FROM cell_points_pending"), 0);
+    assert_eq!(db.trips(), 0);
+
+    w.land("good.csv", &good);
+    let out = tripload(&w, &db, &["load", "landing", "--points-segment-mib", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.count("SELECT count(*) FROM cell_points_pending"), 0);
+    check_cell_weeks(&db);
+    check_cell_points(&db);
+    let one = fresh_db();
+    let w1 = Work::new();
+    load(&w1, &one, &[("good.csv", good)]);
+    assert_eq!(rollup_state(&db), rollup_state(&one));
+    // More rows than in one piece: each segment's cells end in a partial row.
+    assert!(
+        db.count("SELECT count(*) FROM rollup_cell_points")
+            > one.count("SELECT count(*) FROM rollup_cell_points")
+    );
+    for b in [
+        [14.37, 50.0, 14.52, 50.13],
+        [14.4312, 50.0405, 14.4987, 50.0789],
+        [-180.0, -90.0, 180.0, 90.0],
+    ] {
+        check_bbox(&db, b, None, None);
+    }
+}
+
+/// Cell points whose file never committed (a loader killed mid-file) count
+/// for nothing, are left alone while their loader may still be alive (it
+/// holds the file's lock), and are deleted by the next loader that starts; a
+/// committed file's points survive a stale pending entry.
+#[test]
+fn cell_points_of_unfinished_loads_are_ignored_then_swept() {
+    let (db, w) = generated_db();
+    let committed = db.count("SELECT min(file_id)::bigint FROM load_files");
+    let before = db.count("SELECT count(*) FROM rollup_cell_points");
+    // What a killed loader leaves: committed segments of file 9999 (a copy of
+    // real rows, so they fall in every box), named pending, no ledger row.
+    db.query(
+        "INSERT INTO rollup_cell_points SELECT 9999, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos FROM rollup_cell_points",
+    );
+    db.query("INSERT INTO cell_points_pending (file_id) VALUES (9999)");
+    // And a committed file whose pending row outlived it.
+    db.query(&format!(
+        "INSERT INTO cell_points_pending (file_id) VALUES ({committed})"
+    ));
+    for b in [
+        [14.37, 50.0, 14.52, 50.13],
+        [14.4312, 50.0405, 14.4987, 50.0789],
+    ] {
+        check_bbox(&db, b, None, None);
+    }
+
+    // A live loader of file 9999 holds its lock: the sweep skips it.
+    let live = db.session();
+    live.query("SELECT pg_advisory_lock_shared(29810, 9999)");
+    w.land("s2.csv", &tripload::gen::trips_csv(500, 23));
+    let out = tripload(&w, &db, &["load", "landing"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        db.count("SELECT count(*) FROM rollup_cell_points WHERE file_id = 9999"),
+        before
+    );
+    drop(live);
+
+    w.land("s3.csv", &tripload::gen::trips_csv(500, 24));
+    let out = tripload(&w, &db, &["load", "landing"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        db.count("SELECT count(*) FROM rollup_cell_points WHERE file_id = 9999"),
+        0
+    );
+    assert_eq!(db.count("SELECT count(*) FROM cell_points_pending"), 0);
+    assert!(
+        db.count(&format!(
+            "SELECT count(*) FROM rollup_cell_points WHERE file_id = {committed}"
+        )) > 0,
+        "a committed file keeps its cell points"
+    );
+    check_cell_points(&db);
+    check_bbox(&db, [14.37, 50.0, 14.52, 50.13], None, None);
+}

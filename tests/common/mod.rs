@@ -141,6 +141,36 @@ impl TestDb {
     }
 }
 
+/// One connection kept open until dropped, e.g. to hold a session-level
+/// advisory lock the way a live loader does.
+pub struct Session {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl TestDb {
+    pub fn session(&self) -> Session {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt.block_on(client(&self.conninfo));
+        Session { rt, client }
+    }
+}
+
+impl Session {
+    pub fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        self.rt.block_on(async {
+            self.client
+                .query(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+}
+
 /// A temp working directory with `landing/`.
 pub struct Work {
     pub dir: tempfile::TempDir,
