@@ -150,7 +150,7 @@ async fn copy_text(
 /// Sends every buffer from `brx` into the COPY until the producer is done;
 /// stops at the first error and returns it (closing `brx`, so the producer
 /// stops too).
-async fn forward(
+pub(crate) async fn forward(
     sink: &mut std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>,
     mut brx: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> Option<tokio_postgres::Error> {

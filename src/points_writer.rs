@@ -180,7 +180,7 @@ fn start_producer(file_id: i32, spill: Spill) -> Producer {
 /// One segment's cell points in one COPY (its own transaction).
 async fn copy_segment(client: &Client, file_id: i32, spill: Spill) -> Result<(), WriteError> {
     let what = "COPY rollup_cell_points";
-    let Producer { task, mut rx } = start_producer(file_id, spill);
+    let Producer { task, rx } = start_producer(file_id, spill);
     let sink = client
         .copy_in::<_, Bytes>(&format!(
             "COPY rollup_cell_points ({}) FROM STDIN (FORMAT binary)",
@@ -192,15 +192,8 @@ async fn copy_segment(client: &Client, file_id: i32, spill: Spill) -> Result<(),
     sink.send(Bytes::from_static(COPY_HEADER))
         .await
         .map_err(db_err(what))?;
-    let mut copy_error = None;
-    while let Some(buf) = rx.recv().await {
-        if let Err(e) = sink.send(buf).await {
-            copy_error = Some(e);
-            break;
-        }
-    }
-    // Stops the producer if the COPY failed.
-    drop(rx);
+    // Closes rx when the COPY fails, which stops the producer.
+    let copy_error = crate::copy::forward(&mut sink, rx).await;
     match task.await {
         Err(e) => return Err(WriteError::Task(e.to_string())),
         Ok(Err(source)) => {
