@@ -531,15 +531,12 @@ async fn load_inner(
         }
     }
     let trips_done = Instant::now();
-    if let Some(r) = done.rollup.take() {
-        if let Err(abort) = write_rollups(&tx, file_id, r).await {
-            return Err(fail_with(abort, done));
-        }
-    }
-    let rollups_done = Instant::now();
+    // The writer counted the trips by cell and week from its sorted points.
+    let mut cells = None;
     if let Some(w) = writer.take() {
-        if let Err(e) = w.finish().await {
-            return Err(fail_with(e.into(), done));
+        match w.finish().await {
+            Ok(c) => cells = Some(c),
+            Err(e) => return Err(fail_with(e.into(), done)),
         }
         if let Err(e) = tx
             .execute(
@@ -554,11 +551,20 @@ async fn load_inner(
             ));
         }
     }
+    let points_done = Instant::now();
+    if let Some(mut r) = done.rollup.take() {
+        if let Some(c) = cells {
+            r.cell_week = c;
+        }
+        if let Err(abort) = write_rollups(&tx, file_id, r).await {
+            return Err(fail_with(abort, done));
+        }
+    }
     tracing::debug!(
-        "{name}: trips copied in {:.2} s, rollups in {:.2} s, last cell points in {:.2} s",
+        "{name}: trips copied in {:.2} s, last cell points in {:.2} s, rollups in {:.2} s",
         (trips_done - start).as_secs_f64(),
-        (rollups_done - trips_done).as_secs_f64(),
-        rollups_done.elapsed().as_secs_f64()
+        (points_done - trips_done).as_secs_f64(),
+        points_done.elapsed().as_secs_f64()
     );
     let seconds = start.elapsed().as_secs_f64();
     if let Err(e) = ledger::finish(&tx, file_id, done.rows, done.rejected, seconds).await {
@@ -679,7 +685,8 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
             }
         }
         if let Some(r) = rollup.as_mut() {
-            r.merge(enc.rollup);
+            // The chunk's points went to the spill; the writer counts them.
+            r.merge_counts(enc.rollup);
         }
         consumed += enc.bytes;
         segment_at += enc.bytes;
@@ -711,9 +718,6 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         true
     });
     let rejected = rejects.count;
-    if let Some(r) = rollup.as_mut() {
-        r.fold(); // normally a no-op: merging counts each chunk's trips
-    }
     match abort {
         Some(abort) => Err(Failure {
             abort,

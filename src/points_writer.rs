@@ -23,6 +23,7 @@
 use crate::db::{self, query_err, DbError};
 use crate::encode::{COPY_HEADER, COPY_TRAILER};
 use crate::points::{self, Spill};
+use crate::rollup::{self, CellWeeks};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
@@ -59,11 +60,13 @@ fn db_err(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> WriteErro
 
 /// A file's cell points writer: segments go in through [`Writer::segments`]
 /// or [`Writer::send`]; [`Writer::finish`] says whether all of them were
-/// written. Dropped unfinished, it stops at once (its connection closes, so
-/// the segment in flight cannot commit).
+/// written and returns the file's trips by cell and week, counted from the
+/// sorted points (the file's transaction writes those to `rollup_cell_week`).
+/// Dropped unfinished, it stops at once (its connection closes, so the
+/// segment in flight cannot commit).
 pub struct Writer {
     segments: Option<mpsc::Sender<Spill>>,
-    task: Option<JoinHandle<Result<(), WriteError>>>,
+    task: Option<JoinHandle<Result<CellWeeks, WriteError>>>,
 }
 
 impl Writer {
@@ -81,15 +84,19 @@ impl Writer {
         // within about three segments' points whatever the file size.
         let (tx, mut rx) = mpsc::channel::<Spill>(1);
         let task = tokio::spawn(async move {
+            let mut cells = CellWeeks::default();
             while let Some(spill) = rx.recv().await {
-                copy_segment(&client, file_id, spill).await?;
+                let segment = copy_segment(&client, file_id, spill).await?;
+                // A few segments of ~10^5 cells each: cheap next to the COPY.
+                rollup::merge_cell_weeks(&mut cells, segment);
             }
             client
                 .batch_execute(&format!(
                     "SELECT pg_advisory_unlock_shared({LOCK_CLASS}, {file_id})"
                 ))
                 .await
-                .map_err(db_err("releasing the cell points lock"))
+                .map_err(db_err("releasing the cell points lock"))?;
+            Ok(cells)
         });
         Ok(Writer {
             segments: Some(tx),
@@ -120,13 +127,14 @@ impl Writer {
         self.join().await.err()
     }
 
-    /// Waits until every queued segment is written.
-    pub async fn finish(mut self) -> Result<(), WriteError> {
+    /// Waits until every queued segment is written; returns the file's trips
+    /// by cell and week.
+    pub async fn finish(mut self) -> Result<CellWeeks, WriteError> {
         self.segments = None;
         self.join().await
     }
 
-    async fn join(&mut self) -> Result<(), WriteError> {
+    async fn join(&mut self) -> Result<CellWeeks, WriteError> {
         match self.task.take() {
             None => Err(WriteError::Task("already finished".into())),
             Some(t) => t.await.map_err(|e| WriteError::Task(e.to_string()))?,
@@ -142,10 +150,11 @@ impl Drop for Writer {
     }
 }
 
-/// Cell points being grouped and encoded on a blocking thread (the sorts on
-/// the rayon pool), a partition of the spill at a time, into a small queue.
+/// Cell points being grouped, counted and encoded on a blocking thread (the
+/// sorts on the rayon pool), a partition of the spill at a time, into a small
+/// queue; the task returns the segment's trips by cell and week.
 struct Producer {
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<std::io::Result<CellWeeks>>,
     rx: mpsc::Receiver<Bytes>,
 }
 
@@ -155,8 +164,10 @@ fn start_producer(file_id: i32, spill: Spill) -> Producer {
     let (btx, rx) = mpsc::channel::<Bytes>(16);
     let task = tokio::task::spawn_blocking(move || {
         let mut scratch = points::Scratch::default();
+        let mut cells = CellWeeks::default();
         spill.drain(|pts| {
             let (pts, lens) = scratch.group(pts);
+            rollup::count_grouped(&mut cells, pts, lens);
             // Buffers of about 1 MiB, cut between cells (a cell's rows are
             // rarely over 200 KB), keep the pipe full.
             let mut out = Vec::with_capacity(1 << 20);
@@ -172,13 +183,19 @@ fn start_producer(file_id: i32, spill: Spill) -> Producer {
                 }
             }
             out.is_empty() || btx.blocking_send(Bytes::from(out)).is_ok()
-        })
+        })?;
+        Ok(cells)
     });
     Producer { task, rx }
 }
 
-/// One segment's cell points in one COPY (its own transaction).
-async fn copy_segment(client: &Client, file_id: i32, spill: Spill) -> Result<(), WriteError> {
+/// One segment's cell points in one COPY (its own transaction); returns the
+/// segment's trips by cell and week.
+async fn copy_segment(
+    client: &Client,
+    file_id: i32,
+    spill: Spill,
+) -> Result<CellWeeks, WriteError> {
     let what = "COPY rollup_cell_points";
     let Producer { task, rx } = start_producer(file_id, spill);
     let sink = client
@@ -194,7 +211,7 @@ async fn copy_segment(client: &Client, file_id: i32, spill: Spill) -> Result<(),
         .map_err(db_err(what))?;
     // Closes rx when the COPY fails, which stops the producer.
     let copy_error = crate::copy::forward(&mut sink, rx).await;
-    match task.await {
+    let cells = match task.await {
         Err(e) => return Err(WriteError::Task(e.to_string())),
         Ok(Err(source)) => {
             return Err(WriteError::Spill {
@@ -202,8 +219,8 @@ async fn copy_segment(client: &Client, file_id: i32, spill: Spill) -> Result<(),
                 source,
             })
         }
-        Ok(Ok(())) => {}
-    }
+        Ok(Ok(cells)) => cells,
+    };
     if let Some(e) = copy_error {
         return Err(db_err(what)(e));
     }
@@ -211,7 +228,7 @@ async fn copy_segment(client: &Client, file_id: i32, spill: Spill) -> Result<(),
         .await
         .map_err(db_err(what))?;
     sink.as_mut().finish().await.map_err(db_err(what))?;
-    Ok(())
+    Ok(cells)
 }
 
 /// Deletes the cell points of `file_id` unless the file committed, once no

@@ -171,18 +171,51 @@ impl PartialEq for WeekCounts {
     }
 }
 
+/// (side, ix, iy) → trips by week.
+pub type CellWeeks = HashMap<(u8, i32, i32), WeekCounts>;
+
+/// Adds to `cells` the points of `pts` grouped as
+/// [`crate::points::Scratch::group`] returns them (each cell contiguous,
+/// sorted by week within it; `lens` the cells' lengths): one map lookup per
+/// cell and one count per week, instead of a lookup per point.
+pub fn count_grouped(cells: &mut CellWeeks, pts: &[Pt], lens: &[usize]) {
+    let mut at = 0;
+    for &n in lens {
+        let cell = &pts[at..at + n];
+        at += n;
+        let Some(p) = cell.first() else { continue };
+        let counts = cells.entry((p.side, p.ix, p.iy)).or_default();
+        for week in cell.chunk_by(|a, b| a.week == b.week) {
+            counts.add(week[0].week, week.len() as i64);
+        }
+    }
+}
+
+/// Folds `other` into `into`.
+pub fn merge_cell_weeks(into: &mut CellWeeks, other: CellWeeks) {
+    for (k, v) in other {
+        match into.entry(k) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(v),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(v);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Rollup {
     pub region_week: HashMap<(i16, i32), i64>,
     pub region_source: HashMap<(i16, i16), (i64, i64)>,
     /// (side, ix, iy) → trips by week.
-    pub cell_week: HashMap<(u8, i32, i32), WeekCounts>,
+    pub cell_week: CellWeeks,
     /// (side, ix, iy, week) of trips not yet counted in `cell_week`: a worker
     /// only appends (a chunk spreads its trips over thousands of cells, so
     /// counting them per chunk costs a cache miss and an allocation per
-    /// trip); the file's rollup counts them as it merges the chunks.
-    /// The same points also go, with their coordinates, to the file's
-    /// [`crate::points::Spill`].
+    /// trip). The loader sends them, with their coordinates, to the file's
+    /// [`crate::points::Spill`], and its cell points writer counts them once
+    /// it has sorted them by cell and week ([`count_grouped`]); [`Rollup::merge`]
+    /// counts them here, for callers without that writer.
     pub pending: Vec<Pt>,
 }
 
@@ -253,6 +286,13 @@ impl Rollup {
     /// Folds `other` (a later chunk) into `self`.
     pub fn merge(&mut self, other: Rollup) {
         self.count(&other.pending);
+        self.merge_counts(other);
+    }
+
+    /// Folds `other`'s counts into `self` but drops its pending trips: the
+    /// loader's cell points writer counts those from its sorted segments
+    /// ([`count_grouped`]) for a fraction of a hash lookup per trip.
+    pub fn merge_counts(&mut self, other: Rollup) {
         for (k, v) in other.region_week {
             *self.region_week.entry(k).or_default() += v;
         }
@@ -261,14 +301,7 @@ impl Rollup {
             e.0 += n;
             e.1 = e.1.max(last);
         }
-        for (k, v) in other.cell_week {
-            match self.cell_week.entry(k) {
-                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(v),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(v);
-                }
-            }
-        }
+        merge_cell_weeks(&mut self.cell_week, other.cell_week);
     }
 }
 
@@ -426,5 +459,42 @@ mod tests {
             week_monday(week_index(week_of(1_527_498_220_000_000))),
             week_of(1_527_498_220_000_000)
         );
+    }
+
+    proptest::proptest! {
+        /// The writer's count over grouped points (spill partitions, then
+        /// segments merged) equals counting each point as it is added.
+        #[test]
+        fn counting_grouped_points_equals_counting_each(
+            pts in proptest::collection::vec((0u8..2, -3i32..3, -3i32..3, -5i32..40), 0..400),
+            cuts in proptest::collection::vec(0usize..400, 0..4),
+        ) {
+            let pts: Vec<Pt> = pts
+                .iter()
+                .enumerate()
+                .map(|(i, &(side, ix, iy, w))| Pt {
+                    side: if side == 0 { ORIGIN } else { DESTINATION },
+                    ix,
+                    iy,
+                    week: week_monday(w * w - 30 * w),
+                    lon: i as f64,
+                    lat: -(i as f64),
+                })
+                .collect();
+            let mut each = Rollup { pending: pts.clone(), ..Rollup::default() };
+            each.fold();
+            let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(pts.len())).collect();
+            bounds.extend([0, pts.len()]);
+            bounds.sort_unstable();
+            let mut total = CellWeeks::default();
+            let mut scratch = crate::points::Scratch::default();
+            for seg in bounds.windows(2) {
+                let mut cells = CellWeeks::default();
+                let (grouped, lens) = scratch.group(&pts[seg[0]..seg[1]]);
+                count_grouped(&mut cells, grouped, lens);
+                merge_cell_weeks(&mut total, cells);
+            }
+            proptest::prop_assert_eq!(total, each.cell_week);
+        }
     }
 }
