@@ -43,7 +43,17 @@ BIN="$SHARED/trips-$ROWS.bin"
 psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist"
 psql_ -c "CREATE TABLE IF NOT EXISTS trips_natural (region text, origin geometry(Point,4326), destination geometry(Point,4326), datetime timestamptz, datasource text)"
 
-reset_db() { psql_ -c "TRUNCATE trips, load_files, trips_natural, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points" -c "CHECKPOINT"; }
+# Each run starts on an idle server: the previous run's rows are emptied and
+# checkpointed, and an autovacuum worker still busy with them (a 15M-row load
+# triggers one) is waited for, up to 2 minutes, instead of landing its CPU on
+# whichever method comes next.
+reset_db() {
+  psql_ -c "TRUNCATE trips, load_files, trips_natural, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points, cell_points_pending" -c "CHECKPOINT"
+  local waited=0
+  while [ "$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" != 0 ] && [ $waited -lt 120 ]; do
+    sleep 1; waited=$((waited + 1))
+  done
+}
 
 # pgloader wants a URL; the embedded server listens on a unix socket.
 SOCK_DIR=$(psql_ -c "SHOW unix_socket_directories" | cut -d, -f1)
