@@ -164,15 +164,20 @@ BEGIN
               AND u.w BETWEEN wi0 AND wi1
             OFFSET 0
         ),
+        -- Counted per segment first, then summed by week: the rows being
+        -- grouped are two integers instead of the segments' arrays (a 15x13
+        -- km box at 100M trips: ~15% faster).
         edge AS (
-            SELECT date '1970-01-01' + seg.w AS week, sum(
-                coalesce(seg.corner,
+            SELECT date '1970-01-01' + x.w AS week, sum(x.n)::bigint AS n
+            FROM (
+                SELECT seg.w, coalesce(seg.corner,
                     width_bucket(seg.hi, seg.v) - width_bucket(seg.lo, seg.v)
                     + CASE WHEN seg.v[width_bucket(seg.lo, seg.v)] = seg.lo
-                           THEN (SELECT count(*) FROM unnest(seg.v) q WHERE q = seg.lo)::int ELSE 0 END)
-            )::bigint AS n
-            FROM seg
-            GROUP BY 1
+                           THEN (SELECT count(*) FROM unnest(seg.v) q WHERE q = seg.lo)::int ELSE 0 END) AS n
+                FROM seg
+                OFFSET 0
+            ) x
+            GROUP BY x.w
         )
         SELECT weeks.week, (coalesce(i.n, 0) + coalesce(e.n, 0))::bigint
         FROM weeks LEFT JOIN inner_cells i USING (week) LEFT JOIN edge e USING (week) ORDER BY 1;

@@ -235,9 +235,10 @@ pub struct LoadOptions {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub chunk_mib: u64,
     /// Cell points are written by a second connection, one segment of this
-    /// many MiB of input at a time, while the trips are still being copied.
-    /// Smaller segments overlap more of the load but fill the rows less well.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    /// many MiB of input at a time (the temporary spill in $TMPDIR holds about
+    /// half a segment's size). Smaller segments start writing earlier but make
+    /// bounding-box queries slower: each segment is its own set of rows.
+    #[arg(long, default_value_t = crate::points_writer::SEGMENT_MIB, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub points_segment_mib: u64,
     /// TimescaleDB chunk interval, used when the hypertable is first created.
     #[arg(long, env = "TRIPLOAD_CHUNK_INTERVAL", default_value = "7 days")]

@@ -1,10 +1,10 @@
-//! The second connection that writes a file's cell points while the file's
-//! own transaction is still copying its trips, a segment of the file at a
-//! time, each segment its own COPY. Why: one transaction is one server
-//! backend, which would insert the trips and then the points one after the
-//! other; with a second backend the points of the first segments are in
-//! while the trips are still arriving, and only the last segment's follow
-//! the trips (a 15M-row file: 0.4 s after the trips instead of 4–4.6 s).
+//! The second connection that writes a file's cell points, in segments of
+//! the file (`--points-segment-mib`), each segment its own COPY. With the
+//! default (4 GiB) a product-sized file is one segment, written once its last
+//! chunk is parsed while the file's own backend finishes the trips; smaller
+//! segments overlap more of the trips' COPY but multiply the (cell, week)
+//! fragments that a bounding-box query reads (see [`SEGMENT_MIB`]). Segments
+//! keep the temporary spill bounded for files larger than that.
 //!
 //! Those rows commit before the file's transaction does, so three rules keep
 //! them exactly as consistent as rows of that transaction
@@ -33,11 +33,15 @@ use tokio_postgres::Client;
 /// First key of the per-file advisory locks (the second is the file id).
 pub const LOCK_CLASS: i32 = 29810;
 
-/// Default input bytes per segment: big enough that a cell's rows stay full
-/// (a 15M-row file's cell points took 590 MB in 256 MiB segments, 564 MB in
-/// one piece), small enough that most of the points are written while the
-/// trips are still being copied.
-pub const SEGMENT_BYTES: usize = 256 << 20;
+/// Default MiB of input per segment: one piece for files up to 4 GiB. Each
+/// segment writes its own rows per (cell, week), and a box query pays per
+/// such fragment: in 256 MiB segments (7 per 15M-row file) the edge band of a
+/// 15×13 km box at 100M trips held 237k week segments and took 314–350 ms
+/// (p50), against 192–197 ms with one piece per file. The load was no
+/// faster for it on 2 cores (15M rows: 20.3–22.6 s in 256 MiB segments,
+/// 20.6–21.7 s in one piece, single runs side by side): what the second
+/// backend overlaps, the cores pay for anyway.
+pub const SEGMENT_MIB: u64 = 4096;
 
 /// Why writing cell points failed.
 #[derive(Debug, thiserror::Error)]
