@@ -37,10 +37,11 @@ pub const LOCK_CLASS: i32 = 29810;
 /// segment writes its own rows per (cell, week), and a box query pays per
 /// such fragment: in 256 MiB segments (7 per 15M-row file) the edge band of a
 /// 15×13 km box at 100M trips held 237k week segments and took 314–350 ms
-/// (p50), against 192–197 ms with one piece per file. The load was no
-/// faster for it on 2 cores (15M rows: 20.3–22.6 s in 256 MiB segments,
-/// 20.6–21.7 s in one piece, single runs side by side): what the second
-/// backend overlaps, the cores pay for anyway.
+/// (p50), against 134–185 ms with one piece per file. Segments do load
+/// faster (15M rows, `benches/compare.sh`: 16.7 s in 256 MiB segments, 19.1 s
+/// in one piece, 13.7 s without rollups); the query targets (a box under
+/// 200 ms at 100M trips) decide the default, and `--points-segment-mib 256`
+/// is there for loads that matter more than box queries.
 pub const SEGMENT_MIB: u64 = 4096;
 
 /// Why writing cell points failed.
