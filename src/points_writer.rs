@@ -92,7 +92,7 @@ impl Writer {
             let mut cells = CellWeeks::default();
             while let Some(spill) = rx.recv().await {
                 let segment = copy_segment(&client, file_id, spill).await?;
-                // A few segments of ~10^5 cells each: cheap next to the COPY.
+                // A move for the first segment; later ones fold ~10^5 cells each.
                 rollup::merge_cell_weeks(&mut cells, segment);
             }
             client

@@ -191,8 +191,13 @@ pub fn count_grouped(cells: &mut CellWeeks, pts: &[Pt], lens: &[usize]) {
     }
 }
 
-/// Folds `other` into `into`.
+/// Folds `other` into `into` (a move when `into` is empty: a file of one
+/// segment costs nothing here).
 pub fn merge_cell_weeks(into: &mut CellWeeks, other: CellWeeks) {
+    if into.is_empty() {
+        *into = other;
+        return;
+    }
     for (k, v) in other {
         match into.entry(k) {
             std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(v),
