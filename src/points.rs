@@ -195,9 +195,20 @@ impl Scratch {
             let b = x.to_bits();
             b ^ (((b as i64 >> 63) as u64) | (1 << 63))
         }
-        cells
-            .par_iter_mut()
-            .for_each(|c| c.sort_unstable_by_key(|p| (p.week, ordered(p.lon), ordered(p.lat))));
+        // Sorting by (week, lon) and then settling the rare ties on both by
+        // latitude gives the one order of (week, lon, lat) with a cheaper
+        // compare: cell_points/group_by_cell -18%. (One u128 key of week, lon
+        // and the latitude's upper bits measured 2x slower.)
+        cells.par_iter_mut().for_each(|c| {
+            c.sort_unstable_by_key(|p| (p.week, ordered(p.lon)));
+            for tied in
+                c.chunk_by_mut(|a, b| a.week == b.week && a.lon.to_bits() == b.lon.to_bits())
+            {
+                if tied.len() > 1 {
+                    tied.sort_unstable_by_key(|p| ordered(p.lat));
+                }
+            }
+        });
         (grouped, lens)
     }
 }
@@ -552,19 +563,17 @@ mod tests {
                 let side = if i % 3 == 0 { b'o' } else { b'd' };
                 // Repeated coordinates, both signs, -0.0 and ties on lon.
                 let lon = ((i * 7919) % 401 - 200) as f64 * 1e-4;
+                // Latitudes that differ only in their low bits, and weeks
+                // before 1970.
                 let lat = if i % 97 == 0 {
                     -0.0
+                } else if i % 5 == 1 {
+                    50.0 + ((i * 7) % 3) as f64 * 1e-12
                 } else {
                     ((i * 104_729) % 89) as f64 * 1e-3 - 0.04
                 };
-                pt(
-                    side,
-                    (i * 31) % 13 - 6,
-                    (i * 17) % 7 - 3,
-                    (i * 13) % 5 * 7,
-                    lon,
-                    lat,
-                )
+                let week = if i % 11 == 0 { -7 } else { (i * 13) % 5 * 7 };
+                pt(side, (i * 31) % 13 - 6, (i * 17) % 7 - 3, week, lon, lat)
             })
             .collect();
         let mut want = pts.clone();
