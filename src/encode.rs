@@ -145,6 +145,9 @@ pub fn encode_chunk(
     };
     let mut fields = Fields::new();
     let mut names = NameCache::default();
+    // Checked once here rather than field by field; a chunk that is not all
+    // UTF-8 falls back to checking each field, which finds the bad ones.
+    let text = std::str::from_utf8(chunk).ok();
     let mut pos = 0;
     while let Some(span) = next_record(chunk, pos) {
         let line = out.lines + 1;
@@ -165,7 +168,12 @@ pub fn encode_chunk(
                     column: None,
                     error: RowError::Csv(e),
                 }),
-                Ok(()) => match parse_trip(header, &fields, record) {
+                Ok(()) => match parse_trip(
+                    header,
+                    &fields,
+                    record,
+                    text.and_then(|t| t.get(span.content.clone())),
+                ) {
                     Ok(t) => {
                         let r = names.region(t.region, dict)?;
                         let d = names.datasource(t.datasource, dict)?;
@@ -260,6 +268,55 @@ mod tests {
             let source = dims.datasource_id(&format!("s{}", i % 3)).unwrap();
             assert_eq!(&t[6..8], &region.to_be_bytes(), "row {i}");
             assert_eq!(&t[12..14], &source.to_be_bytes(), "row {i}");
+        }
+    }
+    /// The chunk is checked for UTF-8 once: names with multi-byte characters,
+    /// quoted and escaped ones, come out whole whether the chunk is all valid
+    /// (one check) or holds a bad byte somewhere (each field checked, only the
+    /// bad field's row rejected, at its line and column).
+    #[test]
+    fn utf8_is_checked_per_chunk_and_bad_fields_still_found() {
+        let head = "region,origin_coord,destination_coord,datetime,datasource\n";
+        let rows = [
+            "Zürich,POINT (8.5 47.3),POINT (8.6 47.4),2018-05-28 09:03:40,app_ü",
+            "\"Praha \"\"Smíchov\"\"\",POINT (14.4 50.07),POINT (14.5 50.1),2018-05-28 10:00:00,\"a,b\"",
+            "Turin,POINT (7.6 45.0),POINT (7.7 45.1),2018-05-29 11:00:00,cheap_mobile",
+        ];
+        let names = [
+            ("Zürich", "app_ü"),
+            ("Praha \"Smíchov\"", "a,b"),
+            ("Turin", "cheap_mobile"),
+        ];
+        for bad in [false, true] {
+            let mut buf = format!("{head}{}\n", rows.join("\n")).into_bytes();
+            if bad {
+                // A fourth row whose datasource is not UTF-8.
+                buf.extend_from_slice(
+                    b"Turin,POINT (7.6 45.0),POINT (7.7 45.1),2018-05-29 11:00:00,x\xff\n",
+                );
+            }
+            let header = crate::parse::parse_header(&buf).unwrap();
+            let dims = crate::dims::Dims::in_memory();
+            let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
+            assert_eq!(e.rows, 3, "bad byte at {bad:?}");
+            for (t, (region, source)) in e.tuples.chunks(TUPLE_BYTES).zip(names) {
+                assert_eq!(&t[6..8], &dims.region_id(region).unwrap().to_be_bytes());
+                assert_eq!(
+                    &t[12..14],
+                    &dims.datasource_id(source).unwrap().to_be_bytes()
+                );
+            }
+            if bad {
+                assert_eq!(e.rejects.len(), 1);
+                assert_eq!(e.rejects[0].line, 4);
+                assert_eq!(
+                    e.rejects[0].fault.column,
+                    Some(crate::parse::Column::Datasource)
+                );
+                assert_eq!(e.rejects[0].fault.error, RowError::NotUtf8);
+            } else {
+                assert!(e.rejects.is_empty());
+            }
         }
     }
 }

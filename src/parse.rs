@@ -198,11 +198,13 @@ pub struct Trip<'a> {
 /// keeps the dimension tables and reports sane.
 pub const MAX_NAME_BYTES: usize = 200;
 
-/// Validates one split record against the header.
+/// Validates one split record against the header. `text` is `record` as
+/// text when the caller has already checked it is UTF-8, else `None`.
 pub fn parse_trip<'a>(
     header: &Header,
     fields: &'a Fields,
     record: &'a [u8],
+    text: Option<&'a str>,
 ) -> Result<Trip<'a>, RowFault> {
     if fields.len() != header.width {
         return Err(RowFault {
@@ -213,19 +215,25 @@ pub fn parse_trip<'a>(
             },
         });
     }
-    let get = |c: Column| fields.get(record, header.index(c));
     let at = |column: Column| {
         move |error| RowFault {
             column: Some(column),
             error,
         }
     };
-    let region = parse_name(get(Column::Region)).map_err(at(Column::Region))?;
-    let origin = parse_point(get(Column::OriginCoord)).map_err(at(Column::OriginCoord))?;
+    let get = |c: Column| {
+        fields
+            .text(record, text, header.index(c))
+            .ok_or(RowError::NotUtf8)
+            .map_err(at(c))
+    };
+    let region = parse_name(get(Column::Region)?).map_err(at(Column::Region))?;
+    let origin = parse_point(get(Column::OriginCoord)?).map_err(at(Column::OriginCoord))?;
     let destination =
-        parse_point(get(Column::DestinationCoord)).map_err(at(Column::DestinationCoord))?;
-    let datetime_us = parse_datetime(get(Column::Datetime)).map_err(at(Column::Datetime))?;
-    let datasource = parse_name(get(Column::Datasource)).map_err(at(Column::Datasource))?;
+        parse_point(get(Column::DestinationCoord)?).map_err(at(Column::DestinationCoord))?;
+    let datetime_us =
+        parse_datetime(get(Column::Datetime)?.as_bytes()).map_err(at(Column::Datetime))?;
+    let datasource = parse_name(get(Column::Datasource)?).map_err(at(Column::Datasource))?;
     Ok(Trip {
         region,
         origin,
@@ -235,11 +243,9 @@ pub fn parse_trip<'a>(
     })
 }
 
-/// A region or datasource name: UTF-8, trimmed, not empty.
-pub fn parse_name(raw: &[u8]) -> Result<&str, RowError> {
-    let s = std::str::from_utf8(raw)
-        .map_err(|_| RowError::NotUtf8)?
-        .trim();
+/// A region or datasource name: trimmed, not empty.
+pub fn parse_name(raw: &str) -> Result<&str, RowError> {
+    let s = raw.trim();
     if s.is_empty() {
         return Err(RowError::Empty);
     }
@@ -265,26 +271,24 @@ fn lossy(raw: &[u8]) -> String {
 }
 
 /// WKT `POINT (lon lat)`: any case, any ASCII spacing, optional space before `(`.
-pub fn parse_point(raw: &[u8]) -> Result<Point<f64>, RowError> {
+pub fn parse_point(raw: &str) -> Result<Point<f64>, RowError> {
     let s = raw.trim_ascii();
-    let not_point = || RowError::NotAPoint(lossy(raw));
-    if s.len() < 5 || !s[..5].eq_ignore_ascii_case(b"POINT") {
+    let not_point = || RowError::NotAPoint(lossy(raw.as_bytes()));
+    if s.len() < 5 || !s.as_bytes()[..5].eq_ignore_ascii_case(b"POINT") {
         return Err(not_point());
     }
-    let rest = s[5..].trim_ascii_start();
-    if rest.eq_ignore_ascii_case(b"EMPTY") {
+    // Byte 5 is a character boundary: the five before it are ASCII.
+    let rest = s.get(5..).ok_or_else(not_point)?.trim_ascii_start();
+    if rest.eq_ignore_ascii_case("EMPTY") {
         return Err(RowError::EmptyPoint);
     }
     let inner = rest
-        .strip_prefix(b"(")
-        .and_then(|r| r.strip_suffix(b")"))
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(not_point)?;
     let mut coords = [0f64; 2];
     let mut n = 0;
-    for tok in inner
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|t| !t.is_empty())
-    {
+    for tok in inner.split_ascii_whitespace() {
         if n < 2 {
             coords[n] = parse_number(tok)?;
         }
@@ -303,14 +307,12 @@ pub fn parse_point(raw: &[u8]) -> Result<Point<f64>, RowError> {
     Ok(Point::new(lon, lat))
 }
 
-fn parse_number(tok: &[u8]) -> Result<f64, RowError> {
+fn parse_number(tok: &str) -> Result<f64, RowError> {
     // Rust's float parser is correctly rounded (the same f64 PostgreSQL would
     // produce) but also accepts "inf"/"nan" spellings, hence the finiteness check.
-    let bad = || RowError::BadNumber(lossy(tok));
-    let s = std::str::from_utf8(tok).map_err(|_| bad())?;
-    match s.parse::<f64>() {
+    match tok.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(bad()),
+        _ => Err(RowError::BadNumber(lossy(tok.as_bytes()))),
     }
 }
 
@@ -452,38 +454,38 @@ mod tests {
     #[test]
     fn points() {
         assert_eq!(
-            parse_point(b"POINT (14.5 50.1)").unwrap(),
+            parse_point("POINT (14.5 50.1)").unwrap(),
             Point::new(14.5, 50.1)
         );
         assert_eq!(
-            parse_point(b" point(  -1e1\t+2.5E0 ) ").unwrap(),
+            parse_point(" point(  -1e1\t+2.5E0 ) ").unwrap(),
             Point::new(-10.0, 2.5)
         );
-        assert_eq!(parse_point(b"POINT EMPTY"), Err(RowError::EmptyPoint));
-        assert_eq!(parse_point(b"POINT (1 2 3)"), Err(RowError::Arity(3)));
-        assert_eq!(parse_point(b"POINT (1)"), Err(RowError::Arity(1)));
+        assert_eq!(parse_point("POINT EMPTY"), Err(RowError::EmptyPoint));
+        assert_eq!(parse_point("POINT (1 2 3)"), Err(RowError::Arity(3)));
+        assert_eq!(parse_point("POINT (1)"), Err(RowError::Arity(1)));
         assert!(matches!(
-            parse_point(b"POINT (NaN 2)"),
+            parse_point("POINT (NaN 2)"),
             Err(RowError::BadNumber(_))
         ));
         assert!(matches!(
-            parse_point(b"POINT (inf 2)"),
+            parse_point("POINT (inf 2)"),
             Err(RowError::BadNumber(_))
         ));
         assert_eq!(
-            parse_point(b"POINT (180.5 2)"),
+            parse_point("POINT (180.5 2)"),
             Err(RowError::Longitude(180.5))
         );
         assert_eq!(
-            parse_point(b"POINT (1 -90.1)"),
+            parse_point("POINT (1 -90.1)"),
             Err(RowError::Latitude(-90.1))
         );
         assert!(matches!(
-            parse_point(b"LINESTRING (1 2, 3 4)"),
+            parse_point("LINESTRING (1 2, 3 4)"),
             Err(RowError::NotAPoint(_))
         ));
         assert!(matches!(
-            parse_point(b"POINT 1 2"),
+            parse_point("POINT 1 2"),
             Err(RowError::NotAPoint(_))
         ));
     }
@@ -554,8 +556,7 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_and_required() {
-        assert_eq!(parse_name(b"  Prague ").unwrap(), "Prague");
-        assert_eq!(parse_name(b"   "), Err(RowError::Empty));
-        assert_eq!(parse_name(b"\xff"), Err(RowError::NotUtf8));
+        assert_eq!(parse_name("  Prague ").unwrap(), "Prague");
+        assert_eq!(parse_name("   "), Err(RowError::Empty));
     }
 }
