@@ -65,7 +65,7 @@ pub trait Dictionary: Sync {
 
 /// The names a chunk has already resolved, looked up before the shared
 /// dictionary: a file has a handful of regions and datasources, and the
-/// dictionary's lock and hash on every row were ~8% of the loader's CPU
+/// dictionary's lock and hash on every row were ~7% of the loader's CPU
 /// samples (15M-row load). Bounded, so a file of endless distinct names only
 /// falls back to the dictionary.
 #[derive(Default)]
