@@ -270,6 +270,7 @@ mod tests {
             assert_eq!(&t[12..14], &source.to_be_bytes(), "row {i}");
         }
     }
+
     /// The chunk is checked for UTF-8 once: names with multi-byte characters,
     /// quoted and escaped ones, come out whole whether the chunk is all valid
     /// (one check) or holds a bad byte somewhere (each field checked, only the
@@ -298,7 +299,7 @@ mod tests {
             let header = crate::parse::parse_header(&buf).unwrap();
             let dims = crate::dims::Dims::in_memory();
             let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
-            assert_eq!(e.rows, 3, "bad byte at {bad:?}");
+            assert_eq!(e.rows, 3, "with a non-UTF-8 row: {bad}");
             for (t, (region, source)) in e.tuples.chunks(TUPLE_BYTES).zip(names) {
                 assert_eq!(&t[6..8], &dims.region_id(region).unwrap().to_be_bytes());
                 assert_eq!(
