@@ -240,6 +240,13 @@ pub struct LoadOptions {
     /// bounding-box queries get ~2x slower: each segment is its own set of rows.
     #[arg(long, default_value_t = crate::points_writer::SEGMENT_MIB, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub points_segment_mib: u64,
+    /// MiB of encoded trips that may wait in a temporary file in $TMPDIR
+    /// when parsing runs ahead of the database (about 0.8 MiB per MiB of
+    /// input), so that a file's cell points are written while its trips are
+    /// still being copied. 0 keeps the queue in memory only: parsing then
+    /// waits for the COPY and the cell points come after it (slower).
+    #[arg(long, env = "TRIPLOAD_BACKLOG_MIB", default_value_t = crate::backlog::DISK_MIB)]
+    pub backlog_mib: u64,
     /// TimescaleDB chunk interval, used when the hypertable is first created.
     #[arg(long, env = "TRIPLOAD_CHUNK_INTERVAL", default_value = "7 days")]
     pub chunk_interval: String,
@@ -279,6 +286,7 @@ impl LoadOptions {
             max_rejects: self.max_rejects,
             chunk_bytes: (self.chunk_mib as usize) << 20,
             points_segment_bytes: (self.points_segment_mib as usize) << 20,
+            backlog_bytes: self.backlog_mib << 20,
             processed_dir: self.processed_dir,
             failed_dir: self.failed_dir,
             chunk_interval: self.chunk_interval,

@@ -3,6 +3,7 @@
 //! file is archived. Any failure before COMMIT rolls the whole file back.
 
 use crate::archive::{self, RejectWriter};
+use crate::backlog;
 use crate::chunk::Chunker;
 use crate::db::{self, DbError};
 use crate::dims::{DimError, Dims};
@@ -38,6 +39,8 @@ pub struct LoadContext {
     pub grid: Option<crate::rollup::Grid>,
     /// Input bytes per segment of cell points (see [`points_writer`]).
     pub points_segment_bytes: usize,
+    /// Bytes of encoded trips that may wait on disk (see [`backlog`]).
+    pub backlog_bytes: u64,
 }
 
 impl LoadContext {
@@ -440,13 +443,37 @@ async fn load_inner(
         .map_err(|e| fail(classify(e, "COPY")))?;
 
     // Encoded chunks flow from the in-order stage (a blocking thread feeding
-    // the rayon pool) to this task through a small bounded channel.
+    // the rayon pool) through the backlog to a reader thread, then to this
+    // task through a small bounded channel. With cell points to write the
+    // backlog may spill to disk, so that parsing (and then the cell points)
+    // need not wait for the trips' COPY; see [`backlog`].
+    let disk = if writer.is_some() { ctx.backlog_bytes } else { 0 };
+    // A few chunks' worth in memory, as the bounded channel it replaces.
+    let (qtx, qrx) =
+        backlog::channel::<(u64, u64)>(4 * ctx.chunk_bytes, disk, std::env::temp_dir());
     let (btx, brx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let reader = {
+        let progress = Arc::clone(progress);
+        let label = name.to_string();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            // Progress counts what reaches the COPY, not what was parsed.
+            while let Some((buf, (bytes, rows))) = qrx.recv()? {
+                progress.advance(bytes, rows);
+                if btx.blocking_send(buf).is_err() {
+                    break;
+                }
+            }
+            tracing::debug!(
+                "{label}: backlog peak {} bytes on disk",
+                qrx.peak_on_disk()
+            );
+            Ok(())
+        })
+    };
     let stage = {
         let mapped = Arc::clone(&mapped);
         let header = Arc::clone(&header);
         let dims = Arc::clone(&ctx.dims);
-        let progress = Arc::clone(progress);
         let rejects = RejectWriter::new(&ctx.processed_dir_for(path), name);
         let (max_rejects, chunk_bytes, depth) = (ctx.max_rejects, ctx.chunk_bytes, ctx.depth);
         let grid = ctx.grid;
@@ -460,7 +487,6 @@ async fn load_inner(
                 mapped,
                 header,
                 dims,
-                progress,
                 rejects,
                 max_rejects,
                 chunk_bytes,
@@ -468,7 +494,7 @@ async fn load_inner(
                 file_id,
                 label,
                 grid,
-                out: btx,
+                out: qtx,
                 segments,
             })
         })
@@ -477,6 +503,15 @@ async fn load_inner(
     let stage = stage
         .await
         .map_err(|e| fail(Abort::Env(format!("encoding task failed: {e}"))))?;
+    // A reader that failed stopped the stage early, without an error of its own.
+    let reader_error = match reader.await {
+        Err(e) => Some(format!("the backlog reader failed: {e}")),
+        Ok(Err(e)) => Some(format!(
+            "cannot read back the encoded trips queued in {}: {e}",
+            std::env::temp_dir().display()
+        )),
+        Ok(Ok(())) => None,
+    };
     let mut done = match (stage, copy_error) {
         (Err(mut f), _) => {
             // The stage only saw that its segments were no longer taken.
@@ -495,6 +530,9 @@ async fn load_inner(
         rejected: done.rejected,
         rejects: Some(Box::new(done.rejects)),
     };
+    if let Some(msg) = reader_error {
+        return Err(fail_with(Abort::Env(msg), done));
+    }
     if let (Some(w), Some(last)) = (&mut writer, done.points.take()) {
         if !w.send(last).await {
             let abort = match w.failure().await {
@@ -581,7 +619,6 @@ struct EncodeStage {
     mapped: Arc<Mapped>,
     header: Arc<Header>,
     dims: Arc<Dims>,
-    progress: Arc<FileProgress>,
     rejects: RejectWriter,
     max_rejects: u64,
     chunk_bytes: usize,
@@ -589,7 +626,8 @@ struct EncodeStage {
     file_id: i32,
     label: String,
     grid: Option<crate::rollup::Grid>,
-    out: tokio::sync::mpsc::Sender<Bytes>,
+    /// Encoded trips with the input bytes and rows they stand for.
+    out: backlog::Sender<(u64, u64)>,
     /// Where full segments of cell points go, and their size in input bytes.
     segments: Option<(tokio::sync::mpsc::Sender<Spill>, usize)>,
 }
@@ -601,7 +639,6 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         mapped,
         header,
         dims,
-        progress,
         mut rejects,
         max_rejects,
         chunk_bytes,
@@ -644,6 +681,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
     let mut line_base = header.lines_before_data;
     let mut rows = 0u64;
     let mut abort: Option<Abort> = None;
+    let mut stopped = false;
     let work = {
         let mapped = Arc::clone(&mapped);
         let header = Arc::clone(&header);
@@ -709,14 +747,33 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         }
         line_base += enc.lines;
         rows += enc.rows;
-        progress.advance(enc.bytes as u64, enc.rows);
-        if out.blocking_send(Bytes::from(enc.tuples)).is_err() {
+        match out.send(Bytes::from(enc.tuples), (enc.bytes as u64, enc.rows)) {
+            Ok(true) => {}
             // The COPY side stopped; it reports why.
-            return false;
+            Ok(false) => {
+                stopped = true;
+                return false;
+            }
+            Err(e) => {
+                abort = Some(Abort::Env(format!(
+                    "cannot queue encoded trips in {} (set TMPDIR to a writable directory with room for about the file's size, or --backlog-mib 0): {e}",
+                    std::env::temp_dir().display()
+                )));
+                return false;
+            }
         }
         mapped.release(range);
         true
     });
+    // Parsing is done: the last segment of cell points goes to the writer
+    // now, while the trips may still be queued for the COPY.
+    if abort.is_none() && !stopped {
+        if let (Some((stx, _)), Some(p)) = (&segments, points.take()) {
+            if stx.blocking_send(p).is_err() {
+                abort = Some(Abort::Env("the cell points writer stopped".into()));
+            }
+        }
+    }
     let rejected = rejects.count;
     match abort {
         Some(abort) => Err(Failure {

@@ -9,6 +9,7 @@
 //! (`chunk`, `record`, `parse`, `encode`, `rollup`, `points`) takes bytes and returns values.
 
 pub mod archive;
+pub mod backlog;
 pub mod chunk;
 pub mod cli;
 pub mod copy;

@@ -128,6 +128,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         max_rejects: cfg.settings.max_rejects,
         chunk_bytes: cfg.settings.chunk_bytes,
         points_segment_bytes: cfg.settings.points_segment_bytes,
+        backlog_bytes: cfg.settings.backlog_bytes,
         depth: (rayon::current_num_threads() * 2).max(4),
         processed_dir: Some(
             cfg.settings
