@@ -277,7 +277,7 @@ mod tests {
             assert_eq!(m, seen);
             assert_eq!(b, buf(seen, 500 + (seen as usize * 7) % 1500));
             assert!(rx.on_disk() <= 20_000);
-            if seen % 97 == 0 {
+            if seen.is_multiple_of(97) {
                 thread::sleep(std::time::Duration::from_millis(1));
             }
             seen += 1;
@@ -293,7 +293,10 @@ mod tests {
         assert!(tx.send(buf(0, 1500), 0).unwrap());
         let producer = thread::spawn(move || tx.send(buf(1, 1500), 1).unwrap());
         thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!producer.is_finished(), "a full queue with no disk must block");
+        assert!(
+            !producer.is_finished(),
+            "a full queue with no disk must block"
+        );
         assert_eq!(rx.recv().unwrap().unwrap().1, 0);
         assert!(producer.join().unwrap());
         assert_eq!(rx.recv().unwrap().unwrap().1, 1);

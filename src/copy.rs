@@ -447,7 +447,11 @@ async fn load_inner(
     // task through a small bounded channel. With cell points to write the
     // backlog may spill to disk, so that parsing (and then the cell points)
     // need not wait for the trips' COPY; see [`backlog`].
-    let disk = if writer.is_some() { ctx.backlog_bytes } else { 0 };
+    let disk = if writer.is_some() {
+        ctx.backlog_bytes
+    } else {
+        0
+    };
     // A few chunks' worth in memory, as the bounded channel it replaces.
     let (qtx, qrx) =
         backlog::channel::<(u64, u64)>(4 * ctx.chunk_bytes, disk, std::env::temp_dir());
@@ -463,10 +467,7 @@ async fn load_inner(
                     break;
                 }
             }
-            tracing::debug!(
-                "{label}: backlog peak {} bytes on disk",
-                qrx.peak_on_disk()
-            );
+            tracing::debug!("{label}: backlog peak {} bytes on disk", qrx.peak_on_disk());
             Ok(())
         })
     };
