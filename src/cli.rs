@@ -254,6 +254,12 @@ pub struct LoadOptions {
     /// core fewer when it runs on this machine, leaving a core to its COPY).
     #[arg(long, env = "TRIPLOAD_THREADS")]
     pub threads: Option<usize>,
+    /// CPU priority (nice value, 0-19) of tripload when the database runs on
+    /// this machine: the server's COPY of the trips is what a load waits for,
+    /// and parsing and the cell points run ahead of it. 0 keeps normal
+    /// priority. Ignored for a remote database.
+    #[arg(long, env = "TRIPLOAD_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
     /// No progress output; only the summary table and errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -291,6 +297,7 @@ impl LoadOptions {
             failed_dir: self.failed_dir,
             chunk_interval: self.chunk_interval,
             threads: self.threads,
+            nice: self.nice,
             quiet: self.quiet,
             mail,
         })
