@@ -236,8 +236,8 @@ pub struct LoadOptions {
     pub chunk_mib: u64,
     /// Cell points are written by a second connection, one segment of this
     /// many MiB of input at a time (the temporary spill in $TMPDIR holds about
-    /// half a segment's size). 256 loads a 15M-row file ~12% faster, but
-    /// bounding-box queries get ~2x slower: each segment is its own set of rows.
+    /// half a segment's size). Each segment is its own set of rows, so
+    /// smaller segments make bounding-box queries slower (~2x at 256).
     #[arg(long, default_value_t = crate::points_writer::SEGMENT_MIB, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub points_segment_mib: u64,
     /// MiB of encoded trips that may wait in a temporary file in $TMPDIR

@@ -4,7 +4,9 @@
 //! The pipeline, one module per stage:
 //! [`discover`] → [`map`] → [`chunk`] → [`record`]/[`parse`] → [`encode`]
 //! (on the rayon pool, in order via [`ordered`], with the [`rollup`]s and the
-//! [`points`] of each chunk) → [`copy`] (one transaction, with the [`ledger`]) → [`archive`] → [`report`]. [`load`] runs it for many
+//! [`points`] of each chunk) → [`backlog`] → [`copy`] (one transaction, with
+//! the [`ledger`]; the cell points through [`points_writer`]) → [`archive`] →
+//! [`report`]. [`load`] runs it for many
 //! files; [`db`] and [`embedded`] provide the database. The pure core
 //! (`chunk`, `record`, `parse`, `encode`, `rollup`, `points`) takes bytes and returns values.
 

@@ -88,7 +88,11 @@ fn lower_priority(nice: i32) {
         }
     };
     for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::id_t>().ok()) else {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
             continue;
         };
         // On Linux PRIO_PROCESS with a thread id sets that thread alone.

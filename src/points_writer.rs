@@ -1,7 +1,9 @@
 //! The second connection that writes a file's cell points, in segments of
 //! the file (`--points-segment-mib`), each segment its own COPY. With the
 //! default (4 GiB) a product-sized file is one segment, written once its last
-//! chunk is parsed while the file's own backend finishes the trips; smaller
+//! chunk is parsed: parsing runs ahead of the trips' COPY (see
+//! [`crate::backlog`]), so this happens while the file's own backend is still
+//! copying the trips; smaller
 //! segments overlap more of the trips' COPY but multiply the (cell, week)
 //! fragments that a bounding-box query reads (see [`SEGMENT_MIB`]). Segments
 //! keep the temporary spill bounded for files larger than that.
@@ -40,8 +42,8 @@ pub const LOCK_CLASS: i32 = 29810;
 /// (p50), against 134–185 ms with one piece per file. Segments do load
 /// faster (15M rows, `benches/compare.sh`: 16.7 s in 256 MiB segments, 19.1 s
 /// in one piece, 13.7 s without rollups); the query targets (a box under
-/// 200 ms at 100M trips) decide the default, and `--points-segment-mib 256`
-/// is there for loads that matter more than box queries.
+/// 200 ms at 100M trips) decide the default. (Those load figures predate the
+/// backlog, which now overlaps a single segment with the trips' COPY.)
 pub const SEGMENT_MIB: u64 = 4096;
 
 /// Why writing cell points failed.
