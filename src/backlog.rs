@@ -49,6 +49,8 @@ struct State<M> {
     end: u64,
     file: Option<Arc<File>>,
     producer_gone: bool,
+    /// The producer gave up: what is queued is not to be read.
+    cancelled: bool,
     consumer_gone: bool,
 }
 
@@ -92,6 +94,7 @@ pub fn channel<M>(memory_limit: usize, disk_limit: u64, dir: PathBuf) -> (Sender
             end: 0,
             file: None,
             producer_gone: false,
+            cancelled: false,
             consumer_gone: false,
         }),
         changed: Condvar::new(),
@@ -159,6 +162,21 @@ impl<M> Sender<M> {
     }
 }
 
+impl<M> Sender<M> {
+    /// Drops what is queued and ends the stream at once: a file that failed
+    /// need not have its backlog copied before it is rolled back.
+    pub fn cancel(self) {
+        let mut st = self.shared.lock();
+        st.cancelled = true;
+        st.memory.clear();
+        st.memory_bytes = 0;
+        st.disk.clear();
+        st.disk_bytes = 0;
+        drop(st);
+        self.shared.changed.notify_all();
+    }
+}
+
 impl<M> Drop for Sender<M> {
     fn drop(&mut self) {
         self.shared.lock().producer_gone = true;
@@ -173,6 +191,9 @@ impl<M> Receiver<M> {
         let s = &*self.shared;
         let mut st = s.lock();
         loop {
+            if st.cancelled {
+                return Ok(None);
+            }
             if let Some(q) = st.memory.pop_front() {
                 st.memory_bytes -= q.bytes.len();
                 s.changed.notify_all();
@@ -303,6 +324,20 @@ mod tests {
         assert!(rx.recv().unwrap().is_none());
         // Nothing ever went to disk: no file was created.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_cancelled_queue_ends_without_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = channel::<u32>(1000, 1 << 20, dir.path().to_path_buf());
+        for i in 0..50 {
+            assert!(tx.send(buf(i, 500), i).unwrap());
+        }
+        assert!(rx.on_disk() > 0);
+        assert_eq!(rx.recv().unwrap().unwrap().1, 0);
+        tx.cancel();
+        assert!(rx.recv().unwrap().is_none());
+        assert_eq!(rx.on_disk(), 0);
     }
 
     #[test]

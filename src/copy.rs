@@ -777,11 +777,15 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
     }
     let rejected = rejects.count;
     match abort {
-        Some(abort) => Err(Failure {
-            abort,
-            rejected,
-            rejects: Some(Box::new(rejects)),
-        }),
+        Some(abort) => {
+            // The file fails: its backlog is not worth copying first.
+            out.cancel();
+            Err(Failure {
+                abort,
+                rejected,
+                rejects: Some(Box::new(rejects)),
+            })
+        }
         None => Ok(Committed {
             rows,
             rejected,
