@@ -124,7 +124,6 @@ struct Committed {
     rejected: u64,
     rejects: RejectWriter,
     rollup: Option<Rollup>,
-    points: Option<Spill>,
 }
 
 async fn copy_text(
@@ -534,15 +533,6 @@ async fn load_inner(
     if let Some(msg) = reader_error {
         return Err(fail_with(Abort::Env(msg), done));
     }
-    if let (Some(w), Some(last)) = (&mut writer, done.points.take()) {
-        if !w.send(last).await {
-            let abort = match w.failure().await {
-                Some(e) => e.into(),
-                None => Abort::Env("the cell points writer stopped".into()),
-            };
-            return Err(fail_with(abort, done));
-        }
-    }
     if let Err(e) = sink.send(Bytes::from_static(COPY_TRAILER)).await {
         return Err(fail_with(classify(e, "COPY"), done));
     }
@@ -791,7 +781,6 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
             rejected,
             rejects,
             rollup,
-            points,
         }),
     }
 }

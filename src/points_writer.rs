@@ -66,7 +66,7 @@ fn db_err(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> WriteErro
 }
 
 /// A file's cell points writer: segments go in through [`Writer::segments`]
-/// or [`Writer::send`]; [`Writer::finish`] says whether all of them were
+/// (the encoding stage sends the last one when parsing ends); [`Writer::finish`] says whether all of them were
 /// written and returns the file's trips by cell and week, counted from the
 /// sorted points (the file's transaction writes those to `rollup_cell_week`).
 /// Dropped unfinished, it stops at once (its connection closes, so the
@@ -115,14 +115,6 @@ impl Writer {
     /// is two segments behind).
     pub fn segments(&self) -> Option<mpsc::Sender<Spill>> {
         self.segments.clone()
-    }
-
-    /// Queues the last segment.
-    pub async fn send(&self, spill: Spill) -> bool {
-        match &self.segments {
-            Some(tx) => tx.send(spill).await.is_ok(),
-            None => false,
-        }
     }
 
     /// Why the writer stopped, if it already has (the encoding stage only
