@@ -310,6 +310,11 @@ const LATER: &[Migration] = &[
         name: "cell points written beside the file's transaction",
         sql: include_str!("../sql/008_cell_points_pending.sql"),
     },
+    Migration {
+        version: 9,
+        name: "cell points as order-preserving keys",
+        sql: include_str!("../sql/009_cell_points_keys.sql"),
+    },
 ];
 /// Query functions: replaced on every migrate, so they follow the binary.
 const FUNCTIONS: &str = include_str!("../sql/005_queries.sql");

@@ -1,22 +1,26 @@
 //! Cell points: the exact coordinates of every trip's origin and destination,
-//! grouped by (side, cell) and week into sorted `float8[]` arrays and written
-//! in the file's transaction to `rollup_cell_points`.
+//! grouped by (side, cell) and week into sorted runs of order-preserving
+//! 8-byte keys ([`key`]) and written to `rollup_cell_points`.
 //!
 //! Why: a bounding box sums the cells wholly inside it from `rollup_cell_week`,
 //! but the cells its edge crosses need each trip's coordinates. Reading those
 //! trips from `trips` costs a scan (or a GiST index that is slow to build and
 //! still reads ~1.5M rows for a city-district box at 100M trips). Here a cut
-//! cell is two binary searches (`width_bucket`) over at most
-//! [`MAX_PER_ROW`] sorted values in one heap row.
+//! cell is two binary searches over at most [`MAX_PER_ROW`] sorted keys in
+//! one heap row (`cell_point_keys_le`/`_lt` in `sql/005_queries.sql`).
 //!
 //! Each row holds up to [`MAX_PER_ROW`] points of one (side, cell) in week
-//! segments (`weeks`, `ends`); within a segment `lons` ascend and
-//! `lats_sorted` ascend (for cells cut by a horizontal edge), and the byte
-//! `lat_pos[i]` is the 0-based position in `lats_sorted` of the latitude that
-//! pairs with `lons[i]` (for the corner cells). A byte instead of a third
-//! float8 array: the server decodes a binary array element by element (a
-//! function call each), but copies a `bytea` whole: ~30% less server time for
-//! the cell points (0.43 s instead of 0.6 s for a 2M-row file).
+//! segments (`weeks`, `ends`); within a segment the keys of `lons` ascend and
+//! those of `lats_sorted` ascend (for cells cut by a horizontal edge), and the
+//! byte `lat_pos[i]` is the 0-based position in `lats_sorted` of the latitude
+//! that pairs with the `i`-th longitude (for the corner cells).
+//!
+//! Why keys in a `bytea` rather than `float8[]`: the server decodes a binary
+//! array element by element (a function call per float, 60M per 15M-row
+//! file) but copies a `bytea` whole. The server's own COPY of one 15M-row
+//! file's cell points took 2.5–2.8 s of backend CPU as `float8[]` and
+//! 1.4–1.6 s as keys (docs/benchmarks.md), and the keys compare with
+//! `memcmp` exactly as the floats do.
 //!
 //! A file's points (32 bytes each, two per trip) are kept in memory for small
 //! files; otherwise they are spilled to anonymous temporary files (in `TMPDIR`),
@@ -44,7 +48,7 @@ pub struct Pt {
 /// Bytes of a spilled [`Pt`].
 const PT_BYTES: usize = 32;
 
-/// Points per row: two arrays of 140 float8, 140 position bytes and a week
+/// Points per row: two runs of 140 keys, 140 position bytes and a week
 /// index of ~14 weeks make a row of about 2.6 KB, three to a page (150 would
 /// fit two, wasting a third of each page). The table's `toast_tuple_target`
 /// (8160) keeps such rows inline, so a query reads the arrays from the heap
@@ -52,6 +56,8 @@ const PT_BYTES: usize = 32;
 /// and a bounding box's edge band is ~2x fewer rows and week segments than at
 /// the default 2 KB limit (64 points). A row of sparse data, one week per
 /// point, is at most ~3.8 KB: still inline. At most 256, for `lat_pos`.
+/// The queries' binary searches are unrolled for this many keys
+/// (`sql/005_queries.sql`; a unit test keeps the two equal).
 pub const MAX_PER_ROW: usize = 140;
 
 /// Columns of the binary COPY rows, in order.
@@ -60,9 +66,22 @@ pub const COPY_COLUMNS: &str = "file_id, side, ix, iy, weeks, ends, lons, lats_s
 /// Memory for one partition; a file's spill is cut into as many as needed.
 pub const PARTITION_BYTES: u64 = 64 << 20;
 
-/// PostgreSQL's type oids of the arrays' element types.
-const FLOAT8_OID: i32 = 701;
+/// PostgreSQL's type oid of the `weeks` and `ends` arrays' elements.
 const INT4_OID: i32 = 23;
+
+/// The 8-byte key of a coordinate: its bits, big-endian, with the sign bit
+/// set for non-negative values and every bit flipped for negative ones, so
+/// that keys compare bytewise (`memcmp`, PostgreSQL's `bytea` order) exactly
+/// as the floats compare numerically. `-0.0` takes the key of `0.0` (they
+/// are equal numbers; a box edge at 0 includes both). NaN never gets here
+/// (parsing rejects it). `cell_point_key` in `sql/006_cell_points.sql` is the
+/// same function in SQL.
+pub fn key(x: f64) -> [u8; 8] {
+    // -0.0 + 0.0 is +0.0.
+    let b = (x + 0.0).to_bits();
+    let k = if b >> 63 == 1 { !b } else { b | (1 << 63) };
+    k.to_be_bytes()
+}
 
 impl Pt {
     const ZERO: Pt = Pt {
@@ -217,18 +236,11 @@ fn put_i32(out: &mut Vec<u8>, v: i32) {
     out.extend_from_slice(&v.to_be_bytes());
 }
 
-/// A one-dimensional float8[] in PostgreSQL's binary array format.
-fn put_array(out: &mut Vec<u8>, vals: impl ExactSizeIterator<Item = f64>) {
-    let n = vals.len() as i32;
-    put_i32(out, 20 + n * 12); // field length
-    put_i32(out, 1); // dimensions
-    put_i32(out, 0); // no nulls
-    put_i32(out, FLOAT8_OID);
-    put_i32(out, n);
-    put_i32(out, 1); // lower bound
+/// A `bytea` of the coordinates' [`key`]s, in order.
+fn put_keys(out: &mut Vec<u8>, vals: impl ExactSizeIterator<Item = f64>) {
+    put_i32(out, vals.len() as i32 * 8);
     for v in vals {
-        put_i32(out, 8);
-        out.extend_from_slice(&v.to_be_bytes());
+        out.extend_from_slice(&key(v));
     }
 }
 
@@ -293,8 +305,8 @@ pub fn encode_rows(file_id: i32, pts: &[Pt], out: &mut Vec<u8>) -> u64 {
             }
             put_int_array(out, &weeks);
             put_int_array(out, &ends);
-            put_array(out, piece.iter().map(|q| q.lon));
-            put_array(out, order.iter().map(|&i| piece[i as usize].lat));
+            put_keys(out, piece.iter().map(|q| q.lon));
+            put_keys(out, order.iter().map(|&i| piece[i as usize].lat));
             put_i32(out, piece.len() as i32);
             out.extend_from_slice(&pos[..piece.len()]);
             rows += 1;
@@ -430,12 +442,11 @@ mod tests {
             (0..n).map(|_| int(b)).collect::<Vec<_>>()
         };
         let floats = |b: &mut &[u8]| {
-            let n = header(b, 701, 8);
-            (0..n)
-                .map(|_| {
-                    assert_eq!(i32_(b), 8);
-                    f64::from_be_bytes(take(b, 8).try_into().unwrap())
-                })
+            let len = i32_(b) as usize;
+            assert_eq!(len % 8, 0);
+            take(b, len)
+                .chunks(8)
+                .map(|k| from_key(k.try_into().unwrap()))
                 .collect::<Vec<_>>()
         };
         let mut rows = Vec::new();
@@ -460,6 +471,58 @@ mod tests {
             ));
         }
         rows
+    }
+
+    #[test]
+    fn the_sql_searches_cover_a_full_row() {
+        let sql = include_str!("../sql/005_queries.sql");
+        assert!(sql.contains(&format!("cell_point_search(op, -1, 128, {MAX_PER_ROW})")));
+    }
+
+    /// The inverse of [`key`] (`-0.0` comes back as `0.0`).
+    fn from_key(k: [u8; 8]) -> f64 {
+        let k = u64::from_be_bytes(k);
+        f64::from_bits(if k >> 63 == 1 { k ^ (1 << 63) } else { !k })
+    }
+
+    #[test]
+    fn keys_compare_as_the_floats_do() {
+        let mut vals = vec![
+            -180.0,
+            -14.5,
+            -1e-300,
+            -f64::MIN_POSITIVE / 4.0,
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE / 4.0,
+            1e-300,
+            0.01,
+            14.497_379_443_819_5,
+            f64::from_bits(14.497_379_443_819_5_f64.to_bits() + 1),
+            50.0,
+            180.0,
+        ];
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..2000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let v = f64::from_bits(rng);
+            if v.is_finite() {
+                vals.push(v);
+            }
+        }
+        for &a in &vals {
+            assert_eq!(from_key(key(a)), a + 0.0);
+            for &b in &vals[..13] {
+                assert_eq!(
+                    key(a).cmp(&key(b)),
+                    a.partial_cmp(&b).unwrap(),
+                    "{a} vs {b}"
+                );
+            }
+        }
+        assert_eq!(key(-0.0), key(0.0));
     }
 
     #[test]

@@ -208,7 +208,8 @@ fn the_two_questions_on_the_sample() {
 const POINTS: &str = "SELECT p.file_id, p.side, p.ix, p.iy, u.w AS week, q.x, q.y
     FROM rollup_cell_points p, unnest(p.weeks, p.ends) WITH ORDINALITY AS u(w, e, k),
          generate_series(coalesce(p.ends[u.k - 1], 0) + 1, u.e) AS i,
-         LATERAL (SELECT p.lons[i] AS x, p.lats_sorted[get_byte(p.lat_pos, i - 1) + 1] AS y) q";
+         LATERAL (SELECT cell_point_coord(substring(p.lons FROM (i - 1) * 8 + 1 FOR 8)) AS x,
+                         cell_point_coord(substring(p.lats_sorted FROM get_byte(p.lat_pos, i - 1) * 8 + 1 FOR 8)) AS y) q";
 
 /// Rollups summed over files, in a canonical order.
 fn rollup_state(db: &TestDb) -> Vec<String> {
@@ -310,6 +311,32 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(rows(&db2), loaded);
     check_cell_points(&db2);
+
+    // One with the coordinates as float8[] (before they were keys):
+    // migration 9 converts it in place, row for row.
+    let floats = |col: &str| {
+        format!(
+            "ARRAY(SELECT cell_point_coord(substring({col} FROM (i - 1) * 8 + 1 FOR 8))
+                   FROM generate_series(1, length({col}) / 8) i ORDER BY i)"
+        )
+    };
+    db2.query(&format!(
+        "CREATE TABLE old_points AS SELECT file_id, side, ix, iy, weeks, ends,
+                {} AS lons, {} AS lats_sorted, lat_pos FROM rollup_cell_points",
+        floats("lons"),
+        floats("lats_sorted")
+    ));
+    db2.query("DROP TABLE rollup_cell_points");
+    db2.query("ALTER TABLE old_points RENAME TO rollup_cell_points");
+    assert_eq!(
+        db2.count("SELECT count(*) FROM pg_attribute WHERE attrelid = 'rollup_cell_points'::regclass AND atttypid = 'float8[]'::regtype"),
+        2
+    );
+    db2.query("DELETE FROM tripload_schema WHERE version = 9");
+    let out = tripload(&w2, &db2, &["db", "migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rows(&db2), loaded);
+    check_cell_points(&db2);
 }
 
 /// rollup_cell_week holds, per file, one row per (side, cell) whose counts
@@ -343,7 +370,7 @@ fn check_cell_points(db: &TestDb) {
                       FROM trips t, LATERAL (VALUES ('o'::\"char\", t.origin), ('d'::\"char\", t.destination)) AS s(side, p)";
     let from_points = POINTS;
     assert_eq!(
-        db.count("SELECT count(*) FROM rollup_cell_points, unnest(lons)"),
+        db.count("SELECT sum(length(lons) / 8)::bigint FROM rollup_cell_points"),
         2 * db.trips()
     );
     assert_eq!(
@@ -359,22 +386,25 @@ fn check_cell_points(db: &TestDb) {
         0
     );
     // Rows as the query functions need them: at most points::MAX_PER_ROW points, weeks and
-    // segment ends ascending, each segment's lons and lats_sorted ascending,
-    // lat_pos a permutation of the segment's positions (so the pairs above
-    // use every latitude of the segment once).
+    // segment ends ascending, each segment's keys of lons and lats_sorted
+    // ascending, lat_pos a permutation of the segment's positions (so the
+    // pairs above use every latitude of the segment once).
     assert_eq!(
         db.count(
             &"SELECT count(*) FROM rollup_cell_points p
-             WHERE cardinality(lons) NOT BETWEEN 1 AND {max}
-                OR length(lat_pos) <> cardinality(lons) OR cardinality(lats_sorted) <> cardinality(lons)
-                OR cardinality(weeks) <> cardinality(ends) OR ends[cardinality(ends)] <> cardinality(lons)
+             WHERE length(lons) NOT BETWEEN 8 AND 8 * {max} OR length(lons) % 8 <> 0
+                OR 8 * length(lat_pos) <> length(lons) OR length(lats_sorted) <> length(lons)
+                OR cardinality(weeks) <> cardinality(ends) OR 8 * ends[cardinality(ends)] <> length(lons)
                 OR weeks <> ARRAY(SELECT DISTINCT v FROM unnest(weeks) v ORDER BY v)
                 OR ends <> ARRAY(SELECT DISTINCT v FROM unnest(ends) v ORDER BY v)
                 OR EXISTS (SELECT 1 FROM unnest(p.ends) WITH ORDINALITY AS u(e, k),
+                           LATERAL (SELECT coalesce(p.ends[u.k - 1], 0) + 1 AS a) s,
+                           generate_series(s.a, u.e - 1) i
+                           WHERE substring(p.lons FROM (i - 1) * 8 + 1 FOR 8) > substring(p.lons FROM i * 8 + 1 FOR 8)
+                              OR substring(p.lats_sorted FROM (i - 1) * 8 + 1 FOR 8) > substring(p.lats_sorted FROM i * 8 + 1 FOR 8))
+                OR EXISTS (SELECT 1 FROM unnest(p.ends) WITH ORDINALITY AS u(e, k),
                            LATERAL (SELECT coalesce(p.ends[u.k - 1], 0) + 1 AS a) s
-                           WHERE p.lons[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lons[s.a:u.e]) v ORDER BY v)
-                              OR p.lats_sorted[s.a:u.e] <> ARRAY(SELECT v FROM unnest(p.lats_sorted[s.a:u.e]) v ORDER BY v)
-                              OR ARRAY(SELECT get_byte(p.lat_pos, i - 1) + 1 FROM generate_series(s.a, u.e) i ORDER BY 1)
+                           WHERE ARRAY(SELECT get_byte(p.lat_pos, i - 1) + 1 FROM generate_series(s.a, u.e) i ORDER BY 1)
                                  <> ARRAY(SELECT generate_series(s.a, u.e)))"
                 .replace("{max}", &tripload::points::MAX_PER_ROW.to_string())
         ),
@@ -455,11 +485,11 @@ fn cell_points_of_a_file_spilled_to_disk_are_complete() {
     check_cell_points(&db);
     check_bbox(&db, [14.37, 50.0, 14.52, 50.13], None, None);
     // Full rows exist, and every row stayed inline (nothing in TOAST): the
-    // query reads the arrays from the heap row.
+    // query reads the keys from the heap row.
     assert!(
         db.count(&format!(
-            "SELECT count(*) FROM rollup_cell_points WHERE cardinality(lons) = {}",
-            tripload::points::MAX_PER_ROW
+            "SELECT count(*) FROM rollup_cell_points WHERE length(lons) = {}",
+            8 * tripload::points::MAX_PER_ROW
         )) > 0
     );
     assert_eq!(
