@@ -12,7 +12,10 @@
 # 4. writes everything as Markdown to docs/scale-100m.md (OUT_MD to change).
 # Env: WORK (default bench-out/scale), KEEP_CSV=1 keeps the generated files,
 # REPEATS (default 7) / BRUTE_REPEATS (default 3), RANDOM_BOXES (default 15),
-# SPATIAL=0 skips the GiST phase.
+# SPATIAL=0 skips the GiST phase. QUERIES_ONLY=1 reuses the database a
+# previous run left in $WORK/pg (no generation, no load) and appends a rerun of
+# the query tables to $OUT_MD: for measuring a change to the query functions
+# without reloading 100M rows (the functions follow the binary: `db migrate`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-100000000}
@@ -23,16 +26,29 @@ BRUTE_REPEATS=${BRUTE_REPEATS:-3}
 SPATIAL=${SPATIAL:-1}
 RANDOM_BOXES=${RANDOM_BOXES:-15}
 OUT_MD=${OUT_MD:-docs/scale-100m.md}
+QUERIES_ONLY=${QUERIES_ONLY:-0}
 mkdir -p "$WORK/landing"
 chmod 755 "$WORK" "$(dirname "$WORK")"
 source benches/common.sh
 bench_build
 export TRIPLOAD_PG_DIR="$PWD/$WORK/pg"
-"$TL" db stop >/dev/null 2>&1 || true
-rm -rf "$TRIPLOAD_PG_DIR" "$WORK/processed" "$WORK/failed"
+if [ "$QUERIES_ONLY" = 1 ]; then
+  [ -d "$TRIPLOAD_PG_DIR" ] || { echo "QUERIES_ONLY=1 needs the database of an earlier run in $TRIPLOAD_PG_DIR" >&2; exit 1; }
+else
+  "$TL" db stop >/dev/null 2>&1 || true
+  rm -rf "$TRIPLOAD_PG_DIR" "$WORK/processed" "$WORK/failed"
+fi
 bench_db
 md() { echo "$@" >>"$OUT_MD.tmp"; }
 : >"$OUT_MD.tmp"
+if [ "$QUERIES_ONLY" = 1 ]; then
+  ROWS=$(psql_ -c "SELECT count(*) FROM trips")
+  md
+  md "## Rerun of the queries on $(date -u +%Y-%m-%d) (\`QUERIES_ONLY=1\`, same database, build $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sql src || echo ' with uncommitted changes'))"
+  md
+  md "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')). GiST indexes present: $(psql_ -c "SELECT CASE WHEN to_regclass('trips_origin_gist') IS NULL THEN 'no' ELSE 'yes' END")."
+  md
+else
 
 # 1. Generate (two files at a time: one per core).
 n=$(( (ROWS + PER - 1) / PER ))
@@ -96,6 +112,7 @@ psql_ -F ' | ' -c "SELECT '| ' || x.name, pg_size_pretty(x.bytes) || ' |' FROM (
   ('rollup_cell_week', pg_total_relation_size('rollup_cell_week')),
   ('rollup_cell_points', pg_total_relation_size('rollup_cell_points'))) AS x(name, bytes)" | sed 's/$//' >>"$OUT_MD.tmp"
 md
+fi
 
 # 3. Query latency, side by side with brute force, and equality of the answers.
 time_query() {
@@ -163,9 +180,18 @@ queries() {
   md "| question 2: regions of cheap_mobile | $(time_query "$REPEATS" "$q2") | $(time_query "$BRUTE_REPEATS" "$b2") | $s2 |"
   md
 }
+if [ "$QUERIES_ONLY" = 1 ]; then
+  md "Client-measured milliseconds (psql \`\\timing\`, a new session per query), ours over $REPEATS runs (bounding boxes $BRUTE_REPEATS), brute force over $BRUTE_REPEATS runs, alternating, on $ROWS trips."
+  md
+  queries
+  cat "$OUT_MD.tmp" >>"$OUT_MD"
+  rm "$OUT_MD.tmp"
+  cat "$OUT_MD"
+  exit 0
+fi
 md "## Query latency on $ROWS rows"
 md
-md "Client-measured milliseconds (psql \`\\timing\`), ours over $REPEATS runs (bounding boxes $BRUTE_REPEATS), brute force over $BRUTE_REPEATS runs, alternating in one session of the same server. *Same answer* compares every non-empty week of ours with the brute-force \`GROUP BY\` (and the two questions' rows)."
+md "Client-measured milliseconds (psql \`\\timing\`), ours over $REPEATS runs (bounding boxes $BRUTE_REPEATS), brute force over $BRUTE_REPEATS runs, alternating, a new psql session per query, on the same server. *Same answer* compares every non-empty week of ours with the brute-force \`GROUP BY\` (and the two questions' rows)."
 md
 md "### As loaded (no spatial index)"
 md

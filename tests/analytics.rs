@@ -470,6 +470,93 @@ fn box_edges_through_repeated_points_count_each_trip_once() {
     }
 }
 
+/// The edge band is one cell wide on each side (cells from floor(x0 / g) + 1
+/// to floor(x1 / g) - 1 count as wholly inside), argued from the rounding
+/// being monotonic rather than kept safe by a margin. Points on grid lines and
+/// one ulp either side, in boxes whose edges are those grid lines (and one ulp
+/// either side), where x / g rounds both below and above the integer.
+#[test]
+fn box_edges_on_grid_lines_count_exactly() {
+    let up = |v: f64| f64::from_bits(v.to_bits() + 1);
+    let down = |v: f64| f64::from_bits(v.to_bits() - 1);
+    let g = 0.01_f64;
+    // Grid lines near Prague written as decimals, as a user would type them;
+    // keep some whose quotient by g rounds below the integer and some above.
+    let line = |k: i64| {
+        format!("{}.{:02}", k / 100, k % 100)
+            .parse::<f64>()
+            .unwrap()
+    };
+    let mut below = (1430..1460).map(line).filter(|&v| v / g < (v / g).round());
+    let mut above = (1430..1460).map(line).filter(|&v| v / g > (v / g).round());
+    let mut exact = (1430..1460).map(line).filter(|&v| v / g == (v / g).round());
+    let mut xs: Vec<f64> = Vec::new();
+    xs.extend(below.next());
+    xs.extend(above.next());
+    xs.extend(exact.next());
+    assert!(
+        xs.len() >= 2,
+        "no grid lines on both sides of rounding: {xs:?}"
+    );
+    let ys: Vec<f64> = (5000..5030)
+        .map(line)
+        .filter(|&v| v / g != (v / g).round())
+        .take(2)
+        .chain([50.05])
+        .collect();
+    let mut csv = String::from("region,origin_coord,destination_coord,datetime,datasource\n");
+    let mut n = 0;
+    for &x in &xs {
+        for &y in &ys {
+            for (px, py) in [
+                (x, y),
+                (down(x), y),
+                (up(x), y),
+                (x, down(y)),
+                (x, up(y)),
+                (x + 0.004, y - 0.003),
+                (x - 0.006, y + 0.002),
+            ] {
+                n += 1;
+                csv.push_str(&format!(
+                    "Prague,POINT ({px:?} {py:?}),POINT ({px:?} {py:?}),2018-05-{:02} 10:00:00,funny_car\n",
+                    7 + (n % 3) * 7
+                ));
+            }
+        }
+    }
+    let db = fresh_db();
+    let w = Work::new();
+    load(
+        &w,
+        &db,
+        &[
+            ("grid.csv", csv.into_bytes()),
+            ("g.csv", tripload::gen::trips_csv(3_000, 6)),
+        ],
+    );
+    check_cell_weeks(&db);
+    let mut boxes = Vec::new();
+    for &x in &xs {
+        for &y in &ys {
+            for ex in [x, down(x), up(x)] {
+                for ey in [y, down(y), up(y)] {
+                    boxes.push([ex, ey, ex + 0.02, ey + 0.02]); // low edges on the lines
+                    boxes.push([ex - 0.02, ey - 0.02, ex, ey]); // high edges on them
+                    boxes.push([ex - 0.01, ey - 0.01, ex, ey]); // one cell wide
+                    boxes.push([ex, ey, ex, ey]); // a point
+                }
+            }
+        }
+    }
+    let lo = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    boxes.push([lo(&xs), lo(&ys), hi(&xs), hi(&ys)]);
+    for b in boxes {
+        check_bbox(&db, b, None, None);
+    }
+}
+
 /// A file larger than one spill partition: its points go through temporary
 /// files on disk and come back complete.
 #[test]
