@@ -207,18 +207,18 @@ BEGIN
         seg AS (
             SELECT u.w, coalesce(u.ends[u.k - 1], 0) + 1 AS a, u.e, u.lons, u.lats_sorted, u.lat_pos, u.kind
             FROM (
-            SELECT unnest(p.weeks) AS w, unnest(p.ends) AS e, generate_series(1, cardinality(p.weeks)) AS k,
-                   p.ends, p.lons, p.lats_sorted, p.lat_pos,
-                   CASE WHEN p.iy BETWEEN in_y0 AND in_y1 THEN 1 WHEN p.ix BETWEEN in_x0 AND in_x1 THEN 2 ELSE 3 END AS kind
-            FROM rollup_cell_points p
-            WHERE p.side = s
-              -- Cell points commit before their file does (src/points_writer.rs):
-              -- they count once the file's ledger row is visible.
-              AND EXISTS (SELECT 1 FROM load_files f WHERE f.file_id = p.file_id)
-              AND ((p.ix BETWEEN cx0 AND sx0 - 1 AND p.iy BETWEEN cy0 AND cy1)
-                OR (p.ix BETWEEN sx1 + 1 AND cx1 AND p.iy BETWEEN cy0 AND cy1)
-                OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN cy0 AND in_y0 - 1)
-                OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN in_y1 + 1 AND cy1))
+                SELECT unnest(p.weeks) AS w, unnest(p.ends) AS e, generate_series(1, cardinality(p.weeks)) AS k,
+                       p.ends, p.lons, p.lats_sorted, p.lat_pos,
+                       CASE WHEN p.iy BETWEEN in_y0 AND in_y1 THEN 1 WHEN p.ix BETWEEN in_x0 AND in_x1 THEN 2 ELSE 3 END AS kind
+                FROM rollup_cell_points p
+                WHERE p.side = s
+                  -- Cell points commit before their file does (src/points_writer.rs):
+                  -- they count once the file's ledger row is visible.
+                  AND EXISTS (SELECT 1 FROM load_files f WHERE f.file_id = p.file_id)
+                  AND ((p.ix BETWEEN cx0 AND sx0 - 1 AND p.iy BETWEEN cy0 AND cy1)
+                    OR (p.ix BETWEEN sx1 + 1 AND cx1 AND p.iy BETWEEN cy0 AND cy1)
+                    OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN cy0 AND in_y0 - 1)
+                    OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN in_y1 + 1 AND cy1))
             ) u
             WHERE u.w BETWEEN wi0 AND wi1
             OFFSET 0
