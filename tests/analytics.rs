@@ -54,6 +54,15 @@ fn in_box(col: &str, b: [f64; 4]) -> String {
     )
 }
 
+/// The next float up / down (positive coordinates only: the tests' points).
+fn next_up(v: f64) -> f64 {
+    f64::from_bits(v.to_bits() + 1)
+}
+
+fn next_down(v: f64) -> f64 {
+    f64::from_bits(v.to_bits() - 1)
+}
+
 fn check_bbox(db: &TestDb, b: [f64; 4], from: Option<&str>, to: Option<&str>) {
     let lit = |d: Option<&str>| d.map(|d| format!("date '{d}'")).unwrap_or("NULL".into());
     for by in ["origin", "destination", "both"] {
@@ -417,19 +426,17 @@ fn check_cell_points(db: &TestDb) {
 #[test]
 fn box_edges_through_repeated_points_count_each_trip_once() {
     let (x, y) = (14.437_812_345_678_9_f64, 50.075_512_345_678_9_f64);
-    let up = |v: f64| f64::from_bits(v.to_bits() + 1);
-    let down = |v: f64| f64::from_bits(v.to_bits() - 1);
     let mut csv = String::from("region,origin_coord,destination_coord,datetime,datasource\n");
     let pts = [
         (x, y),
         (x, y),
         (x, y),
-        (down(x), y),
-        (up(x), y),
-        (x, down(y)),
-        (x, up(y)),
-        (down(x), down(y)),
-        (up(x), up(y)),
+        (next_down(x), y),
+        (next_up(x), y),
+        (x, next_down(y)),
+        (x, next_up(y)),
+        (next_down(x), next_down(y)),
+        (next_up(x), next_up(y)),
         (x + 0.003, y + 0.004),
         (x - 0.02, y + 0.001),
     ];
@@ -455,7 +462,11 @@ fn box_edges_through_repeated_points_count_each_trip_once() {
     check_cell_weeks(&db);
     check_cell_points(&db);
     let mut boxes = Vec::new();
-    for (ex, ey) in [(x, y), (down(x), down(y)), (up(x), up(y))] {
+    for (ex, ey) in [
+        (x, y),
+        (next_down(x), next_down(y)),
+        (next_up(x), next_up(y)),
+    ] {
         for d in [0.0, 1e-9, 0.004, 0.05] {
             boxes.push([ex, ey - d, ex + d, ey + d]); // left edge through the points
             boxes.push([ex - d, ey - d, ex, ey + d]); // right edge
@@ -477,8 +488,6 @@ fn box_edges_through_repeated_points_count_each_trip_once() {
 /// either side), where x / g rounds both below and above the integer.
 #[test]
 fn box_edges_on_grid_lines_count_exactly() {
-    let up = |v: f64| f64::from_bits(v.to_bits() + 1);
-    let down = |v: f64| f64::from_bits(v.to_bits() - 1);
     let g = 0.01_f64;
     // Grid lines near Prague written as decimals, as a user would type them;
     // keep some whose quotient by g rounds below the integer and some above.
@@ -510,10 +519,10 @@ fn box_edges_on_grid_lines_count_exactly() {
         for &y in &ys {
             for (px, py) in [
                 (x, y),
-                (down(x), y),
-                (up(x), y),
-                (x, down(y)),
-                (x, up(y)),
+                (next_down(x), y),
+                (next_up(x), y),
+                (x, next_down(y)),
+                (x, next_up(y)),
                 (x + 0.004, y - 0.003),
                 (x - 0.006, y + 0.002),
             ] {
@@ -539,8 +548,8 @@ fn box_edges_on_grid_lines_count_exactly() {
     let mut boxes = Vec::new();
     for &x in &xs {
         for &y in &ys {
-            for ex in [x, down(x), up(x)] {
-                for ey in [y, down(y), up(y)] {
+            for ex in [x, next_down(x), next_up(x)] {
+                for ey in [y, next_down(y), next_up(y)] {
                     boxes.push([ex, ey, ex + 0.02, ey + 0.02]); // low edges on the lines
                     boxes.push([ex - 0.02, ey - 0.02, ex, ey]); // high edges on them
                     boxes.push([ex - 0.01, ey - 0.01, ex, ey]); // one cell wide
