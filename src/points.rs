@@ -18,8 +18,8 @@
 //! Why keys in a `bytea` rather than `float8[]`: the server decodes a binary
 //! array element by element (a function call per float, 60M per 15M-row
 //! file) but copies a `bytea` whole. The server's own COPY of one 15M-row
-//! file's cell points took 2.5–2.8 s of backend CPU as `float8[]` and
-//! 1.4–1.6 s as keys (docs/benchmarks.md), and the keys compare with
+//! file's cell points took 2.48–3.24 s of backend CPU as `float8[]` and
+//! 1.40–2.08 s as keys, 3 alternating runs each (docs/benchmarks.md), and the keys compare with
 //! `memcmp` exactly as the floats do.
 //!
 //! A file's points (32 bytes each, two per trip) are kept in memory for small
