@@ -985,8 +985,16 @@ fn trips_digest(db: &TestDb) -> String {
 /// cell points are written while the trips are still being copied; the
 /// database ends up exactly as when parsing waits for the COPY
 /// (`--backlog-mib 0`).
+///
+/// The first run does not rely on the server being slower than the parser
+/// (on a fast server nothing needs to wait): a row trigger holds the trips'
+/// COPY at its first row on an advisory lock this test keeps until the file's
+/// cell points are committed, which happens only after its last chunk is
+/// parsed. By then all but a few MiB of the ~30 MiB of encoded trips must be
+/// on disk.
 #[test]
 fn trips_queued_on_disk_load_the_same_as_trips_that_wait() {
+    const HOLD: i64 = 4_242_424;
     let rows = 300_000;
     let csv = tripload::gen::trips_csv(rows, 93);
     let mut runs = Vec::new();
@@ -994,25 +1002,65 @@ fn trips_queued_on_disk_load_the_same_as_trips_that_wait() {
         let db = fresh_db();
         let w = Work::new();
         w.land("a.csv", &csv);
-        // 1 MiB chunks: 4 MiB in memory, against ~30 MiB of encoded trips
-        // that the server copies more slowly than one parser thread makes
-        // them (~1.9 µs of server CPU a row against ~1.1 µs).
+        // 1 MiB chunks: 4 MiB in memory.
         let mut args = vec!["load", "landing", "--chunk-mib", "1"];
         if let Some(b) = backlog {
             args.extend(["--backlog-mib", b]);
         }
-        let out = tripload_cmd(&w, &db, &args)
+        let held = backlog.is_none().then(|| {
+            let out = tripload(&w, &db, &["db", "migrate"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            db.query(&format!(
+                "CREATE FUNCTION test_hold_trips() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_advisory_xact_lock_shared({HOLD}); RETURN NEW; END $$"
+            ));
+            db.query(
+                "CREATE TRIGGER test_hold BEFORE INSERT ON trips \
+                 FOR EACH ROW EXECUTE FUNCTION test_hold_trips()",
+            );
+            let s = db.session();
+            s.query(&format!("SELECT pg_advisory_lock({HOLD})"));
+            s
+        });
+        // A file, not a pipe: nothing reads the log while the load is held.
+        let log = std::fs::File::create(w.path("log")).expect("log file");
+        let mut child = tripload_cmd(&w, &db, &args)
             .env("TRIPLOAD_LOG", "tripload=debug")
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
             .expect("run tripload");
-        assert!(out.status.success(), "{}", stderr(&out));
+        if let Some(s) = held {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let waiting = || {
+                db.count(&format!(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                     AND objid = {HOLD}"
+                )) > 0
+            };
+            let cell_points = || db.count("SELECT count(*) FROM rollup_cell_points") > 0;
+            while !(waiting() && cell_points()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the load never reached the held COPY with its cell points written"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            s.query(&format!("SELECT pg_advisory_unlock({HOLD})"));
+        }
+        let status = child.wait().expect("run tripload");
+        let log = w.read("log");
+        assert!(status.success(), "{log}");
         assert!(w.exists("processed/a.csv"));
-        let peak = backlog_peak(&stderr(&out));
+        let peak = backlog_peak(&log);
         match backlog {
-            None => assert!(peak > 0, "nothing waited on disk"),
+            None => assert!(peak > 8 << 20, "only {peak} bytes waited on disk"),
             Some(_) => assert_eq!(peak, 0),
         }
         assert_eq!(db.trips(), rows as i64);
+        if backlog.is_none() {
+            db.query("DROP TRIGGER test_hold ON trips");
+        }
         runs.push((trips_digest(&db), rollup_state(&db), db, w));
     }
     assert_eq!(runs[0].0, runs[1].0);
