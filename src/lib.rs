@@ -7,7 +7,8 @@
 //! [`points`] of each chunk) → [`backlog`] → [`copy`] (one transaction, with
 //! the [`ledger`]; the cell points through [`points_writer`]) → [`archive`] →
 //! [`report`]. [`load`] runs it for many
-//! files; [`db`] and [`embedded`] provide the database. The pure core
+//! files; [`session`] gives a local load its own, lower CPU priority;
+//! [`db`] and [`embedded`] provide the database. The pure core
 //! (`chunk`, `record`, `parse`, `encode`, `rollup`, `points`) takes bytes and returns values.
 
 pub mod archive;
@@ -34,6 +35,7 @@ pub mod points_writer;
 pub mod record;
 pub mod report;
 pub mod rollup;
+pub mod session;
 pub mod status;
 pub mod watch;
 pub mod weekly;

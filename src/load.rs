@@ -78,7 +78,8 @@ pub fn set_threads(threads: Option<usize>, nice: i32, conninfo: &str) {
 /// and the cell points run ahead of it through the backlog and can use what
 /// CPU is left. At equal priority they take turns with that backend and
 /// delay it (15M rows with all rollups: 35.7 / 40.2 s at nice 10 against
-/// 38.0 / 41.9 s at 0, runs alternated).
+/// 38.0 / 41.9 s at 0, runs alternated). Against the server's own session
+/// this only works through the session's autogroup; see [`crate::session`].
 fn lower_priority(nice: i32) {
     let tasks = match std::fs::read_dir("/proc/self/task") {
         Ok(t) => t,

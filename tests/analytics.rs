@@ -994,7 +994,6 @@ fn trips_digest(db: &TestDb) -> String {
 /// on disk.
 #[test]
 fn trips_queued_on_disk_load_the_same_as_trips_that_wait() {
-    const HOLD: i64 = 4_242_424;
     let rows = 300_000;
     let csv = tripload::gen::trips_csv(rows, 93);
     let mut runs = Vec::new();
@@ -1007,21 +1006,7 @@ fn trips_queued_on_disk_load_the_same_as_trips_that_wait() {
         if let Some(b) = backlog {
             args.extend(["--backlog-mib", b]);
         }
-        let held = backlog.is_none().then(|| {
-            let out = tripload(&w, &db, &["db", "migrate"]);
-            assert!(out.status.success(), "{}", stderr(&out));
-            db.query(&format!(
-                "CREATE FUNCTION test_hold_trips() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN PERFORM pg_advisory_xact_lock_shared({HOLD}); RETURN NEW; END $$"
-            ));
-            db.query(
-                "CREATE TRIGGER test_hold BEFORE INSERT ON trips \
-                 FOR EACH ROW EXECUTE FUNCTION test_hold_trips()",
-            );
-            let s = db.session();
-            s.query(&format!("SELECT pg_advisory_lock({HOLD})"));
-            s
-        });
+        let held = backlog.is_none().then(|| hold_trips_copy(&db, &w));
         // A file, not a pipe: nothing reads the log while the load is held.
         let log = std::fs::File::create(w.path("log")).expect("log file");
         let mut child = tripload_cmd(&w, &db, &args)
@@ -1030,23 +1015,17 @@ fn trips_queued_on_disk_load_the_same_as_trips_that_wait() {
             .stderr(log)
             .spawn()
             .expect("run tripload");
-        if let Some(s) = held {
+        if let Some(held) = held {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-            let waiting = || {
-                db.count(&format!(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
-                     AND objid = {HOLD}"
-                )) > 0
-            };
             let cell_points = || db.count("SELECT count(*) FROM rollup_cell_points") > 0;
-            while !(waiting() && cell_points()) {
+            while !(held.holding(&db) && cell_points()) {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the load never reached the held COPY with its cell points written"
                 );
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            s.query(&format!("SELECT pg_advisory_unlock({HOLD})"));
+            held.release(&db);
         }
         let status = child.wait().expect("run tripload");
         let log = w.read("log");
@@ -1058,9 +1037,6 @@ fn trips_queued_on_disk_load_the_same_as_trips_that_wait() {
             Some(_) => assert_eq!(peak, 0),
         }
         assert_eq!(db.trips(), rows as i64);
-        if backlog.is_none() {
-            db.query("DROP TRIGGER test_hold ON trips");
-        }
         runs.push((trips_digest(&db), rollup_state(&db), db, w));
     }
     assert_eq!(runs[0].0, runs[1].0);

@@ -483,6 +483,101 @@ fn killed_during_copy_then_rerun_leaves_exactly_one_copy() {
     assert_eq!(db.count("SELECT count(*) FROM load_files"), 1);
 }
 
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let ppid = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(1)
+            .and_then(|x| x.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// With autogroups on, a load against a local database runs as a child in a
+/// session of its own whose autogroup has the `--nice` value (per-thread nice
+/// does not reach across sessions), and a signal to the process the user
+/// started still stops it: nothing committed, the file left in landing.
+#[test]
+fn a_local_load_runs_in_a_niced_session_of_its_own_and_obeys_signals() {
+    let db = fresh_db();
+    let w = Work::new();
+    w.land("a.csv", &tripload::gen::trips_csv(50_000, 12));
+    let held = hold_trips_copy(&db, &w);
+    let mut child = tripload_cmd(&w, &db, &["load", "landing", "--quiet", "--nice", "7"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !held.holding(&db) {
+        assert!(std::time::Instant::now() < deadline, "COPY never started");
+        assert!(child.try_wait().unwrap().is_none(), "the load ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let autogroups = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+        .is_ok_and(|s| s.trim() == "1");
+    let kids = children_of(child.id());
+    if autogroups {
+        assert_eq!(kids.len(), 1, "one child does the load: {kids:?}");
+        let worker = kids[0];
+        let sid = unsafe { libc::getsid(worker as i32) };
+        assert_eq!(sid, worker as i32, "the worker leads a session of its own");
+        let group = std::fs::read_to_string(format!("/proc/{worker}/autogroup")).unwrap();
+        assert!(group.trim_end().ends_with("nice 7"), "{group}");
+    } else {
+        assert!(kids.is_empty(), "no child without autogroups: {kids:?}");
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        status.code() == Some(128 + libc::SIGTERM) || status.signal() == Some(libc::SIGTERM),
+        "{status:?}"
+    );
+    for k in kids {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{k}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{k}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker outlived the signal"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    held.release(&db);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while db.count(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'COPY trips%'",
+        db.name
+    )) > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the COPY outlived its loader"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(db.trips(), 0);
+    assert_eq!(db.count("SELECT count(*) FROM load_files"), 0);
+    assert!(w.exists("landing/a.csv"));
+}
+
 #[test]
 fn several_files_load_concurrently_with_jobs() {
     let db = fresh_db();

@@ -171,6 +171,49 @@ impl Session {
     }
 }
 
+/// Holds every COPY into `trips` at its first row until dropped (or
+/// [`HeldCopy::release`]): a row trigger takes a shared advisory lock that
+/// this connection keeps exclusively. Lets a test act while a load is
+/// mid-COPY whatever the machine's speed. Migrates `db` first.
+pub struct HeldCopy {
+    session: Session,
+}
+
+const HOLD_KEY: i64 = 4_242_424;
+
+pub fn hold_trips_copy(db: &TestDb, w: &Work) -> HeldCopy {
+    let out = tripload(w, db, &["db", "migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    db.query(&format!(
+        "CREATE FUNCTION test_hold_trips() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_advisory_xact_lock_shared({HOLD_KEY}); RETURN NEW; END $$"
+    ));
+    db.query(
+        "CREATE TRIGGER test_hold BEFORE INSERT ON trips \
+         FOR EACH ROW EXECUTE FUNCTION test_hold_trips()",
+    );
+    let session = db.session();
+    session.query(&format!("SELECT pg_advisory_lock({HOLD_KEY})"));
+    HeldCopy { session }
+}
+
+impl HeldCopy {
+    /// True once a COPY waits on the hold.
+    pub fn holding(&self, db: &TestDb) -> bool {
+        db.count(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND objid = {HOLD_KEY}"
+        )) > 0
+    }
+
+    /// Lets the COPY go on, and drops the trigger.
+    pub fn release(self, db: &TestDb) {
+        self.session
+            .query(&format!("SELECT pg_advisory_unlock({HOLD_KEY})"));
+        db.query("DROP TRIGGER test_hold ON trips");
+    }
+}
+
 /// A temp working directory with `landing/`.
 pub struct Work {
     pub dir: tempfile::TempDir,
