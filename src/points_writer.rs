@@ -92,8 +92,10 @@ impl Writer {
         let (tx, mut rx) = mpsc::channel::<Spill>(1);
         let task = tokio::spawn(async move {
             let mut cells = CellWeeks::default();
+            let mut seg = 0u32;
             while let Some(spill) = rx.recv().await {
-                let segment = copy_segment(&client, file_id, spill).await?;
+                let segment = copy_segment(&client, file_id, seg, spill).await?;
+                seg += 1;
                 // A move for the first segment; later ones fold ~10^5 cells each.
                 rollup::merge_cell_weeks(&mut cells, segment);
             }
@@ -193,13 +195,25 @@ fn start_producer(file_id: i32, spill: Spill) -> Producer {
 async fn copy_segment(
     client: &Client,
     file_id: i32,
+    seg: u32,
     spill: Spill,
 ) -> Result<CellWeeks, WriteError> {
     let what = "COPY rollup_cell_points";
+    let table = segment_table(file_id, seg);
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             DROP TABLE IF EXISTS {table};
+             CREATE TABLE {table} (LIKE rollup_cell_points INCLUDING STORAGE,
+                                   CHECK (file_id = {file_id}))
+                 WITH (toast_tuple_target = 8160);"
+        ))
+        .await
+        .map_err(db_err("creating the segment's cell points table"))?;
     let Producer { task, rx } = start_producer(file_id, spill);
     let sink = client
         .copy_in::<_, Bytes>(&format!(
-            "COPY rollup_cell_points ({}) FROM STDIN (FORMAT binary)",
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
             points::COPY_COLUMNS
         ))
         .await
@@ -227,7 +241,34 @@ async fn copy_segment(
         .await
         .map_err(db_err(what))?;
     sink.as_mut().finish().await.map_err(db_err(what))?;
+    // Indexed after the COPY (one sort, no per-row index inserts) and
+    // analyzed so that queries plan it well at once; attached last: the
+    // parent's lock (SHARE UPDATE EXCLUSIVE, which readers do not wait for)
+    // is held only from here to the COMMIT.
+    client
+        .batch_execute(&format!(
+            "CREATE INDEX ON {table} (side, ix, iy);
+             ANALYZE {table};
+             ALTER TABLE {table} INHERIT rollup_cell_points;
+             COMMIT;"
+        ))
+        .await
+        .map_err(db_err("attaching the segment's cell points"))?;
     Ok(cells)
+}
+
+/// The table of one segment of a file's cell points, a child (inheritance)
+/// of `rollup_cell_points`.
+///
+/// Why a table per segment: created in the transaction that fills it, it is
+/// written without WAL when the server runs with `wal_level = minimal` (the
+/// embedded server does; the data files are synced at COMMIT instead). The
+/// cell points' WAL otherwise contends with the trips' COPY for the WAL
+/// write lock: a 15M-row file's load took 0.5-1 s longer (6 alternating runs
+/// each, docs/benchmarks.md). Queries read the parent, which includes its
+/// children; a failed file's children are dropped whole.
+pub fn segment_table(file_id: i32, seg: u32) -> String {
+    format!("rollup_cell_points_{file_id}_{seg}")
 }
 
 /// Deletes the cell points of `file_id` unless the file committed, once no
@@ -261,13 +302,43 @@ async fn delete_uncommitted(
     }
     // New statements, new snapshots (READ COMMITTED): they see the file's
     // commit if it happened before the lock was granted.
-    let deleted = tx
-        .execute(
-            "DELETE FROM rollup_cell_points WHERE file_id = $1
-               AND NOT EXISTS (SELECT 1 FROM load_files WHERE file_id = $1)",
+    let committed: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM load_files WHERE file_id = $1)",
             &[&file_id],
         )
-        .await?;
+        .await?
+        .get(0);
+    let mut deleted = 0;
+    if !committed {
+        // Holding the file's lock exclusively, no segment of it is being
+        // written: every table of its segments is attached or gone.
+        let tables = tx
+            .query(
+                "SELECT c.oid::regclass::text
+                   FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                  WHERE i.inhparent = 'rollup_cell_points'::regclass
+                    AND c.relname LIKE $1",
+                &[&format!("rollup\\_cell\\_points\\_{file_id}\\_%")],
+            )
+            .await?;
+        for t in tables {
+            let name: String = t.get(0);
+            let rows: i64 = tx
+                .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+                .await?
+                .get(0);
+            tx.batch_execute(&format!("DROP TABLE {name}")).await?;
+            deleted += rows as u64;
+        }
+        // Rows of the layout before per-segment tables.
+        deleted += tx
+            .execute(
+                "DELETE FROM ONLY rollup_cell_points WHERE file_id = $1",
+                &[&file_id],
+            )
+            .await?;
+    }
     tx.execute(
         "DELETE FROM cell_points_pending WHERE file_id = $1",
         &[&file_id],

@@ -309,7 +309,7 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
 
     // A database migrated by an older binary has the older layout (a third
     // float8 array, no lat_pos): migration 7 rebuilds it from trips.
-    db2.query("DROP TABLE rollup_cell_points");
+    db2.query("DROP TABLE rollup_cell_points CASCADE");
     db2.query(
         "CREATE TABLE rollup_cell_points (file_id int, side \"char\", ix int, iy int, weeks int[], ends int[],
                                           lons float8[], lats float8[], lats_sorted float8[])",
@@ -335,7 +335,7 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
         floats("lons"),
         floats("lats_sorted")
     ));
-    db2.query("DROP TABLE rollup_cell_points");
+    db2.query("DROP TABLE rollup_cell_points CASCADE");
     db2.query("ALTER TABLE old_points RENAME TO rollup_cell_points");
     assert_eq!(
         db2.count("SELECT count(*) FROM pg_attribute WHERE attrelid = 'rollup_cell_points'::regclass AND atttypid = 'float8[]'::regtype"),
@@ -883,11 +883,27 @@ fn cell_points_written_in_segments_leave_nothing_when_the_file_fails() {
     assert_eq!(db.count("SELECT count(*) FROM rollup_cell_points"), 0);
     assert_eq!(db.count("SELECT count(*) FROM cell_points_pending"), 0);
     assert_eq!(db.trips(), 0);
+    let segment_tables =
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'rollup_cell_points'::regclass";
+    assert_eq!(
+        db.count(segment_tables),
+        0,
+        "the segments' tables are dropped"
+    );
 
     w.land("good.csv", &good);
     let out = tripload(&w, &db, &["load", "landing", "--points-segment-mib", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(db.count("SELECT count(*) FROM cell_points_pending"), 0);
+    // One table per segment (written without WAL under wal_level=minimal),
+    // each holding only its file's points; the parent holds none.
+    let segments = db.count(segment_tables);
+    assert!(segments > 1, "{segments} segment tables");
+    assert_eq!(db.count("SELECT count(*) FROM ONLY rollup_cell_points"), 0);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT tableoid) FROM rollup_cell_points"),
+        segments
+    );
     check_cell_weeks(&db);
     check_cell_points(&db);
     let one = fresh_db();
