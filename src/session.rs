@@ -16,6 +16,7 @@
 //! SIGHUP and SIGQUIT to it (so Ctrl-C and a service manager's stop behave as
 //! before) and exits with its status. The child is killed when its parent
 //! dies (`PR_SET_PDEATHSIG`), so `kill -9` of the loader still stops the load.
+//! Ctrl-Z stops only the supervising process; the load goes on.
 
 use std::ffi::OsString;
 use std::io;
