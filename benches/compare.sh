@@ -72,6 +72,8 @@ run_tripload() {
   local key=${1:-tripload}
   reset_db
   mkdir -p "$OUT/landing"; cp "$CSV" "$OUT/landing/in.csv"
+  # The copy's dirty pages would otherwise be written back during the load.
+  sync
   local s e s0; s0=$(server_cpu); s=$(date +%s.%N)
   if [ "$key" = tripload_no_rollups ]; then export TRIPLOAD_BENCH_NO_ROLLUPS=1; fi
   local bin=$TL; [ "$key" = baseline ] && bin=$BASELINE_TL
