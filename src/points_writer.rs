@@ -264,9 +264,9 @@ async fn copy_segment(
 /// written without WAL when the server runs with `wal_level = minimal` (the
 /// embedded server does; the data files are synced at COMMIT instead). The
 /// cell points' WAL otherwise contends with the trips' COPY for the WAL
-/// write lock: a 15M-row file's load took 0.5-1 s longer (6 alternating runs
-/// each, docs/benchmarks.md). Queries read the parent, which includes its
-/// children; a failed file's children are dropped whole.
+/// write lock: a 15M-row file's load took about 1.1-1.3 s longer (alternating
+/// runs, docs/benchmarks.md, eighth session). Queries read the parent, which
+/// includes its children; a failed file's children are dropped whole.
 pub fn segment_table(file_id: i32, seg: u32) -> String {
     format!("rollup_cell_points_{file_id}_{seg}")
 }
