@@ -18,6 +18,13 @@ fn load(w: &Work, db: &TestDb, files: &[(&str, Vec<u8>)]) {
     }
 }
 
+/// A fresh database with `files` loaded, and its working directory.
+fn loaded(files: &[(&str, Vec<u8>)]) -> (TestDb, Work) {
+    let (db, w) = (fresh_db(), Work::new());
+    load(&w, &db, files);
+    (db, w)
+}
+
 type Weeks = Vec<(chrono::NaiveDate, i64)>;
 
 fn rows(db: &TestDb, sql: &str) -> Weeks {
@@ -182,9 +189,7 @@ fn weekly_results_equal_brute_force_sql() {
 
 #[test]
 fn the_two_questions_on_the_sample() {
-    let db = fresh_db();
-    let w = Work::new();
-    load(&w, &db, &[("sample.csv", sample())]);
+    let (db, _w) = loaded(&[("sample.csv", sample())]);
     let sql =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/questions.sql")).unwrap();
     let statements: Vec<&str> = sql
@@ -449,16 +454,10 @@ fn box_edges_through_repeated_points_count_each_trip_once() {
             ));
         }
     }
-    let db = fresh_db();
-    let w = Work::new();
-    load(
-        &w,
-        &db,
-        &[
-            ("ties.csv", csv.into_bytes()),
-            ("g.csv", tripload::gen::trips_csv(3_000, 5)),
-        ],
-    );
+    let (db, _w) = loaded(&[
+        ("ties.csv", csv.into_bytes()),
+        ("g.csv", tripload::gen::trips_csv(3_000, 5)),
+    ]);
     check_cell_weeks(&db);
     check_cell_points(&db);
     let mut boxes = Vec::new();
@@ -534,16 +533,10 @@ fn box_edges_on_grid_lines_count_exactly() {
             }
         }
     }
-    let db = fresh_db();
-    let w = Work::new();
-    load(
-        &w,
-        &db,
-        &[
-            ("grid.csv", csv.into_bytes()),
-            ("g.csv", tripload::gen::trips_csv(3_000, 6)),
-        ],
-    );
+    let (db, _w) = loaded(&[
+        ("grid.csv", csv.into_bytes()),
+        ("g.csv", tripload::gen::trips_csv(3_000, 6)),
+    ]);
     check_cell_weeks(&db);
     let mut boxes = Vec::new();
     for &x in &xs {
@@ -573,9 +566,7 @@ fn cell_points_of_a_file_spilled_to_disk_are_complete() {
     let rows = 420_000;
     let csv = tripload::gen::trips_csv(rows, 77);
     assert!(csv.len() as u64 * 4 / 3 > tripload::points::PARTITION_BYTES);
-    let db = fresh_db();
-    let w = Work::new();
-    load(&w, &db, &[("big.csv", csv)]);
+    let (db, _w) = loaded(&[("big.csv", csv)]);
     assert_eq!(db.trips(), rows as i64);
     check_cell_weeks(&db);
     check_cell_points(&db);
@@ -596,9 +587,7 @@ fn cell_points_of_a_file_spilled_to_disk_are_complete() {
 
 #[test]
 fn weekly_command_prints_counts_and_average() {
-    let db = fresh_db();
-    let w = Work::new();
-    load(&w, &db, &[("sample.csv", sample())]);
+    let (db, w) = loaded(&[("sample.csv", sample())]);
     let out = tripload(
         &w,
         &db,
