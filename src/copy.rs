@@ -451,9 +451,14 @@ async fn load_inner(
     } else {
         0
     };
-    // A few chunks' worth in memory, as the bounded channel it replaces.
-    let (qtx, qrx) =
-        backlog::channel::<(u64, u64)>(4 * ctx.chunk_bytes, disk, std::env::temp_dir());
+    // A few chunks' worth in memory, as the bounded channel it replaces;
+    // packed on disk.
+    let (qtx, qrx) = backlog::channel_with::<(u64, u64)>(
+        4 * ctx.chunk_bytes,
+        disk,
+        std::env::temp_dir(),
+        Some(Box::new(PackedTrips { file_id })),
+    );
     let (btx, brx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let reader = {
         let progress = Arc::clone(progress);
@@ -625,6 +630,21 @@ struct EncodeStage {
 
 /// Runs on a blocking thread: chunks go to the rayon pool, results come back
 /// in order; rejects are numbered and written, buffers go to the COPY task.
+/// Encoded trips of one file as they wait on disk: only the bytes that vary
+/// from row to row ([`crate::encode::pack_tuples`]).
+struct PackedTrips {
+    file_id: i32,
+}
+
+impl backlog::DiskForm for PackedTrips {
+    fn pack(&self, buf: &[u8], out: &mut Vec<u8>) {
+        crate::encode::pack_tuples(buf, out);
+    }
+    fn unpack(&self, packed: &[u8], out: &mut Vec<u8>) {
+        crate::encode::unpack_tuples(packed, self.file_id, out);
+    }
+}
+
 fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
     let EncodeStage {
         mapped,
