@@ -661,12 +661,17 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         segments,
     } = s;
     let file_bytes = mapped.bytes().len();
-    let spill_for = |consumed: usize| {
+    let spill_for = |consumed: usize, grid: crate::rollup::Grid| {
         let bytes = match &segments {
             Some((_, seg)) => (file_bytes - consumed.min(file_bytes)).min(*seg),
             None => file_bytes,
         };
-        Spill::new(bytes as u64, points::PARTITION_BYTES, &std::env::temp_dir())
+        Spill::new(
+            bytes as u64,
+            points::PARTITION_BYTES,
+            &std::env::temp_dir(),
+            grid,
+        )
     };
     let spill_err = |e: std::io::Error| {
         Abort::Env(format!(
@@ -678,7 +683,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
     let mut rollup = grid.map(|_| Rollup::default());
     let mut points = match grid {
         None => None,
-        Some(_) => match spill_for(0) {
+        Some(g) => match spill_for(0, g) {
             Ok(s) => Some(s),
             Err(e) => {
                 return Err(Failure {
@@ -739,10 +744,10 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         }
         consumed += enc.bytes;
         segment_at += enc.bytes;
-        if let (Some((stx, seg)), Some(p)) = (&segments, points.as_mut()) {
+        if let (Some((stx, seg)), Some(p), Some(g)) = (&segments, points.as_mut(), grid) {
             if segment_at >= *seg && consumed < file_bytes {
                 segment_at = 0;
-                let fresh = match spill_for(consumed) {
+                let fresh = match spill_for(consumed, g) {
                     Ok(s) => s,
                     Err(e) => {
                         abort = Some(spill_err(e));
