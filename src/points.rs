@@ -22,10 +22,10 @@
 //! 1.40–2.08 s as keys, 3 alternating runs each (docs/benchmarks.md), and the keys compare with
 //! `memcmp` exactly as the floats do.
 //!
-//! A file's points (32 bytes each, two per trip) are kept in memory for small
-//! files; otherwise they are spilled to anonymous temporary files (in `TMPDIR`),
-//! hash-partitioned by cell, so memory stays bounded by one partition whatever
-//! the file size. After the trips' COPY each partition is sorted and encoded as
+//! A file's points (two per trip) are kept in memory for small files;
+//! otherwise they are spilled to anonymous temporary files (in `TMPDIR`, 20
+//! bytes a point), hash-partitioned by cell, so memory stays bounded by one
+//! partition whatever the file size. After the trips' COPY each partition is sorted and encoded as
 //! binary COPY rows. Everything here but [`Spill`] is pure.
 
 use crate::rollup::{Grid, DESTINATION, ORIGIN};
