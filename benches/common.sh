@@ -15,6 +15,16 @@ bench_db() {
 }
 
 psql_() { psql "$URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
+
+# Empties every table a load writes. Each file's cell points are tables of
+# their own (children of rollup_cell_points): dropped, not just emptied.
+empty_db() {
+  psql_ -c "DO \$\$ DECLARE t regclass; BEGIN
+      FOR t IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'rollup_cell_points'::regclass LOOP
+        EXECUTE 'DROP TABLE ' || t;
+      END LOOP; END \$\$" \
+    -c "TRUNCATE trips, load_files, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points, cell_points_pending"
+}
 calc() { awk "BEGIN { print $* }"; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 

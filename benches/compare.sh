@@ -48,7 +48,8 @@ psql_ -c "CREATE TABLE IF NOT EXISTS trips_natural (region text, origin geometry
 # triggers one) is waited for, up to 2 minutes, instead of landing its CPU on
 # whichever method comes next.
 reset_db() {
-  psql_ -c "TRUNCATE trips, load_files, trips_natural, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points, cell_points_pending" -c "CHECKPOINT"
+  empty_db
+  psql_ -c "TRUNCATE trips_natural" -c "CHECKPOINT"
   local waited=0
   while [ "$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" != 0 ] && [ $waited -lt 120 ]; do
     sleep 1; waited=$((waited + 1))

@@ -14,8 +14,8 @@ export TRIPLOAD_PG_DIR="$PWD/$OUT/pg"
 bench_db
 have=$(psql_ -c "SELECT coalesce(sum(rows_loaded), 0) FROM load_files")
 if [ "$have" != "$ROWS" ]; then
-  psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist" \
-        -c "TRUNCATE trips, load_files, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points"
+  psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist"
+  empty_db
   per=2000000; n=$(( (ROWS + per - 1) / per ))
   for i in $(seq "$n"); do
     rows=$(( i < n ? per : ROWS - per * (n - 1) ))

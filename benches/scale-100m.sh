@@ -27,11 +27,12 @@ SPATIAL=${SPATIAL:-1}
 RANDOM_BOXES=${RANDOM_BOXES:-15}
 OUT_MD=${OUT_MD:-docs/scale-100m.md}
 QUERIES_ONLY=${QUERIES_ONLY:-0}
+case $WORK in /*) ;; *) WORK="$PWD/$WORK" ;; esac
 mkdir -p "$WORK/landing"
 chmod 755 "$WORK" "$(dirname "$WORK")"
 source benches/common.sh
 bench_build
-export TRIPLOAD_PG_DIR="$PWD/$WORK/pg"
+export TRIPLOAD_PG_DIR="$WORK/pg"
 if [ "$QUERIES_ONLY" = 1 ]; then
   [ -d "$TRIPLOAD_PG_DIR" ] || { echo "QUERIES_ONLY=1 needs the database of an earlier run in $TRIPLOAD_PG_DIR" >&2; exit 1; }
 else
@@ -110,7 +111,7 @@ psql_ -F ' | ' -c "SELECT '| ' || x.name, pg_size_pretty(x.bytes) || ' |' FROM (
   ('rollup_region_week', pg_total_relation_size('rollup_region_week')),
   ('rollup_region_source', pg_total_relation_size('rollup_region_source')),
   ('rollup_cell_week', pg_total_relation_size('rollup_cell_week')),
-  ('rollup_cell_points', pg_total_relation_size('rollup_cell_points'))) AS x(name, bytes)" | sed 's/$//' >>"$OUT_MD.tmp"
+  ('rollup_cell_points (its per-file tables)', (SELECT sum(pg_total_relation_size(c)) FROM (SELECT 'rollup_cell_points'::regclass AS c UNION ALL SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'rollup_cell_points'::regclass) t)::bigint)) AS x(name, bytes)" | sed 's/$//' >>"$OUT_MD.tmp"
 md
 fi
 

@@ -18,7 +18,7 @@ bench_build
 export TRIPLOAD_PG_DIR="$PWD/$OUT/pg"
 bench_db
 psql_ -c "DROP INDEX IF EXISTS trips_origin_gist, trips_destination_gist"
-reset_db() { psql_ -c "TRUNCATE trips, load_files, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points" -c "CHECKPOINT"; }
+reset_db() { empty_db; psql_ -c "CHECKPOINT"; }
 
 # Loads the files given, returns seconds; checks the row count.
 load() {

@@ -32,7 +32,8 @@ apply() {
 declare -A T W
 run() {
   apply "$1"
-  psql_ -c "TRUNCATE trips, load_files, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points" -c "CHECKPOINT"
+  empty_db
+  psql_ -c "CHECKPOINT"
   local w0 s e; w0=$(psql_ -c "SELECT pg_current_wal_lsn()")
   cp "$CSV" "$OUT/settings/in.csv"
   s=$(date +%s.%N)
