@@ -206,7 +206,7 @@ impl<M> Sender<M> {
         st.writing = false;
         match written {
             Err(e) => {
-                st.disk_bytes -= len as u64;
+                st.disk_bytes = st.disk_bytes.saturating_sub(len as u64);
                 s.changed.notify_all();
                 Err(e)
             }
@@ -272,7 +272,8 @@ impl<M> Receiver<M> {
                     None => Err(io::Error::other("the backlog file is missing")),
                 };
                 let mut st = s.lock();
-                st.disk_bytes -= d.logical as u64;
+                // `cancel` may have zeroed the count while this was read.
+                st.disk_bytes = st.disk_bytes.saturating_sub(d.logical as u64);
                 if st.disk.is_empty() && !st.writing {
                     // Drained: reuse the file from its start, and give its
                     // pages back rather than keep the peak on disk.

@@ -628,8 +628,6 @@ struct EncodeStage {
     segments: Option<(tokio::sync::mpsc::Sender<Spill>, usize)>,
 }
 
-/// Runs on a blocking thread: chunks go to the rayon pool, results come back
-/// in order; rejects are numbered and written, buffers go to the COPY task.
 /// Encoded trips of one file as they wait on disk: only the bytes that vary
 /// from row to row ([`crate::encode::pack_tuples`]).
 struct PackedTrips {
@@ -645,6 +643,8 @@ impl backlog::DiskForm for PackedTrips {
     }
 }
 
+/// Runs on a blocking thread: chunks go to the rayon pool, results come back
+/// in order; rejects are numbered and written, buffers go to the COPY task.
 fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
     let EncodeStage {
         mapped,
