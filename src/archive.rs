@@ -1,11 +1,14 @@
 //! Where files go after their transaction ends: `processed/` after a commit,
 //! `failed/` after a rollback, with the rejects file (and for failures a short
 //! `<file>.error.txt`) beside them. Nothing is overwritten: a name already
-//! taken gets a numeric suffix.
+//! taken gets a numeric suffix. A file that was read is moved only while its
+//! path still names that same file (device and inode): whatever replaced it
+//! meanwhile stays where it is.
 
 use crate::encode::Reject;
 use std::fs::File;
 use std::io::BufWriter;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Moves `file` into `dir` (created if needed); across filesystems it copies,
@@ -16,6 +19,42 @@ pub fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
         .and_then(|n| n.to_str())
         .unwrap_or("unnamed");
     move_into_as(file, dir, name)
+}
+
+/// Why the file that was read was not moved.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("{path} no longer names the file that was read (it was replaced or removed during the load); what is there now was not moved")]
+    Replaced { path: PathBuf },
+    #[error("{path}: cannot move it to {dir}: {source}")]
+    Io {
+        path: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// [`move_into_as`] for the file that was read through the descriptor
+/// identified by `id`: refused when `file` now names another file. (A swap
+/// between this check and the rename itself remains possible, in a window of
+/// two system calls.)
+pub fn move_read_file_into_as(
+    file: &Path,
+    id: crate::map::FileId,
+    dir: &Path,
+    name: &str,
+) -> Result<PathBuf, MoveError> {
+    if !crate::map::same_file(file, id) {
+        return Err(MoveError::Replaced {
+            path: file.to_path_buf(),
+        });
+    }
+    move_into_as(file, dir, name).map_err(|source| MoveError::Io {
+        path: file.to_path_buf(),
+        dir: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Like [`move_into`], under another name (a claimed file gets its own back).
@@ -48,7 +87,11 @@ pub fn move_into_as(file: &Path, dir: &Path, name: &str) -> std::io::Result<Path
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(e),
                 };
-                std::io::copy(&mut File::open(file)?, &mut out)?;
+                let mut src = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(file)?;
+                std::io::copy(&mut src, &mut out)?;
                 out.sync_all()?;
                 std::fs::remove_file(file)?;
                 return Ok(dest);

@@ -10,12 +10,16 @@ use std::process::ExitCode;
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FILES_FAILED: u8 = 1;
 pub const EXIT_SETUP: u8 = 2;
+/// `watch` stopped by a second SIGINT/SIGTERM: files in flight were rolled
+/// back and returned to landing.
+pub const EXIT_ABORTED: u8 = 130;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  every file loaded (or was already loaded)
   1  at least one file failed (moved to failed/ with <file>.error.txt) or was left in place after a database error
   2  usage or configuration error, or the database could not be reached/prepared; no file was touched
+  130  watch: aborted by a second SIGINT/SIGTERM (files in flight rolled back and returned to landing)
 
 Database: with DATABASE_URL (or --database-url) set, tripload uses that database. Without it, it runs an embedded PostgreSQL cluster in data/pg (--pg-dir), initialised and started on first use and left running (stop it with `tripload db stop`).";
 
@@ -81,8 +85,9 @@ pub enum Command {
     /// place are taken once their size and mtime stay unchanged for
     /// --quiet-period seconds. Several watchers may share a directory: each file
     /// is claimed by an atomic rename into processing/. SIGINT/SIGTERM: stop
-    /// taking files, finish those in flight, exit 0; a second signal returns
-    /// them to landing (their transactions roll back) and exits at once.
+    /// taking files, finish those in flight, store the last events, exit 0; a
+    /// second signal returns them to landing (their transactions roll back)
+    /// and exits at once with code 130.
     #[command(after_help = EXIT_CODES)]
     Watch(WatchArgs),
     /// Manage the database: migrate the schema, start/stop the embedded server.
@@ -210,6 +215,11 @@ pub struct WatchArgs {
     /// seconds instead of one report per file (0: one per file).
     #[arg(long, env = "TRIPLOAD_REPORT_EVERY", default_value_t = 0)]
     pub report_every: u64,
+    /// A file whose load fails this many times in a row for reasons that are
+    /// not its content (while the database is reachable) is quarantined:
+    /// moved to failed/ with the history of its attempts in <file>.error.txt.
+    #[arg(long, env = "TRIPLOAD_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
     #[command(flatten)]
     pub opts: LoadOptions,
 }
@@ -281,6 +291,10 @@ pub struct LoadOptions {
         default_value = "tripload@localhost"
     )]
     pub report_from: String,
+    /// Days of ingestion_events to keep (0: keep all). Older events are
+    /// deleted by `load` at start and by `watch` at start and every hour.
+    #[arg(long, env = "TRIPLOAD_EVENTS_RETENTION_DAYS", default_value_t = 30)]
+    pub events_retention_days: u32,
 }
 
 impl LoadOptions {
@@ -303,6 +317,7 @@ impl LoadOptions {
             nice: self.nice,
             quiet: self.quiet,
             mail,
+            events_retention_days: self.events_retention_days,
         })
     }
 
@@ -426,6 +441,7 @@ async fn run(cli: Cli) -> u8 {
                 landing: w.landing,
                 quiet_period: std::time::Duration::from_secs_f64(w.quiet_period),
                 report_every: std::time::Duration::from_secs(w.report_every),
+                max_attempts: w.max_attempts,
                 settings,
             };
             match crate::watch::run(cfg).await {

@@ -199,6 +199,10 @@ struct Failure {
 /// Loads one file end to end and says how it went; never panics on input.
 /// `name` is the file's own name (a claimed file sits under another one); it
 /// names the archived file, the ledger row and the events.
+///
+/// The file is opened once ([`map::Opened`]): a path that is not a regular
+/// file is refused without being opened, and the file moved afterwards is
+/// the one that was read, or nothing.
 pub async fn load_file(
     ctx: &LoadContext,
     path: &Path,
@@ -206,30 +210,61 @@ pub async fn load_file(
     progress: &Arc<FileProgress>,
 ) -> FileReport {
     let start = Instant::now();
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let mut ev = Event::new(Kind::Started, name);
-    ev.size_bytes = Some(size);
-    ctx.events.publish(ev);
-    let result = load_in_transaction(ctx, path, name, progress, start).await;
-    progress.finish();
-    let seconds = start.elapsed().as_secs_f64();
     let mut report = FileReport {
         // Named as the user knows it, even while claimed under another name.
         path: path.with_file_name(name),
-        size,
+        size: 0,
         status: Status::Loaded,
         rows_loaded: 0,
         rows_rejected: 0,
-        seconds,
+        seconds: 0.0,
         now_at: Some(path.to_path_buf()),
         rejects_file: None,
+    };
+    let opened = match map::Opened::open(path) {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            progress.finish();
+            report.status = match e {
+                map::MapError::NotRegular { .. } => Status::Refused {
+                    reason: e.to_string(),
+                },
+                // Gone, or unreadable for now: not the content's fault.
+                _ => Status::Error {
+                    reason: e.to_string(),
+                },
+            };
+            ctx.events.publish(final_event(&report, name));
+            return report;
+        }
+    };
+    let size = opened.identity.size;
+    report.size = size;
+    let mut ev = Event::new(Kind::Started, name);
+    ev.size_bytes = Some(size);
+    ctx.events.publish(ev);
+    let result = load_in_transaction(ctx, &opened, path, name, progress, start).await;
+    progress.finish();
+    report.seconds = start.elapsed().as_secs_f64();
+    // Set when the path no longer names the file that was read.
+    let mut replaced: Option<String> = None;
+    let mut move_to = |dir: &Path| match archive::move_read_file_into_as(path, opened.id, dir, name)
+    {
+        Ok(dest) => Some(dest),
+        Err(e) => {
+            tracing::error!("{e}");
+            if let archive::MoveError::Replaced { .. } = e {
+                replaced = Some(e.to_string());
+            }
+            None
+        }
     };
     match result {
         Ok(c) => {
             report.rows_loaded = c.rows;
             report.rows_rejected = c.rejected;
-            match archive::move_into_as(path, &ctx.processed_dir_for(path), name) {
-                Ok(dest) => {
+            match move_to(&ctx.processed_dir_for(path)) {
+                Some(dest) => {
                     report.rejects_file = c.rejects.place_beside(&dest).unwrap_or_else(|e| {
                         tracing::error!(
                             "{}: could not place the rejects file: {e}",
@@ -239,13 +274,10 @@ pub async fn load_file(
                     });
                     report.now_at = Some(dest);
                 }
-                Err(e) => {
+                None => {
                     // The data is committed; only the move failed. Rerunning skips it
                     // as already loaded, so nothing is lost or duplicated.
-                    tracing::error!(
-                        "{}: committed, but could not move it to processed/: {e}",
-                        path.display()
-                    );
+                    tracing::error!("{}: committed, but not moved to processed/", path.display());
                     report.rejects_file = c.rejects.place_beside(path).ok().flatten();
                 }
             }
@@ -258,7 +290,7 @@ pub async fn load_file(
                 file_name: prev.file_name,
                 committed_at: prev.committed_at,
             };
-            if let Ok(dest) = archive::move_into_as(path, &ctx.processed_dir_for(path), name) {
+            if let Some(dest) = move_to(&ctx.processed_dir_for(path)) {
                 report.now_at = Some(dest);
             }
         }
@@ -271,27 +303,24 @@ pub async fn load_file(
             report.status = Status::Failed {
                 reason: reason.clone(),
             };
-            match archive::move_into_as(path, &ctx.failed_dir_for(path), name) {
-                Ok(dest) => {
-                    let text = format!(
-                        "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
-                        path.display(),
-                        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
-                        if rejected > 0 {
-                            "the rejected rows found before stopping are in the .rejects.csv file beside this one.\nfix the rows (or raise --max-rejects) and move the file back to the landing directory.\n"
-                        } else {
-                            "fix the file and move it back to the landing directory.\n"
-                        }
-                    );
-                    if let Err(e) = archive::write_error(&dest, &text) {
-                        tracing::error!("{}: could not write the error file: {e}", dest.display());
+            if let Some(dest) = move_to(&ctx.failed_dir_for(path)) {
+                let text = format!(
+                    "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
+                    path.display(),
+                    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+                    if rejected > 0 {
+                        "the rejected rows found before stopping are in the .rejects.csv file beside this one.\nfix the rows (or raise --max-rejects) and move the file back to the landing directory.\n"
+                    } else {
+                        "fix the file and move it back to the landing directory.\n"
                     }
-                    if let Some(rw) = rejects {
-                        report.rejects_file = rw.place_beside(&dest).ok().flatten();
-                    }
-                    report.now_at = Some(dest);
+                );
+                if let Err(e) = archive::write_error(&dest, &text) {
+                    tracing::error!("{}: could not write the error file: {e}", dest.display());
                 }
-                Err(e) => tracing::error!("{}: could not move it to failed/: {e}", path.display()),
+                if let Some(rw) = rejects {
+                    report.rejects_file = rw.place_beside(&dest).ok().flatten();
+                }
+                report.now_at = Some(dest);
             }
         }
         Err(Failure {
@@ -301,7 +330,17 @@ pub async fn load_file(
             report.status = Status::Error { reason };
         }
     }
-    ctx.events.publish(final_event(&report, name));
+    if replaced.is_some() {
+        report.now_at = None;
+    }
+    let mut ev = final_event(&report, name);
+    if let Some(note) = replaced {
+        ev.reason = Some(match ev.reason.take() {
+            Some(r) => format!("{r}; {note}"),
+            None => note,
+        });
+    }
+    ctx.events.publish(ev);
     report
 }
 
@@ -311,6 +350,7 @@ pub fn final_event(r: &FileReport, name: &str) -> Event {
         Status::Loaded => Kind::Committed,
         Status::AlreadyLoaded { .. } => Kind::Skipped,
         Status::Failed { .. } | Status::Error { .. } => Kind::Failed,
+        Status::Refused { .. } => Kind::Refused,
     };
     let mut e = Event::new(kind, name);
     e.size_bytes = Some(r.size);
@@ -318,7 +358,9 @@ pub fn final_event(r: &FileReport, name: &str) -> Event {
     e.rows_rejected = Some(r.rows_rejected);
     e.seconds = Some(r.seconds);
     e.reason = match &r.status {
-        Status::Failed { reason } | Status::Error { reason } => Some(reason.clone()),
+        Status::Failed { reason } | Status::Error { reason } | Status::Refused { reason } => {
+            Some(reason.clone())
+        }
         Status::AlreadyLoaded {
             file_name,
             committed_at,
@@ -335,13 +377,14 @@ pub fn final_event(r: &FileReport, name: &str) -> Event {
 /// closed: the cleanup waits for their lock).
 async fn load_in_transaction(
     ctx: &LoadContext,
+    opened: &Arc<map::Opened>,
     path: &Path,
     name: &str,
     progress: &Arc<FileProgress>,
     start: Instant,
 ) -> Result<Committed, Failure> {
     let mut points_of = None;
-    let result = load_inner(ctx, path, name, progress, start, &mut points_of).await;
+    let result = load_inner(ctx, opened, path, name, progress, start, &mut points_of).await;
     if let (Err(_), Some(file_id)) = (&result, points_of) {
         points_writer::cleanup(&ctx.conninfo, file_id).await;
     }
@@ -350,6 +393,7 @@ async fn load_in_transaction(
 
 async fn load_inner(
     ctx: &LoadContext,
+    opened: &Arc<map::Opened>,
     path: &Path,
     name: &str,
     progress: &Arc<FileProgress>,
@@ -362,9 +406,9 @@ async fn load_inner(
         rejects: None,
     };
     let file_err = |e: &dyn std::fmt::Display| fail(Abort::File(e.to_string()));
-    let before = map::identity(path).map_err(|e| file_err(&e))?;
-    let p = path.to_path_buf();
-    let hash = tokio::task::spawn_blocking(move || map::content_hash(&p))
+    let before = opened.identity;
+    let o = Arc::clone(opened);
+    let hash = tokio::task::spawn_blocking(move || o.content_hash())
         .await
         .map_err(|e| fail(Abort::Env(format!("hashing task failed: {e}"))))?
         .map_err(|e| file_err(&e))?;
@@ -377,8 +421,8 @@ async fn load_inner(
     {
         return Err(fail(Abort::Duplicate(Box::new(prev))));
     }
-    let p = path.to_path_buf();
-    let mapped = tokio::task::spawn_blocking(move || Mapped::open(&p))
+    let o = Arc::clone(opened);
+    let mapped = tokio::task::spawn_blocking(move || o.map())
         .await
         .map_err(|e| fail(Abort::Env(format!("mapping task failed: {e}"))))?
         .map_err(|e| file_err(&e))?;
@@ -554,7 +598,7 @@ async fn load_inner(
             done,
         ));
     }
-    match map::identity(path) {
+    match opened.identity_now() {
         Ok(now) if now == before => {}
         _ => {
             let msg = map::MapError::Changed {

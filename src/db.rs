@@ -315,6 +315,11 @@ const LATER: &[Migration] = &[
         name: "cell points as order-preserving keys",
         sql: include_str!("../sql/009_cell_points_keys.sql"),
     },
+    Migration {
+        version: 11,
+        name: "event retention and watch attempts",
+        sql: include_str!("../sql/011_events_retention.sql"),
+    },
 ];
 /// Query functions: replaced on every migrate, so they follow the binary.
 const FUNCTIONS: &str = include_str!("../sql/005_queries.sql");

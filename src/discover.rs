@@ -3,6 +3,9 @@
 //! Directories are scanned one level deep; names a writer is still producing
 //! (`*.part`, `*.tmp`, dotfiles) and tripload's own outputs (`*.rejects.csv`,
 //! `*.error.txt`) are skipped, so pointing at a busy landing directory is safe.
+//! Subdirectories are skipped; every other entry — symlinks, FIFOs, devices
+//! included — is listed without being followed or opened, so that the loader
+//! refuses it by name (only regular files are read).
 
 use std::path::{Path, PathBuf};
 
@@ -35,7 +38,11 @@ pub enum DiscoverError {
 pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DiscoverError> {
     let mut out = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|_| DiscoverError::Missing { path: p.clone() })?;
+        // A directory named on the command line is used even through a link
+        // (the user chose it); anything else is listed as it is.
+        let meta = std::fs::metadata(p)
+            .or_else(|_| std::fs::symlink_metadata(p))
+            .map_err(|_| DiscoverError::Missing { path: p.clone() })?;
         if meta.is_dir() {
             let rd = std::fs::read_dir(p).map_err(|source| DiscoverError::ReadDir {
                 path: p.clone(),
@@ -43,7 +50,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DiscoverError> {
             })?;
             let mut files: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok())
-                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                .filter(|e| e.file_type().map(|t| !t.is_dir()).unwrap_or(false))
                 .map(|e| e.path())
                 .filter(|p| !is_ignored(p))
                 .collect();
@@ -75,12 +82,20 @@ mod tests {
             std::fs::write(dir.path().join(n), "x").unwrap();
         }
         std::fs::create_dir(dir.path().join("sub")).unwrap();
+        // Listed (not followed), for the loader to refuse by name.
+        std::os::unix::fs::symlink(dir.path().join("a.csv"), dir.path().join("l.csv")).unwrap();
         let files = discover(&[dir.path().to_path_buf()]).unwrap();
         let names: Vec<_> = files
             .iter()
             .map(|p| p.file_name().unwrap().to_str().unwrap())
             .collect();
-        assert_eq!(names, ["a.csv", "b.csv"]);
+        assert_eq!(names, ["a.csv", "b.csv", "l.csv"]);
+        let dangling = dir.path().join("dangling.csv");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert_eq!(
+            discover(std::slice::from_ref(&dangling)).unwrap(),
+            [dangling]
+        );
         assert!(discover(&[dir.path().join("nope")]).is_err());
     }
 }

@@ -3,7 +3,10 @@
 //! and programs learn how ingestion goes without polling.
 //!
 //! Events are sent from a background task on their own connection, in order;
-//! a failing event store is logged and never blocks or fails a load.
+//! a failing event store is logged and never blocks or fails a load. Before
+//! the process ends, [`Publisher::flush`] waits (a bounded time) until every
+//! event published so far is stored. [`prune`] keeps the table to the
+//! retention period, in small batches.
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -31,6 +34,11 @@ pub enum Kind {
     Skipped,
     /// A claimed file went back to the landing directory (shutdown, database down).
     Released,
+    /// Not a regular file (symlink, FIFO, device, directory): never opened (`reason`).
+    Refused,
+    /// Watch mode: failed for environment reasons `--max-attempts` times in a
+    /// row; moved to `failed/` with its history (`reason`).
+    Quarantined,
 }
 
 impl Kind {
@@ -43,6 +51,8 @@ impl Kind {
             Kind::Failed => "failed",
             Kind::Skipped => "skipped",
             Kind::Released => "released",
+            Kind::Refused => "refused",
+            Kind::Quarantined => "quarantined",
         }
     }
 }
@@ -121,10 +131,16 @@ fn prepare(mut e: Event) -> Option<(Kind, String, String)> {
     }
 }
 
+enum Msg {
+    Event(Box<Event>),
+    /// Answered once every event sent before it is stored.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Sends events to the store in order from a background task.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: Option<mpsc::UnboundedSender<Event>>,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
 }
 
 impl Publisher {
@@ -140,7 +156,7 @@ impl Publisher {
         conninfo: String,
         client: tokio_postgres::Client,
     ) -> (Publisher, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let mut client = Some(client);
         let task = tokio::spawn(async move {
             let sql = format!(
@@ -151,16 +167,18 @@ impl Publisher {
             // Events wait here while the database is away and go out in order
             // when it returns (bounded: the oldest are dropped, with a warning).
             let mut backlog: VecDeque<(Kind, String, String)> = VecDeque::new();
+            let mut flushes: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
             let mut open = true;
             let mut final_tries = 0;
-            while open || !backlog.is_empty() {
+            while open || !backlog.is_empty() || !flushes.is_empty() {
                 tokio::select! {
                     e = rx.recv(), if open => match e {
-                        Some(e) => {
-                            if let Some(item) = prepare(e) {
+                        Some(Msg::Event(e)) => {
+                            if let Some(item) = prepare(*e) {
                                 backlog.push_back(item);
                             }
                         }
+                        Some(Msg::Flush(ack)) => flushes.push(ack),
                         None => open = false,
                     },
                     _ = tokio::time::sleep(RETRY_EVERY), if !backlog.is_empty() => {}
@@ -195,6 +213,11 @@ impl Publisher {
                         }
                     }
                 }
+                if backlog.is_empty() {
+                    for ack in flushes.drain(..) {
+                        let _ = ack.send(());
+                    }
+                }
                 if !open && !backlog.is_empty() {
                     // The run is over: a few more tries, then say what is lost.
                     final_tries += 1;
@@ -213,7 +236,48 @@ impl Publisher {
 
     pub fn publish(&self, e: Event) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(e);
+            let _ = tx.send(Msg::Event(Box::new(e)));
+        }
+    }
+
+    /// Waits until every event published before this call is stored, for at
+    /// most `within`; false if some were not (the database is away or slow).
+    pub async fn flush(&self, within: std::time::Duration) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        if tx.send(Msg::Flush(ack)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, done).await, Ok(Ok(())))
+    }
+}
+
+/// Rows deleted per statement when pruning: short transactions that never
+/// hold up the loaders' inserts for long.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// Deletes events older than `days` days (none when `days` is 0), oldest
+/// first, in batches; returns how many were deleted.
+pub async fn prune(client: &tokio_postgres::Client, days: u32) -> Result<u64, crate::db::DbError> {
+    if days == 0 {
+        return Ok(0);
+    }
+    let days = i32::try_from(days).unwrap_or(i32::MAX);
+    let mut total = 0;
+    loop {
+        let n = client
+            .execute(
+                "DELETE FROM ingestion_events WHERE id IN (
+                     SELECT id FROM ingestion_events
+                     WHERE at < now() - make_interval(days => $1)
+                     ORDER BY at LIMIT $2)",
+                &[&days, &PRUNE_BATCH],
+            )
+            .await
+            .map_err(crate::db::query_err("pruning old ingestion events"))?;
+        total += n;
+        if n < PRUNE_BATCH as u64 {
+            return Ok(total);
         }
     }
 }

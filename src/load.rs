@@ -35,6 +35,8 @@ pub struct Settings {
     pub nice: i32,
     pub quiet: bool,
     pub mail: Option<crate::mail::MailConfig>,
+    /// Days `ingestion_events` keeps (0: for ever); pruned by the loader.
+    pub events_retention_days: u32,
 }
 
 /// Errors that stop the run before any file is touched (exit code 2).
@@ -198,6 +200,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     }
     let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
     crate::points_writer::sweep(&mut client).await?;
+    prune_events(&client, cfg.settings.events_retention_days).await;
     set_threads(cfg.settings.threads, cfg.settings.nice, &conninfo);
     let dims = Arc::new(database_dims(&client, &conninfo).await?);
     let (events, events_task) =
@@ -233,7 +236,9 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
             let ctx = Arc::clone(&ctx);
             let progress = Arc::clone(&progress);
             async move {
-                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let size = std::fs::symlink_metadata(&path)
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -248,12 +253,27 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         .collect::<Vec<_>>()
         .await;
     // Let the last events reach the store before the process ends.
+    if !ctx.events.flush(FLUSH_WITHIN).await {
+        tracing::warn!("some ingestion events could not be stored before exiting");
+    }
     drop(ctx);
-    let _ = events_task.await;
+    let _ = tokio::time::timeout(FLUSH_WITHIN, events_task).await;
     if let Some(mail) = &cfg.settings.mail {
         crate::mail::deliver(mail, &reports).await;
     }
     Ok(reports)
+}
+
+/// How long a finishing run waits for its last events to be stored.
+pub const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Drops events past the retention period; a failure is logged, never fatal.
+pub async fn prune_events(client: &Client, days: u32) {
+    match crate::events::prune(client, days).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("pruned {n} ingestion events older than {days} days"),
+        Err(e) => tracing::warn!("{e}"),
+    }
 }
 
 pub fn one_line(r: &FileReport) -> String {
@@ -272,6 +292,9 @@ pub fn one_line(r: &FileReport) -> String {
         }
         Status::Failed { reason } => format!("{name}: FAILED: {reason}"),
         Status::Error { reason } => format!("{name}: ERROR (left in place, retry later): {reason}"),
+        Status::Refused { reason } => {
+            format!("{name}: REFUSED (left in place, not read): {reason}")
+        }
     }
 }
 

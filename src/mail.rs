@@ -102,6 +102,7 @@ fn status_text(r: &FileReport) -> String {
         }
         Status::Failed { reason } => format!("FAILED: {reason}"),
         Status::Error { reason } => format!("NOT LOADED (database problem, will retry): {reason}"),
+        Status::Refused { reason } => format!("REFUSED: {reason}"),
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Status {
     Failed { reason: String },
     /// Rolled back because of the database or the machine; left in place to retry.
     Error { reason: String },
+    /// Not a regular file (a link, FIFO, device…): never opened, left in place.
+    Refused { reason: String },
 }
 
 /// The outcome of one file, for the summary, the exit code and (later) reports.
@@ -188,6 +190,7 @@ fn status_word(s: &Status) -> &'static str {
         Status::AlreadyLoaded { .. } => "already loaded",
         Status::Failed { .. } => "FAILED",
         Status::Error { .. } => "ERROR",
+        Status::Refused { .. } => "REFUSED",
     }
 }
 
@@ -273,7 +276,7 @@ pub fn summary_table(reports: &[FileReport]) -> String {
     }
     for r in reports {
         match &r.status {
-            Status::Failed { reason } | Status::Error { reason } => {
+            Status::Failed { reason } | Status::Error { reason } | Status::Refused { reason } => {
                 out.push_str(&format!("{}: {reason}\n", r.path.display()));
             }
             Status::AlreadyLoaded {

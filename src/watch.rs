@@ -15,7 +15,7 @@ use crate::db::{self, Target};
 use crate::discover::is_ignored;
 use crate::events::{Event, Kind, Publisher};
 use crate::load::{database_dims, hostname, prepare, SetupError};
-use crate::map::{identity, Identity};
+use crate::map::{identity, FileId, Identity};
 use crate::report::{FileReport, Progress, Status};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,6 +33,8 @@ pub struct WatchConfig {
     pub settings: crate::load::Settings,
     /// Zero: a report per file; otherwise one digest per period.
     pub report_every: Duration,
+    /// Environment failures in a row after which a file is quarantined.
+    pub max_attempts: u32,
 }
 
 const CLAIM_SEP: &str = "~";
@@ -100,9 +102,302 @@ fn release_stale(processing: &Path, landing: &Path, events: &Publisher) {
     }
 }
 
+/// An entry of the landing directory that is not a regular file.
+#[derive(Debug, Clone, PartialEq)]
+struct Refusal {
+    path: PathBuf,
+    kind: &'static str,
+}
+
+impl Refusal {
+    fn event(&self) -> Event {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut ev = Event::new(Kind::Refused, &name);
+        ev.reason = Some(
+            crate::map::MapError::NotRegular {
+                path: self.path.clone(),
+                kind: self.kind,
+            }
+            .to_string(),
+        );
+        ev
+    }
+}
+
+/// Files seen in landing and not yet claimed.
+#[derive(Default)]
+struct Queue {
+    /// Written in place: taken once unchanged for the quiet period.
+    pending: HashMap<PathBuf, (Option<Identity>, Instant)>,
+    /// Ready to claim, in order.
+    ready: VecDeque<PathBuf>,
+    /// Entries refused so far (each is reported once per run).
+    refused: HashSet<(PathBuf, FileId)>,
+}
+
+impl Queue {
+    /// Takes one notification; returns the entries it made us refuse. A
+    /// notification flagged for rescan (the kernel's queue overflowed, so
+    /// events were lost) lists the directory again.
+    fn on_notify(&mut self, ev: notify::Event, landing: &Path) -> Vec<Refusal> {
+        if ev.need_rescan() {
+            tracing::warn!(
+                "{}: notifications were lost (queue overflow); scanning the directory again",
+                landing.display()
+            );
+            return self.rescan(landing);
+        }
+        let renamed_in = matches!(
+            ev.kind,
+            EventKind::Modify(notify::event::ModifyKind::Name(
+                notify::event::RenameMode::To | notify::event::RenameMode::Both
+            ))
+        );
+        let mut refused = Vec::new();
+        for p in ev.paths {
+            if p.parent() != Some(landing) || is_ignored(&p) {
+                continue;
+            }
+            // Not following links: what the name itself is.
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue; // gone
+            };
+            if !m.file_type().is_file() {
+                refused.extend(self.refuse(p, &m));
+            } else if renamed_in {
+                self.pending.remove(&p);
+                if !self.ready.contains(&p) {
+                    self.ready.push_back(p);
+                }
+            } else if !self.ready.contains(&p) {
+                self.pending
+                    .insert(p, (Some(identity_of(&m)), Instant::now()));
+            }
+        }
+        refused
+    }
+
+    /// Lists landing (at start, and whenever notifications were lost): every
+    /// regular file not yet known waits for the quiet period; anything else
+    /// is refused.
+    fn rescan(&mut self, landing: &Path) -> Vec<Refusal> {
+        let Ok(rd) = std::fs::read_dir(landing) else {
+            tracing::error!("cannot list {}", landing.display());
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut paths: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| !is_ignored(p))
+            .collect();
+        paths.sort();
+        let mut refused = Vec::new();
+        for p in paths {
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if !m.file_type().is_file() {
+                refused.extend(self.refuse(p, &m));
+            } else if !self.ready.contains(&p) && !self.pending.contains_key(&p) {
+                self.pending.insert(p, (Some(identity_of(&m)), now));
+            }
+        }
+        refused
+    }
+
+    fn refuse(&mut self, p: PathBuf, m: &std::fs::Metadata) -> Option<Refusal> {
+        self.pending.remove(&p);
+        self.ready.retain(|r| r != &p);
+        let kind = crate::map::kind_name(m.file_type());
+        self.refused
+            .insert((p.clone(), FileId::of(m)))
+            .then_some(Refusal { path: p, kind })
+    }
+
+    /// When the next pending file may be ready.
+    fn next_check(&self, quiet: Duration) -> Option<Instant> {
+        self.pending.values().map(|(_, seen)| *seen + quiet).min()
+    }
+
+    /// Moves pending files unchanged for the quiet period to `ready`.
+    fn promote(&mut self, quiet: Duration) {
+        let now = Instant::now();
+        let due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, seen))| *seen + quiet <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            let before = self.pending.remove(&p).and_then(|(id, _)| id);
+            match identity(&p) {
+                Err(_) => {} // gone, or no longer a regular file (refused when claimed)
+                Ok(id) if Some(id) == before => self.ready.push_back(p),
+                Ok(id) => {
+                    self.pending.insert(p, (Some(id), now));
+                }
+            }
+        }
+    }
+}
+
+fn identity_of(m: &std::fs::Metadata) -> Identity {
+    Identity {
+        size: m.len(),
+        modified: m.modified().ok(),
+    }
+}
+
+/// Which file a claim holds: its device and inode, and the key its failed
+/// attempts are counted under (device, inode, size, mtime).
+#[derive(Debug, Clone)]
+struct Claimed {
+    path: PathBuf,
+    name: String,
+    id: FileId,
+    key: String,
+}
+
+fn attempt_key(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}:{}:{}.{:09}",
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    )
+}
+
+/// Environment failures of each file, counted towards quarantine.
+///
+/// A failure counts only while the database answers: during an outage every
+/// file fails alike and none is to blame. The history is kept in
+/// `load_attempts`, so it survives a restart of the watcher (a file that
+/// failed twice before a restart is quarantined at its next failure), and
+/// in memory.
+struct Attempts {
+    conninfo: String,
+    client: Option<tokio_postgres::Client>,
+    max: u32,
+    /// Keys with a row in `load_attempts`.
+    stored: HashSet<String>,
+}
+
+const ATTEMPTS_DB_WITHIN: Duration = Duration::from_secs(5);
+
+impl Attempts {
+    async fn start(conninfo: &str, client: tokio_postgres::Client, max: u32) -> Attempts {
+        let stored = match client
+            .query("SELECT file_key FROM load_attempts", &[])
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the attempt history: {}", db::error_text(&e));
+                HashSet::new()
+            }
+        };
+        Attempts {
+            conninfo: conninfo.to_string(),
+            client: Some(client),
+            max,
+            stored,
+        }
+    }
+
+    async fn client(&mut self) -> Option<&tokio_postgres::Client> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = tokio::time::timeout(ATTEMPTS_DB_WITHIN, db::connect(&self.conninfo))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        self.client.as_ref()
+    }
+
+    /// Records a failure of `c`; returns the file's history of failures in a
+    /// row (this one last) when it counts, `None` while the database is away.
+    async fn failed(&mut self, c: &Claimed, reason: &str) -> Option<Vec<String>> {
+        let line = format!(
+            "{}  {}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+            reason.replace(['\n', '\r'], " ")
+        );
+        let client = self.client().await?;
+        let row = tokio::time::timeout(
+            ATTEMPTS_DB_WITHIN,
+            client.query_one(
+                "INSERT INTO load_attempts (file_key, file_name, attempts)
+                 VALUES ($1, $2, jsonb_build_array($3::text))
+                 ON CONFLICT (file_key) DO UPDATE
+                   SET attempts = load_attempts.attempts || jsonb_build_array($3::text),
+                       file_name = EXCLUDED.file_name, updated_at = now()
+                 RETURNING attempts::text",
+                &[&c.key, &c.name, &line],
+            ),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        self.stored.insert(c.key.clone());
+        serde_json::from_str::<Vec<String>>(row.get::<_, &str>(0)).ok()
+    }
+
+    /// Whether `history` calls for quarantine.
+    fn exhausted(&self, history: &[String]) -> bool {
+        history.len() >= self.max as usize
+    }
+
+    /// Forgets the failures of a file that has left the queue.
+    async fn forget(&mut self, key: &str) {
+        if !self.stored.remove(key) {
+            return;
+        }
+        let Some(client) = self.client().await else {
+            return;
+        };
+        let _ = tokio::time::timeout(
+            ATTEMPTS_DB_WITHIN,
+            client.execute("DELETE FROM load_attempts WHERE file_key = $1", &[&key]),
+        )
+        .await;
+    }
+}
+
+/// Moves a file that failed `history.len()` times in a row to `failed/`, with
+/// the history in `<file>.error.txt`.
+fn quarantine(c: &Claimed, failed_dir: &Path, history: &[String]) -> Result<PathBuf, String> {
+    let dest = crate::archive::move_read_file_into_as(&c.path, c.id, failed_dir, &c.name)
+        .map_err(|e| e.to_string())?;
+    let mut text = format!(
+        "file: {}\nquarantined: {}\nits load failed {} times in a row for reasons other than its content, while the database was reachable:\n",
+        c.name,
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+        history.len()
+    );
+    for h in history {
+        text.push_str("  ");
+        text.push_str(h);
+        text.push('\n');
+    }
+    text.push_str("nothing from this file was committed. once the cause is fixed, move the file back to the landing directory.\n");
+    if let Err(e) = crate::archive::write_error(&dest, &text) {
+        tracing::error!("{}: could not write the error file: {e}", dest.display());
+    }
+    Ok(dest)
+}
+
 /// Runs until SIGINT/SIGTERM. A first signal stops claiming and lets the files
-/// in flight finish; a second returns them to landing and exits at once (the
-/// database rolls back their open transactions).
+/// in flight finish, then stores the last events; a second returns them to
+/// landing and exits at once with [`crate::cli::EXIT_ABORTED`] (the database
+/// rolls back their open transactions).
 pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     let landing = cfg.landing.clone();
     std::fs::create_dir_all(&landing).map_err(|e| {
@@ -150,6 +445,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         events: events.clone(),
         grid: Some(db::grid(&client).await?),
     });
+    let mut attempts = Attempts::start(&conninfo, client, cfg.max_attempts).await;
     let progress = Arc::new(Progress::new(cfg.settings.quiet));
     release_stale(&processing, &landing, &events);
 
@@ -168,16 +464,17 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         cfg.settings.jobs
     ));
 
-    let mut pending: HashMap<PathBuf, (Option<Identity>, Instant)> = HashMap::new();
-    let mut ready: VecDeque<PathBuf> = VecDeque::new();
-    let now = Instant::now();
-    if let Ok(files) = crate::discover::discover(std::slice::from_ref(&landing)) {
-        for f in files {
-            pending.insert(f.clone(), (identity(&f).ok(), now));
-        }
+    let mut queue = Queue::default();
+    for r in queue.rescan(&landing) {
+        tracing::warn!(
+            "{}: refused: a {}, not a regular file",
+            r.path.display(),
+            r.kind
+        );
+        events.publish(r.event());
     }
     let in_flight_paths: Arc<Mutex<HashSet<(PathBuf, String)>>> = Default::default();
-    let mut in_flight: JoinSet<(PathBuf, String, FileReport)> = JoinSet::new();
+    let mut in_flight: JoinSet<(Claimed, FileReport)> = JoinSet::new();
     let mut backoff = Duration::ZERO;
     let mut paused_until = Instant::now();
     let mut stopping = false;
@@ -185,6 +482,10 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     let mut mails: JoinSet<()> = JoinSet::new();
     let mut digest: Vec<FileReport> = Vec::new();
     let mut digest_due: Option<Instant> = None;
+    // Retention: at start, then every hour, one pruning at a time.
+    let mut prune_every = tokio::time::interval(PRUNE_EVERY);
+    prune_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruning: JoinSet<()> = JoinSet::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| SetupError::Io(format!("cannot handle SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -193,116 +494,138 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     loop {
         // Claim what is ready, up to --jobs at a time.
         while !stopping && in_flight.len() < cfg.settings.jobs && Instant::now() >= paused_until {
-            let Some(path) = ready.pop_front() else { break };
-            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            let Some(path) = queue.ready.pop_front() else {
+                break;
+            };
+            let Some(claim) = claim(&path, &processing, &mut queue, &events) else {
                 continue;
             };
-            let claimed = processing.join(claim_name(&name));
-            if std::fs::rename(&path, &claimed).is_err() {
-                continue; // another watcher took it, or it is gone
-            }
-            let mut ev = Event::new(Kind::Claimed, &name);
-            ev.size_bytes = std::fs::metadata(&claimed).map(|m| m.len()).ok();
+            let mut ev = Event::new(Kind::Claimed, &claim.name);
+            ev.size_bytes = std::fs::symlink_metadata(&claim.path).map(|m| m.len()).ok();
             events.publish(ev);
             if let Ok(mut s) = in_flight_paths.lock() {
-                s.insert((claimed.clone(), name.clone()));
+                s.insert((claim.path.clone(), claim.name.clone()));
             }
             let (ctx, progress) = (Arc::clone(&ctx), Arc::clone(&progress));
             in_flight.spawn(async move {
-                let size = std::fs::metadata(&claimed).map(|m| m.len()).unwrap_or(0);
-                let fp = Arc::new(progress.file(&name, size).with_events(ctx.events.clone()));
-                let report = load_file(&ctx, &claimed, &name, &fp).await;
-                (claimed, name, report)
+                let size = std::fs::symlink_metadata(&claim.path)
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                let fp = Arc::new(
+                    progress
+                        .file(&claim.name, size)
+                        .with_events(ctx.events.clone()),
+                );
+                let report = load_file(&ctx, &claim.path, &claim.name, &fp).await;
+                (claim, report)
             });
         }
         if stopping && in_flight.is_empty() {
             break;
         }
-        let next_check = pending
-            .values()
-            .map(|(_, seen)| *seen + cfg.quiet_period)
-            .chain((Instant::now() < paused_until && !ready.is_empty()).then_some(paused_until))
+        let next_check = queue
+            .next_check(cfg.quiet_period)
+            .into_iter()
+            .chain(
+                (Instant::now() < paused_until && !queue.ready.is_empty()).then_some(paused_until),
+            )
             .min();
         tokio::select! {
-            Some(res) = rx.recv() => match res {
-                Ok(ev) => {
-                    let renamed_in = matches!(
-                        ev.kind,
-                        EventKind::Modify(notify::event::ModifyKind::Name(
-                            notify::event::RenameMode::To | notify::event::RenameMode::Both
-                        ))
-                    );
-                    for p in ev.paths {
-                        if p.parent() != Some(landing.as_path()) || is_ignored(&p) || !p.is_file() {
-                            continue;
-                        }
-                        if renamed_in {
-                            pending.remove(&p);
-                            if !ready.contains(&p) {
-                                ready.push_back(p);
-                            }
-                        } else if !ready.contains(&p) {
-                            pending.insert(p.clone(), (identity(&p).ok(), Instant::now()));
-                        }
+            Some(res) = rx.recv() => {
+                let refused = match res {
+                    Ok(ev) => queue.on_notify(ev, &landing),
+                    Err(e) => {
+                        // Whatever was lost, a listing finds it.
+                        tracing::error!("watch error: {e}; scanning the directory again");
+                        queue.rescan(&landing)
                     }
+                };
+                for r in refused {
+                    tracing::warn!("{}: refused: a {}, not a regular file", r.path.display(), r.kind);
+                    events.publish(r.event());
                 }
-                Err(e) => tracing::error!("watch error: {e}"),
             },
             _ = async {
                 match next_check {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
-            } => {
-                let now = Instant::now();
-                let due: Vec<PathBuf> = pending
-                    .iter()
-                    .filter(|(_, (_, seen))| *seen + cfg.quiet_period <= now)
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                for p in due {
-                    let before = pending.remove(&p).and_then(|(id, _)| id);
-                    match identity(&p) {
-                        Err(_) => {} // gone
-                        Ok(id) if Some(id) == before => ready.push_back(p),
-                        Ok(id) => {
-                            pending.insert(p, (Some(id), now));
+            } => queue.promote(cfg.quiet_period),
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let Ok((claimed, mut report)) = done else { continue };
+                if let Ok(mut s) = in_flight_paths.lock() {
+                    s.remove(&(claimed.path.clone(), claimed.name.clone()));
+                }
+                match report.status.clone() {
+                    Status::Error { reason } => {
+                        let history = attempts.failed(&claimed, &reason).await;
+                        match history {
+                            Some(h) if attempts.exhausted(&h) => {
+                                match quarantine(&claimed, &ctx.failed_dir_for(&claimed.path), &h) {
+                                    Ok(dest) => {
+                                        let mut ev = Event::new(Kind::Quarantined, &claimed.name);
+                                        ev.reason = Some(format!(
+                                            "failed {} times in a row (last: {reason}); moved to {}",
+                                            h.len(),
+                                            dest.display()
+                                        ));
+                                        events.publish(ev);
+                                        tracing::error!("quarantined {} after {} failed attempts: {reason}", claimed.name, h.len());
+                                        report.status = Status::Failed {
+                                            reason: format!("quarantined after {} failed attempts; last: {reason}", h.len()),
+                                        };
+                                        report.now_at = Some(dest);
+                                        attempts.forget(&claimed.key).await;
+                                    }
+                                    Err(e) => tracing::error!("cannot quarantine {}: {e}", claimed.name),
+                                }
+                                backoff = Duration::ZERO;
+                            }
+                            _ => {
+                                // Not the file's fault: put it back and pause claiming.
+                                release(&claimed, &landing, &reason, &mut queue, &events);
+                                backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                                paused_until = Instant::now() + backoff;
+                                tracing::warn!("retrying {} in {backoff:?}: {reason}", claimed.name);
+                            }
                         }
                     }
-                }
-            },
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let Ok((claimed, name, report)) = done else { continue };
-                if let Ok(mut s) = in_flight_paths.lock() {
-                    s.remove(&(claimed.clone(), name.clone()));
+                    Status::Refused { reason } => {
+                        // Swapped for a link or the like after it was claimed.
+                        set_aside(&claimed, &ctx.failed_dir_for(&claimed.path), &reason);
+                        backoff = Duration::ZERO;
+                    }
+                    _ => {
+                        attempts.forget(&claimed.key).await;
+                        backoff = Duration::ZERO;
+                    }
                 }
                 progress.line(&crate::load::one_line(&report));
                 if let Some(mail) = cfg.settings.mail.clone() {
                     if !matches!(report.status, Status::Error { .. }) {
                         if cfg.report_every.is_zero() {
-                            let r = report.clone();
                             mails.spawn(async move {
-                                crate::mail::deliver(&mail, std::slice::from_ref(&r)).await;
+                                crate::mail::deliver(&mail, std::slice::from_ref(&report)).await;
                             });
                         } else {
-                            digest.push(report.clone());
+                            digest.push(report);
                             digest_due.get_or_insert(Instant::now() + cfg.report_every);
                         }
                     }
                 }
-                if let Status::Error { reason } = &report.status {
-                    // Not the file's fault: put it back and pause claiming.
-                    if let Ok(back) = crate::archive::move_into_as(&claimed, &landing, &name) {
-                        let mut ev = Event::new(Kind::Released, &name);
-                        ev.reason = Some(reason.clone());
-                        events.publish(ev);
-                        ready.push_back(back);
-                    }
-                    backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-                    paused_until = Instant::now() + backoff;
-                    tracing::warn!("database problem; retrying {name} in {backoff:?}: {reason}");
-                } else {
-                    backoff = Duration::ZERO;
+            },
+            // Sent reports are reaped as they finish.
+            Some(_) = mails.join_next(), if !mails.is_empty() => {},
+            Some(_) = pruning.join_next(), if !pruning.is_empty() => {},
+            _ = prune_every.tick() => {
+                if pruning.is_empty() && cfg.settings.events_retention_days > 0 {
+                    let (conninfo, days) = (conninfo.clone(), cfg.settings.events_retention_days);
+                    pruning.spawn(async move {
+                        match db::connect(&conninfo).await {
+                            Ok(c) => crate::load::prune_events(&c, days).await,
+                            Err(e) => tracing::warn!("cannot prune old events: {e}"),
+                        }
+                    });
                 }
             },
             _ = async {
@@ -322,6 +645,12 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         }
     }
     drop(watcher);
+    pruning.abort_all();
+    // The last events (the final ones of the files just finished) go to the
+    // store before the process ends, within a bound.
+    if !events.flush(crate::load::FLUSH_WITHIN).await {
+        tracing::warn!("some ingestion events could not be stored before exiting");
+    }
     if let (Some(mail), false) = (cfg.settings.mail.clone(), digest.is_empty()) {
         mails.spawn(async move {
             crate::mail::deliver(&mail, &digest).await;
@@ -336,7 +665,68 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// First signal: stop claiming. Second: return claimed files and exit now.
+/// How often `watch` prunes events past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Claims a ready file by renaming it into `processing/`; `None` when it is
+/// gone, taken by another watcher, or not a regular file (then refused).
+fn claim(path: &Path, processing: &Path, queue: &mut Queue, events: &Publisher) -> Option<Claimed> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let m = std::fs::symlink_metadata(path).ok()?;
+    if !m.file_type().is_file() {
+        if let Some(r) = queue.refuse(path.to_path_buf(), &m) {
+            tracing::warn!(
+                "{}: refused: a {}, not a regular file",
+                r.path.display(),
+                r.kind
+            );
+            events.publish(r.event());
+        }
+        return None;
+    }
+    let claimed = processing.join(claim_name(&name));
+    if std::fs::rename(path, &claimed).is_err() {
+        return None; // another watcher took it, or it is gone
+    }
+    // What was renamed (not what stood at the path before).
+    let m = std::fs::symlink_metadata(&claimed).ok()?;
+    Some(Claimed {
+        path: claimed,
+        name,
+        id: FileId::of(&m),
+        key: attempt_key(&m),
+    })
+}
+
+/// Puts a claimed file back in landing for another try (event `released`).
+fn release(c: &Claimed, landing: &Path, reason: &str, queue: &mut Queue, events: &Publisher) {
+    match crate::archive::move_read_file_into_as(&c.path, c.id, landing, &c.name) {
+        Ok(back) => {
+            let mut ev = Event::new(Kind::Released, &c.name);
+            ev.reason = Some(reason.to_string());
+            events.publish(ev);
+            queue.ready.push_back(back);
+        }
+        Err(e) => tracing::error!("cannot return {} to landing: {e}", c.name),
+    }
+}
+
+/// Moves a claimed entry that turned out not to be a regular file into
+/// `failed/` (renaming a link moves the link, never its target).
+fn set_aside(c: &Claimed, failed_dir: &Path, reason: &str) {
+    match crate::archive::move_into_as(&c.path, failed_dir, &c.name) {
+        Ok(dest) => {
+            let text = format!("file: {}\nrefused: {reason}\nit was not read.\n", c.name);
+            if let Err(e) = crate::archive::write_error(&dest, &text) {
+                tracing::error!("{}: could not write the error file: {e}", dest.display());
+            }
+        }
+        Err(e) => tracing::error!("cannot move {} to failed/: {e}", c.path.display()),
+    }
+}
+
+/// First signal: stop claiming. Second: return claimed files and exit now
+/// with [`crate::cli::EXIT_ABORTED`].
 fn signal(stopping: bool, in_flight: &Mutex<HashSet<(PathBuf, String)>>, landing: &Path) -> bool {
     if !stopping {
         eprintln!("stopping: no new files are taken; waiting for the files in flight (signal again to abort them)");
@@ -348,7 +738,7 @@ fn signal(stopping: bool, in_flight: &Mutex<HashSet<(PathBuf, String)>>, landing
         }
     }
     eprintln!("aborted: files in flight were rolled back and returned to the landing directory");
-    std::process::exit(0)
+    std::process::exit(i32::from(crate::cli::EXIT_ABORTED))
 }
 
 #[cfg(test)]
@@ -404,5 +794,70 @@ mod tests {
         back.sort();
         assert_eq!(back, ["dead.csv", "mine.csv"]);
         assert_eq!(std::fs::read_dir(&processing).unwrap().count(), 2);
+    }
+
+    fn mkfifo(p: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn an_overflowed_notification_queue_rescans_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let landing = dir.path().join("landing");
+        std::fs::create_dir(&landing).unwrap();
+        let mut q = Queue::default();
+        // Files that arrived while the kernel dropped their notifications.
+        std::fs::write(landing.join("a.csv"), b"x").unwrap();
+        std::fs::write(landing.join("b.csv"), b"y").unwrap();
+        std::fs::write(landing.join("b.csv.part"), b"y").unwrap();
+        std::os::unix::fs::symlink(landing.join("a.csv"), landing.join("l.csv")).unwrap();
+        mkfifo(&landing.join("p.csv"));
+        q.ready.push_back(landing.join("b.csv"));
+        let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        let refused = q.on_notify(overflow.clone(), &landing);
+        let mut pending: Vec<_> = q.pending.keys().cloned().collect();
+        pending.sort();
+        assert_eq!(
+            pending,
+            [landing.join("a.csv")],
+            "new files wait; b is already ready"
+        );
+        assert_eq!(q.ready, [landing.join("b.csv")]);
+        assert_eq!(
+            refused,
+            [
+                Refusal {
+                    path: landing.join("l.csv"),
+                    kind: "symbolic link"
+                },
+                Refusal {
+                    path: landing.join("p.csv"),
+                    kind: "FIFO"
+                },
+            ]
+        );
+        // Refused once per run, not at every rescan.
+        assert!(q.on_notify(overflow, &landing).is_empty());
+    }
+
+    #[test]
+    fn a_link_renamed_into_landing_is_refused_not_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let landing = dir.path().join("landing");
+        std::fs::create_dir(&landing).unwrap();
+        let outside = dir.path().join("secret.csv");
+        std::fs::write(&outside, b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, landing.join("l.csv")).unwrap();
+        let mut q = Queue::default();
+        let ev = notify::Event::new(EventKind::Modify(notify::event::ModifyKind::Name(
+            notify::event::RenameMode::To,
+        )))
+        .add_path(landing.join("l.csv"));
+        let refused = q.on_notify(ev, &landing);
+        assert_eq!(refused.len(), 1);
+        assert!(q.ready.is_empty() && q.pending.is_empty());
     }
 }
