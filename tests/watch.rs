@@ -149,7 +149,11 @@ fn second_signal_aborts_returns_the_file_and_leaves_nothing() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(100));
     let status = stop(child);
-    assert!(status.success());
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "a second signal exits 130: {status:?}"
+    );
     wait_for("the server to roll back", 30, || db.count(&copying) == 0);
     match db.trips() {
         0 => assert!(
@@ -265,4 +269,186 @@ fn a_claim_left_by_a_dead_watcher_is_released_and_loaded() {
         db.count("SELECT count(*) FROM ingestion_events WHERE kind = 'released'"),
         1
     );
+}
+
+fn mkfifo(p: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+fn land_renamed(w: &Work, name: &str, content: &[u8]) {
+    let tmp = w.path(&format!("landing/.{name}"));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, w.path(&format!("landing/{name}"))).unwrap();
+}
+
+fn events(db: &TestDb, kind: &str, file: &str) -> i64 {
+    db.count(&format!(
+        "SELECT count(*) FROM ingestion_events WHERE kind = '{kind}' AND file_name = '{file}'"
+    ))
+}
+
+#[test]
+fn links_and_fifos_in_landing_are_refused_and_never_read() {
+    let db = fresh_db();
+    let w = Work::new();
+    let outside = w.path("secret.csv");
+    std::fs::write(&outside, sample()).unwrap();
+    // One link already there at start-up.
+    std::os::unix::fs::symlink(&outside, w.path("landing/early.csv")).unwrap();
+    let child = watcher(&w, &db, &[]);
+    std::thread::sleep(Duration::from_millis(1000));
+    // Created in place, renamed in, and a FIFO (reading it would block).
+    std::os::unix::fs::symlink(&outside, w.path("landing/link.csv")).unwrap();
+    std::os::unix::fs::symlink(&outside, w.path("landing/.l2.csv")).unwrap();
+    std::fs::rename(w.path("landing/.l2.csv"), w.path("landing/link2.csv")).unwrap();
+    mkfifo(&w.path("landing/pipe.csv"));
+    land_renamed(&w, "good.csv", &tripload::gen::trips_csv(40, 11));
+    wait_for("good.csv", 60, || w.exists("processed/good.csv"));
+    for f in ["early.csv", "link.csv", "link2.csv", "pipe.csv"] {
+        wait_for(f, 30, || events(&db, "refused", f) == 1);
+    }
+    // Past the quiet period: still nothing taken from the links.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(stop(child).success());
+    assert_eq!(db.trips(), 40, "the links' target was never loaded");
+    assert_eq!(db.count("SELECT count(*) FROM load_files"), 1);
+    assert_eq!(std::fs::read(&outside).unwrap(), sample());
+    for f in ["early.csv", "link.csv", "link2.csv"] {
+        assert!(std::fs::symlink_metadata(w.path(&format!("landing/{f}")))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(events(&db, "claimed", f), 0);
+    }
+}
+
+/// Rows of datasource `poison` make the server fail the COPY with SQLSTATE
+/// 53100 (disk full): an environment failure, while the database answers.
+fn poison_the_trips(db: &TestDb, w: &Work) {
+    let out = tripload(w, db, &["db", "migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    db.query(
+        "CREATE FUNCTION test_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.datasource_id = (SELECT id FROM datasources WHERE name = 'poison') THEN \
+             RAISE EXCEPTION 'could not extend file (test)' USING ERRCODE = '53100'; \
+           END IF; RETURN NEW; END $$",
+    );
+    db.query(
+        "CREATE TRIGGER test_poison BEFORE INSERT ON trips \
+         FOR EACH ROW EXECUTE FUNCTION test_poison()",
+    );
+}
+
+fn poison_csv() -> Vec<u8> {
+    let mut s = String::from("region,origin_coord,destination_coord,datetime,datasource\n");
+    for i in 0..5 {
+        s.push_str(&format!(
+            "Prague,POINT (14.49 50.00),POINT (14.43 50.04),2018-05-28 09:0{i}:40,poison\n"
+        ));
+    }
+    s.into_bytes()
+}
+
+#[test]
+fn a_file_failing_for_environment_reasons_is_quarantined_with_its_history_across_restarts() {
+    let db = fresh_db();
+    let w = Work::new();
+    poison_the_trips(&db, &w);
+    let attempts =
+        "SELECT coalesce(max(jsonb_array_length(attempts)), 0)::bigint FROM load_attempts";
+    // A first watcher sees it fail twice, then stops.
+    let a = watcher(&w, &db, &["--max-attempts", "10"]);
+    land_renamed(&w, "poison.csv", &poison_csv());
+    wait_for("two failed attempts", 60, || db.count(attempts) >= 2);
+    assert!(stop(a).success());
+    assert!(
+        w.exists("landing/poison.csv"),
+        "released, not quarantined yet"
+    );
+    assert!(!w.exists("failed/poison.csv"));
+    let before = db.count(attempts);
+    assert!(events(&db, "released", "poison.csv") >= 2);
+
+    // The next watcher (default --max-attempts 3) remembers them: the next
+    // failure quarantines the file, and the queue goes on.
+    let b = watcher(&w, &db, &[]);
+    land_renamed(&w, "good.csv", &tripload::gen::trips_csv(40, 12));
+    wait_for("quarantine", 60, || w.exists("failed/poison.csv.error.txt"));
+    wait_for("good.csv", 60, || w.exists("processed/good.csv"));
+    assert!(stop(b).success());
+    assert!(w.exists("failed/poison.csv"));
+    assert!(!w.exists("landing/poison.csv"));
+    let text = w.read("failed/poison.csv.error.txt");
+    let tries = text
+        .lines()
+        .filter(|l| l.contains("could not extend file (test)"))
+        .count() as i64;
+    assert!(
+        tries >= 3 && tries == before + 1,
+        "{before} before restart:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("failed {tries} times in a row")),
+        "{text}"
+    );
+    assert_eq!(events(&db, "quarantined", "poison.csv"), 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM load_attempts"),
+        0,
+        "history cleared"
+    );
+    assert_eq!(db.trips(), 40);
+    assert_eq!(db.count("SELECT count(*) FROM load_files"), 1);
+}
+
+#[test]
+fn max_attempts_1_quarantines_at_the_first_failure() {
+    // A failure while the database answers counts (one during an outage does
+    // not: tests/watch_outage.rs).
+    let db = fresh_db();
+    let w = Work::new();
+    poison_the_trips(&db, &w);
+    let child = watcher(&w, &db, &["--max-attempts", "1"]);
+    land_renamed(&w, "poison.csv", &poison_csv());
+    wait_for("quarantine", 60, || w.exists("failed/poison.csv.error.txt"));
+    assert!(stop(child).success());
+    assert_eq!(events(&db, "released", "poison.csv"), 0);
+    assert_eq!(events(&db, "quarantined", "poison.csv"), 1);
+}
+
+#[test]
+fn the_final_event_of_a_file_finished_just_before_sigterm_is_stored() {
+    let db = fresh_db();
+    let w = Work::new();
+    assert!(tripload(&w, &db, &["db", "migrate"]).status.success());
+    let child = watcher(&w, &db, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The event store is slow: inserts wait behind this lock.
+    let s = db.session();
+    s.query("BEGIN");
+    s.query("LOCK TABLE ingestion_events IN EXCLUSIVE MODE");
+    land_renamed(&w, "last.csv", &tripload::gen::trips_csv(50, 13));
+    wait_for("last.csv", 60, || w.exists("processed/last.csv"));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the watcher waits for its last events"
+    );
+    s.query("COMMIT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "watcher did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(events(&db, "committed", "last.csv"), 1);
+    assert_eq!(events(&db, "claimed", "last.csv"), 1);
 }

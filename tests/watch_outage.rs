@@ -62,8 +62,14 @@ fn watcher_survives_a_database_outage_and_loads_everything_once() {
     wait("during.csv back in landing", &|| {
         w.exists("landing/during.csv")
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Long enough for several attempts (backoff 1, 2, 4 s): failures while
+    // the database is away do not count towards quarantine.
+    std::thread::sleep(Duration::from_millis(8000));
     assert!(!w.exists("processed/during.csv"));
+    assert!(
+        !w.exists("failed/during.csv"),
+        "quarantined during an outage"
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "the watcher keeps running"
@@ -85,6 +91,11 @@ fn watcher_survives_a_database_outage_and_loads_everything_once() {
     assert!(status.success());
     assert_eq!(db.trips(), 30_000);
     assert_eq!(db.count("SELECT count(*) FROM load_files"), 3);
-    assert!(db.count("SELECT count(*) FROM ingestion_events WHERE kind = 'released' AND file_name = 'during.csv'") >= 1);
+    assert!(db.count("SELECT count(*) FROM ingestion_events WHERE kind = 'released' AND file_name = 'during.csv'") >= 3);
+    assert_eq!(
+        db.count("SELECT count(*) FROM ingestion_events WHERE kind = 'quarantined'"),
+        0
+    );
+    assert_eq!(db.count("SELECT count(*) FROM load_attempts"), 0);
     let _ = Embedded::stop(pgdir.path());
 }
