@@ -577,7 +577,10 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                                         report.now_at = Some(dest);
                                         attempts.forget(&claimed.key).await;
                                     }
-                                    Err(e) => tracing::error!("cannot quarantine {}: {e}", claimed.name),
+                                    Err(e) => {
+                                        tracing::error!("cannot quarantine {}: {e}", claimed.name);
+                                        release(&claimed, &landing, &reason, &mut queue, &events);
+                                    }
                                 }
                                 backoff = Duration::ZERO;
                             }
