@@ -248,23 +248,19 @@ pub async fn load_file(
     report.seconds = start.elapsed().as_secs_f64();
     // Set when the path no longer names the file that was read.
     let mut replaced: Option<String> = None;
-    let mut move_to = |dir: &Path| match archive::move_read_file_into_as(path, opened.id, dir, name)
-    {
-        Ok(dest) => Some(dest),
-        Err(e) => {
-            tracing::error!("{e}");
+    let mut move_to = |dir: &Path| {
+        archive::move_read_file_into_as(path, opened.id, dir, name).inspect_err(|e| {
             if let archive::MoveError::Replaced { .. } = e {
                 replaced = Some(e.to_string());
             }
-            None
-        }
+        })
     };
     match result {
         Ok(c) => {
             report.rows_loaded = c.rows;
             report.rows_rejected = c.rejected;
             match move_to(&ctx.processed_dir_for(path)) {
-                Some(dest) => {
+                Ok(dest) => {
                     report.rejects_file = c.rejects.place_beside(&dest).unwrap_or_else(|e| {
                         tracing::error!(
                             "{}: could not place the rejects file: {e}",
@@ -274,10 +270,13 @@ pub async fn load_file(
                     });
                     report.now_at = Some(dest);
                 }
-                None => {
+                Err(e) => {
                     // The data is committed; only the move failed. Rerunning skips it
                     // as already loaded, so nothing is lost or duplicated.
-                    tracing::error!("{}: committed, but not moved to processed/", path.display());
+                    tracing::error!(
+                        "{}: committed, but could not move it to processed/: {e}",
+                        path.display()
+                    );
                     report.rejects_file = c.rejects.place_beside(path).ok().flatten();
                 }
             }
@@ -290,7 +289,7 @@ pub async fn load_file(
                 file_name: prev.file_name,
                 committed_at: prev.committed_at,
             };
-            if let Some(dest) = move_to(&ctx.processed_dir_for(path)) {
+            if let Ok(dest) = move_to(&ctx.processed_dir_for(path)) {
                 report.now_at = Some(dest);
             }
         }
@@ -303,24 +302,27 @@ pub async fn load_file(
             report.status = Status::Failed {
                 reason: reason.clone(),
             };
-            if let Some(dest) = move_to(&ctx.failed_dir_for(path)) {
-                let text = format!(
-                    "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
-                    path.display(),
-                    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
-                    if rejected > 0 {
-                        "the rejected rows found before stopping are in the .rejects.csv file beside this one.\nfix the rows (or raise --max-rejects) and move the file back to the landing directory.\n"
-                    } else {
-                        "fix the file and move it back to the landing directory.\n"
+            match move_to(&ctx.failed_dir_for(path)) {
+                Ok(dest) => {
+                    let text = format!(
+                        "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
+                        path.display(),
+                        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+                        if rejected > 0 {
+                            "the rejected rows found before stopping are in the .rejects.csv file beside this one.\nfix the rows (or raise --max-rejects) and move the file back to the landing directory.\n"
+                        } else {
+                            "fix the file and move it back to the landing directory.\n"
+                        }
+                    );
+                    if let Err(e) = archive::write_error(&dest, &text) {
+                        tracing::error!("{}: could not write the error file: {e}", dest.display());
                     }
-                );
-                if let Err(e) = archive::write_error(&dest, &text) {
-                    tracing::error!("{}: could not write the error file: {e}", dest.display());
+                    if let Some(rw) = rejects {
+                        report.rejects_file = rw.place_beside(&dest).ok().flatten();
+                    }
+                    report.now_at = Some(dest);
                 }
-                if let Some(rw) = rejects {
-                    report.rejects_file = rw.place_beside(&dest).ok().flatten();
-                }
-                report.now_at = Some(dest);
+                Err(e) => tracing::error!("{}: could not move it to failed/: {e}", path.display()),
             }
         }
         Err(Failure {

@@ -298,6 +298,12 @@ fn links_and_fifos_in_landing_are_refused_and_never_read() {
     std::fs::write(&outside, sample()).unwrap();
     // One link already there at start-up.
     std::os::unix::fs::symlink(&outside, w.path("landing/early.csv")).unwrap();
+    // And an event past the default retention, pruned by the watcher.
+    assert!(tripload(&w, &db, &["db", "migrate"]).status.success());
+    db.query(
+        "INSERT INTO ingestion_events (at, kind, file_name, payload) \
+         VALUES (now() - interval '31 days', 'committed', 'ancient.csv', '{}')",
+    );
     let child = watcher(&w, &db, &[]);
     std::thread::sleep(Duration::from_millis(1000));
     // Created in place, renamed in, and a FIFO (reading it would block).
@@ -310,6 +316,7 @@ fn links_and_fifos_in_landing_are_refused_and_never_read() {
     for f in ["early.csv", "link.csv", "link2.csv", "pipe.csv"] {
         wait_for(f, 30, || events(&db, "refused", f) == 1);
     }
+    wait_for("pruning", 30, || events(&db, "committed", "ancient.csv") == 0);
     // Past the quiet period: still nothing taken from the links.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(stop(child).success());
