@@ -316,7 +316,9 @@ fn links_and_fifos_in_landing_are_refused_and_never_read() {
     for f in ["early.csv", "link.csv", "link2.csv", "pipe.csv"] {
         wait_for(f, 30, || events(&db, "refused", f) == 1);
     }
-    wait_for("pruning", 30, || events(&db, "committed", "ancient.csv") == 0);
+    wait_for("pruning", 30, || {
+        events(&db, "committed", "ancient.csv") == 0
+    });
     // Past the quiet period: still nothing taken from the links.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(stop(child).success());
