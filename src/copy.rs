@@ -340,7 +340,16 @@ async fn load_in_transaction(
 ) -> Result<Committed, Failure> {
     let mut points_of = None;
     let mut dims_of = None;
-    let result = load_inner(ctx, path, name, progress, start, &mut points_of, &mut dims_of).await;
+    let result = load_inner(
+        ctx,
+        path,
+        name,
+        progress,
+        start,
+        &mut points_of,
+        &mut dims_of,
+    )
+    .await;
     if let (Err(_), Some(file_id)) = (&result, points_of) {
         points_writer::cleanup(&ctx.conninfo, file_id).await;
     }
@@ -348,7 +357,10 @@ async fn load_in_transaction(
     if let (Err(_), Some(dims)) = (&result, dims_of) {
         if dims.registered() > 0 {
             if let Err(e) = crate::dims::reclaim(&ctx.conninfo, 20).await {
-                tracing::warn!("{name}: could not delete the names it registered: {}", e.one_line());
+                tracing::warn!(
+                    "{name}: could not delete the names it registered: {}",
+                    e.one_line()
+                );
             }
         }
     }

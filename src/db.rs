@@ -339,7 +339,12 @@ pub async fn open(conninfo: &str) -> Result<(Client, Connection), DbError> {
                 }
                 Err(e) => {
                     let first = mode_err(&first_err, &attempt);
-                    let DbError::Connect { target, reason, hint } = mode_err(&e, &again) else {
+                    let DbError::Connect {
+                        target,
+                        reason,
+                        hint,
+                    } = mode_err(&e, &again)
+                    else {
                         return Err(first);
                     };
                     let first_reason = match first {
@@ -348,10 +353,13 @@ pub async fn open(conninfo: &str) -> Result<(Client, Connection), DbError> {
                     };
                     Err(DbError::Connect {
                         target,
-                        reason: format!("{first_reason}; then, {}: {reason}", match second {
-                            Wire::Disable => "without TLS",
-                            _ => "with TLS",
-                        }),
+                        reason: format!(
+                            "{first_reason}; then, {}: {reason}",
+                            match second {
+                                Wire::Disable => "without TLS",
+                                _ => "with TLS",
+                            }
+                        ),
                         hint,
                     })
                 }
@@ -375,7 +383,11 @@ fn connect_error(
 ) -> DbError {
     use rustls::CertificateError as C;
     let mut reason = error_text(e);
-    let handshake = tls.seen.lock().map(|s| (s.started, s.error.clone())).unwrap_or_default();
+    let handshake = tls
+        .seen
+        .lock()
+        .map(|s| (s.started, s.error.clone()))
+        .unwrap_or_default();
     let roots = match spec.roots() {
         Some(crate::pgtls::Roots::File(p)) => format!("sslrootcert {}", p.display()),
         Some(crate::pgtls::Roots::System) => "the system's roots".into(),

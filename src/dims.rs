@@ -141,12 +141,9 @@ impl DimStore {
         tx: &Transaction<'_>,
         file_id: i32,
     ) -> Result<Arc<Dims>, DbError> {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock_shared($1, 0)",
-            &[&LOCK_CLASS],
-        )
-        .await
-        .map_err(query_err("locking the dimension dictionaries"))?;
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", &[&LOCK_CLASS])
+            .await
+            .map_err(query_err("locking the dimension dictionaries"))?;
         // A statement of its own: its snapshot follows the lock.
         let now: i64 = tx
             .query_one("SELECT generation FROM tripload_dim_generation", &[])
@@ -442,7 +439,10 @@ pub async fn reclaim(conninfo: &str, tries: u32) -> Result<u64, DbError> {
         for dim in [Dim::Region, Dim::Datasource] {
             deleted += tx
                 .execute(
-                    &format!("DELETE FROM {} WHERE registered_by IS NOT NULL", dim.table()),
+                    &format!(
+                        "DELETE FROM {} WHERE registered_by IS NOT NULL",
+                        dim.table()
+                    ),
                     &[],
                 )
                 .await

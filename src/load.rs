@@ -128,10 +128,7 @@ pub async fn prepare(
 /// The dictionaries of a run (names read before each file), registering new
 /// names through a dedicated autocommit connection, at most `max_new_names`
 /// per file.
-pub async fn database_dims(
-    conninfo: &str,
-    max_new_names: u64,
-) -> Result<DimStore, db::DbError> {
+pub async fn database_dims(conninfo: &str, max_new_names: u64) -> Result<DimStore, db::DbError> {
     crate::dims::from_database(conninfo, max_new_names).await
 }
 
@@ -203,7 +200,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         .await;
     // Names of this run's failed files that could not go while others loaded.
     if let Err(e) = crate::dims::reclaim(&ctx.conninfo, 1).await {
-        tracing::warn!("could not delete the names of failed files: {}", e.one_line());
+        tracing::warn!(
+            "could not delete the names of failed files: {}",
+            e.one_line()
+        );
     }
     // Let the last events reach the store before the process ends.
     drop(ctx);

@@ -62,7 +62,10 @@ impl MailConfig {
         let rest = self.smtp_url.split_once("://")?.1;
         let authority = rest.split(['/', '?']).next().unwrap_or(rest);
         let userinfo = authority.rsplit_once('@')?.0;
-        userinfo.split_once(':').map(|(_, p)| p).filter(|p| !p.is_empty())
+        userinfo
+            .split_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| !p.is_empty())
     }
 
     /// The `tls` query parameter, if given.
@@ -512,7 +515,10 @@ mod tests {
         );
         assert_eq!(tls("smtp://h:25", false).unwrap(), MailTls::Opportunistic);
         assert_eq!(tls("smtp://u@h?tls=none", false).unwrap(), MailTls::None);
-        for weak in ["smtp://u:s3cr%40t@h?tls=none", "smtp://u:s3cr%40t@h?tls=opportunistic"] {
+        for weak in [
+            "smtp://u:s3cr%40t@h?tls=none",
+            "smtp://u:s3cr%40t@h?tls=opportunistic",
+        ] {
             let e = tls(weak, false).unwrap_err();
             assert!(matches!(e, MailError::PlaintextPassword { .. }), "{e}");
             let text = e.to_string();

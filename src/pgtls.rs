@@ -93,7 +93,9 @@ pub struct ConnSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("unknown sslmode {0:?} (use disable, allow, prefer, require, verify-ca or verify-full)")]
+    #[error(
+        "unknown sslmode {0:?} (use disable, allow, prefer, require, verify-ca or verify-full)"
+    )]
     Mode(String),
     #[error("sslrootcert=system needs sslmode=verify-full (system roots vouch for names, so the name must be checked), not {0}")]
     SystemRootsWeakMode(&'static str),
@@ -112,13 +114,12 @@ pub enum SpecError {
 impl ConnSpec {
     /// Splits a libpq URL (`postgresql://…?sslmode=…`) or key/value string.
     pub fn parse(conninfo: &str) -> Result<ConnSpec, SpecError> {
-        let (rest, params) = if conninfo.starts_with("postgres://")
-            || conninfo.starts_with("postgresql://")
-        {
-            split_url(conninfo)
-        } else {
-            split_keywords(conninfo)?
-        };
+        let (rest, params) =
+            if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+                split_url(conninfo)
+            } else {
+                split_keywords(conninfo)?
+            };
         let mut mode = SslMode::Prefer;
         let mut rootcert = None;
         for (k, v) in params {
@@ -259,7 +260,10 @@ fn split_keywords(s: &str) -> Result<(String, Vec<(String, String)>), SpecError>
             }
         }
         if TLS_KEYS.contains(&key) {
-            taken.push((key.to_string(), String::from_utf8_lossy(&value).into_owned()));
+            taken.push((
+                key.to_string(),
+                String::from_utf8_lossy(&value).into_owned(),
+            ));
         } else {
             kept.push(&s[start..i]);
         }
@@ -301,10 +305,7 @@ impl Tls {
                 let webpki = WebPkiServerVerifier::builder_with_provider(store, provider)
                     .build()
                     .map_err(|e| SpecError::Setup(e.to_string()))?;
-                Arc::new(Verify {
-                    webpki,
-                    check_name,
-                })
+                Arc::new(Verify { webpki, check_name })
             }
         };
         let config = builder
@@ -351,8 +352,7 @@ impl<S> MakeTlsConnect<S> for Tls
 where
     MakeRustlsConnect: MakeTlsConnect<S>,
     <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect: TlsConnect<S, Error = std::io::Error>,
-    <<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect as TlsConnect<S>>::Future:
-        Send + 'static,
+    <<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect as TlsConnect<S>>::Future: Send + 'static,
 {
     type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
     type TlsConnect = Watched<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;

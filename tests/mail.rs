@@ -342,7 +342,14 @@ fn a_password_without_tls_is_a_usage_error_that_never_shows_it() {
         let out = tripload(
             &w,
             &db,
-            &["load", "landing", "--smtp-url", &url, "--report-to", "ops@example.com"],
+            &[
+                "load",
+                "landing",
+                "--smtp-url",
+                &url,
+                "--report-to",
+                "ops@example.com",
+            ],
         );
         assert_eq!(out.status.code(), Some(2), "{tls}: {}", stderr(&out));
         let err = stderr(&out);
@@ -352,7 +359,10 @@ fn a_password_without_tls_is_a_usage_error_that_never_shows_it() {
         assert!(!stdout(&out).contains("s3cret"));
         // Refused before anything was loaded.
         assert!(w.exists("landing/a.csv"));
-        assert_eq!(db.count("SELECT count(*) FROM pg_tables WHERE tablename = 'trips'"), 0);
+        assert_eq!(
+            db.count("SELECT count(*) FROM pg_tables WHERE tablename = 'trips'"),
+            0
+        );
     }
 }
 
@@ -367,7 +377,14 @@ fn a_password_goes_only_over_tls_unless_plaintext_is_allowed() {
     let out = tripload(
         &w,
         &db,
-        &["load", "landing", "--smtp-url", &url, "--report-to", "ops@example.com"],
+        &[
+            "load",
+            "landing",
+            "--smtp-url",
+            &url,
+            "--report-to",
+            "ops@example.com",
+        ],
     );
     // STARTTLS is required with a password: no mail, the load goes on.
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -53,14 +53,33 @@ fn make_server_cert(dir: &Path, ca: &str, name: &str, san: bool) -> (PathBuf, Pa
     openssl(
         dir,
         &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", &key,
-            "-out", &csr,
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
         ],
     );
     let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
     let mut args = vec![
-        "x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-CAcreateserial",
-        "-days", "2", "-out", &crt,
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_crt,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &crt,
     ];
     if san {
         std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
@@ -80,8 +99,7 @@ fn serve_cert(db: &TestDb, crt: &Path, key: &Path) {
     for f in [&to_crt, &to_key] {
         std::os::unix::fs::chown(f, Some(meta.uid()), Some(meta.gid())).unwrap();
     }
-    std::fs::set_permissions(&to_key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(&to_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     db.query("SELECT pg_reload_conf()");
     std::thread::sleep(std::time::Duration::from_millis(500));
 }
