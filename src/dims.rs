@@ -174,7 +174,7 @@ impl DimStore {
             return Ok(id);
         }
         let err = |message: &str| DimError::Resolve {
-            dim: dim.table(),
+            dim: dim.noun(),
             name: name.to_string(),
             message: message.to_string(),
             code: None,
@@ -376,7 +376,7 @@ impl Registry for DbRegistry {
     ) -> Result<Option<(i16, bool)>, DimError> {
         let t = dim.table();
         let client = self.client().map_err(|message| DimError::Resolve {
-            dim: t,
+            dim: dim.noun(),
             name: name.to_string(),
             message,
             code: None,
@@ -392,7 +392,7 @@ impl Registry for DbRegistry {
                     .await
             })
             .map_err(|e| DimError::Resolve {
-                dim: t,
+                dim: dim.noun(),
                 name: name.to_string(),
                 message: format!("{} ({})", db::error_text(&e), db::advice(&e)),
                 code: e.code().cloned(),
@@ -499,7 +499,7 @@ mod tests {
     #[test]
     fn refused_names_are_the_files_fault_and_lost_connections_are_not() {
         let refused = DimError::Resolve {
-            dim: "regions",
+            dim: "region",
             name: "a\0b".into(),
             message: "ERROR: invalid byte sequence [SQLSTATE 22021]".into(),
             code: Some(SqlState::CHARACTER_NOT_IN_REPERTOIRE),

@@ -56,6 +56,7 @@ fn a_name_the_server_refuses_fails_the_file_with_its_sqlstate() {
     let why = w.read("failed/tokyo.csv.error.txt");
     assert!(why.contains("SQLSTATE 22P05"), "{why}");
     assert!(why.contains("LATIN1"), "the server's message: {why}");
+    assert!(why.contains("region \"東京\""), "{why}");
     assert!(!why.contains("db error"), "{why}");
     assert_eq!(db.trips(), 0);
 }
