@@ -347,9 +347,16 @@ pub async fn open(conninfo: &str) -> Result<(Client, Connection), DbError> {
                     else {
                         return Err(first);
                     };
-                    let first_reason = match first {
-                        DbError::Connect { reason, .. } => reason,
-                        other => other.to_string(),
+                    let (first_reason, first_hint) = match first {
+                        DbError::Connect { reason, hint, .. } => (reason, hint),
+                        other => (other.to_string(), String::new()),
+                    };
+                    // The server's own answer to the first attempt says more
+                    // than the refusal of the second.
+                    let hint = if first_err.code().is_some() {
+                        first_hint
+                    } else {
+                        hint
                     };
                     Err(DbError::Connect {
                         target,
