@@ -679,3 +679,52 @@ async fn current_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<TimeLayo
         TimeLayout::PlainBrin
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::error::SqlState;
+
+    #[test]
+    fn data_faults_are_told_from_outages_by_sqlstate() {
+        for data in [
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE, // 22021, e.g. a NUL byte
+            SqlState::UNTRANSLATABLE_CHARACTER,    // 22P05
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED, // 54000
+        ] {
+            assert_eq!(fault_of_code(Some(&data)), Fault::Data, "{}", data.code());
+        }
+        for env in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::DISK_FULL,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::QUERY_CANCELED,
+            SqlState::IO_ERROR,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::INVALID_PASSWORD,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+        ] {
+            assert_eq!(
+                fault_of_code(Some(&env)),
+                Fault::Environment,
+                "{}",
+                env.code()
+            );
+        }
+        // No server answer at all (a lost connection).
+        assert_eq!(fault_of_code(None), Fault::Environment);
+    }
+
+    #[test]
+    fn server_text_is_escaped_and_capped() {
+        assert_eq!(clip("a\0b\nc"), "a\\u{0}b\\nc");
+        let long = "x".repeat(1000);
+        assert_eq!(clip(&long).chars().count(), 301);
+    }
+}
