@@ -235,6 +235,11 @@ pub struct LoadOptions {
     /// moved to failed/.
     #[arg(long, env = "TRIPLOAD_MAX_REJECTS", default_value_t = 0)]
     pub max_rejects: u64,
+    /// Region and datasource names new to the database that one file may
+    /// bring. Over it the file fails (to failed/) and the names it brought are
+    /// deleted: ids are smallints, so names are a scarce resource.
+    #[arg(long, env = "TRIPLOAD_MAX_NEW_NAMES", default_value_t = crate::dims::MAX_NEW_NAMES)]
+    pub max_new_names: u64,
     /// Where loaded files go (default: processed/ beside the file's directory).
     #[arg(long, env = "TRIPLOAD_PROCESSED_DIR")]
     pub processed_dir: Option<PathBuf>,
@@ -276,11 +281,18 @@ pub struct LoadOptions {
     /// No progress output; only the summary table and errors.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Email ingestion reports through this server: smtp://user:pass@host:port
-    /// (STARTTLS when offered) or smtps://user:pass@host:port. `load` sends one
-    /// report per run, `watch` one per file.
+    /// Email ingestion reports through this server: smtps://user:pass@host:port
+    /// (TLS), or smtp://user:pass@host:port (STARTTLS required when the URL
+    /// has a password, used when offered when not; ?tls=required,
+    /// opportunistic or none to choose). `load` sends one report per run,
+    /// `watch` one per file.
     #[arg(long, env = "TRIPLOAD_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
+    /// Let an SMTP URL with a password use ?tls=none or ?tls=opportunistic
+    /// (the password may then cross the network unencrypted). Without it such
+    /// a URL is a usage error: a password needs smtps:// or STARTTLS.
+    #[arg(long, env = "TRIPLOAD_SMTP_ALLOW_PLAINTEXT")]
+    pub smtp_allow_plaintext: bool,
     /// Report recipients (repeat the flag, or comma-separate).
     #[arg(long, env = "TRIPLOAD_REPORT_TO", value_delimiter = ',')]
     pub report_to: Vec<String>,
@@ -307,6 +319,7 @@ impl LoadOptions {
         Ok(crate::load::Settings {
             jobs: self.jobs,
             max_rejects: self.max_rejects,
+            max_new_names: self.max_new_names,
             chunk_bytes: (self.chunk_mib as usize) << 20,
             points_segment_bytes: (self.points_segment_mib as usize) << 20,
             backlog_bytes: self.backlog_mib << 20,
@@ -335,6 +348,7 @@ impl LoadOptions {
             smtp_url: url.clone(),
             to: self.report_to.clone(),
             from: self.report_from.clone(),
+            allow_plaintext: self.smtp_allow_plaintext,
         };
         cfg.check().map_err(|e| e.to_string())?;
         Ok(Some(cfg))

@@ -5,8 +5,8 @@
 use crate::archive::{self, RejectWriter};
 use crate::backlog;
 use crate::chunk::Chunker;
-use crate::db::{self, DbError};
-use crate::dims::{DimError, Dims};
+use crate::db::{self, DbError, Fault};
+use crate::dims::{DimError, DimStore, Dims};
 use crate::encode::{encode_chunk, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
 use crate::events::{Event, Kind, Publisher};
 use crate::ledger;
@@ -26,7 +26,7 @@ use std::time::Instant;
 /// What every file load of a run shares.
 pub struct LoadContext {
     pub conninfo: String,
-    pub dims: Arc<Dims>,
+    pub dims: Arc<DimStore>,
     pub max_rejects: u64,
     pub chunk_bytes: usize,
     /// Chunks in flight per file (bounds memory).
@@ -79,9 +79,25 @@ enum Abort {
     Duplicate(Box<ledger::LoadedFile>),
 }
 
+impl Abort {
+    /// The file's fault or the environment's, as [`Fault`] says.
+    fn of(fault: Fault, msg: String) -> Abort {
+        match fault {
+            Fault::Data => Abort::File(msg),
+            Fault::Environment => Abort::Env(msg),
+        }
+    }
+}
+
 impl From<DbError> for Abort {
     fn from(e: DbError) -> Self {
-        Abort::Env(e.to_string())
+        Abort::of(e.fault(), e.one_line())
+    }
+}
+
+impl From<DimError> for Abort {
+    fn from(e: DimError) -> Self {
+        Abort::of(e.fault(), e.to_string())
     }
 }
 
@@ -94,29 +110,11 @@ impl From<WriteError> for Abort {
     }
 }
 
-/// A server error caused by the data (SQLSTATE class 22/23) is the file's
-/// fault; anything else (connection lost, disk full) is not.
+/// A server error is the file's fault or not by its SQLSTATE alone (see
+/// [`db::fault`]); the message carries the server's text, the SQLSTATE and
+/// what to do.
 fn classify(e: tokio_postgres::Error, what: &str) -> Abort {
-    let data_fault = e
-        .as_db_error()
-        .map(|d| {
-            let code = d.code().code();
-            code.starts_with("22") || code.starts_with("23")
-        })
-        .unwrap_or(false);
-    let msg = match e.as_db_error() {
-        Some(d) => format!(
-            "{what}: {}{}",
-            d.message(),
-            d.where_().map(|w| format!(" ({w})")).unwrap_or_default()
-        ),
-        None => format!("{what}: {e}"),
-    };
-    if data_fault {
-        Abort::File(msg)
-    } else {
-        Abort::Env(msg)
-    }
+    Abort::of(db::fault(&e), db::explain(what, &e))
 }
 
 struct Committed {
@@ -386,9 +384,31 @@ async fn load_in_transaction(
     start: Instant,
 ) -> Result<Committed, Failure> {
     let mut points_of = None;
-    let result = load_inner(ctx, opened, path, name, progress, start, &mut points_of).await;
+    let mut dims_of = None;
+    let result = load_inner(
+        ctx,
+        opened,
+        path,
+        name,
+        progress,
+        start,
+        &mut points_of,
+        &mut dims_of,
+    )
+    .await;
     if let (Err(_), Some(file_id)) = (&result, points_of) {
         points_writer::cleanup(&ctx.conninfo, file_id).await;
+    }
+    // Names the failed file registered go (once no other file is loading).
+    if let (Err(_), Some(dims)) = (&result, dims_of) {
+        if dims.registered() > 0 {
+            if let Err(e) = crate::dims::reclaim(&ctx.conninfo, 20).await {
+                tracing::warn!(
+                    "{name}: could not delete the names it registered: {}",
+                    e.one_line()
+                );
+            }
+        }
     }
     result
 }
@@ -401,6 +421,7 @@ async fn load_inner(
     progress: &Arc<FileProgress>,
     start: Instant,
     points_of: &mut Option<i32>,
+    dims_of: &mut Option<Arc<Dims>>,
 ) -> Result<Committed, Failure> {
     let fail = |abort| Failure {
         abort,
@@ -465,6 +486,12 @@ async fn load_inner(
     )
     .await
     .map_err(|e| fail(classify(e, "locking the file's cell points")))?;
+    let file_dims = ctx
+        .dims
+        .begin_file(&tx, file_id)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    *dims_of = Some(Arc::clone(&file_dims));
     let mut writer = match ctx.grid {
         Some(_) => {
             *points_of = Some(file_id);
@@ -524,7 +551,7 @@ async fn load_inner(
     let stage = {
         let mapped = Arc::clone(&mapped);
         let header = Arc::clone(&header);
-        let dims = Arc::clone(&ctx.dims);
+        let dims = Arc::clone(&file_dims);
         let rejects = RejectWriter::new(&ctx.processed_dir_for(path), name);
         let (max_rejects, chunk_bytes, depth) = (ctx.max_rejects, ctx.chunk_bytes, ctx.depth);
         let grid = ctx.grid;
@@ -646,6 +673,9 @@ async fn load_inner(
         (points_done - trips_done).as_secs_f64(),
         points_done.elapsed().as_secs_f64()
     );
+    if let Err(e) = file_dims.commit(&tx).await {
+        return Err(fail_with(e.into(), done));
+    }
     let seconds = start.elapsed().as_secs_f64();
     if let Err(e) = ledger::finish(&tx, file_id, done.rows, done.rejected, seconds).await {
         return Err(fail_with(e.into(), done));
@@ -756,7 +786,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         let enc = match result {
             Ok(enc) => enc,
             Err(e) => {
-                abort = Some(Abort::Env(e.to_string()));
+                abort = Some(e.into());
                 return false;
             }
         };

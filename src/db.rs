@@ -3,9 +3,7 @@
 
 use crate::embedded::Embedded;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tokio_postgres::Client;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -17,9 +15,11 @@ pub enum DbError {
     },
     #[error("invalid database connection string: {0}\n  hint: use e.g. postgresql://user:password@host:5432/dbname or 'host=/path/to/socket user=me dbname=trips'")]
     BadUrl(String),
+    #[error("invalid TLS settings in the database connection string: {0}\n  hint: see sslmode and sslrootcert in the README's TLS section")]
+    Tls(#[from] crate::pgtls::SpecError),
     #[error("PostGIS is not installed on the PostgreSQL server at {target}\n  hint: install it on the server, e.g. `apt-get install -y postgresql-{major}-postgis-3`, then run the command again")]
     NoPostgis { target: String, major: String },
-    #[error("{context}: {source}")]
+    #[error("{context}: {}\n  hint: {}", error_text(.source), advice(.source))]
     Query {
         context: String,
         #[source]
@@ -29,9 +29,149 @@ pub enum DbError {
     Embedded(#[from] crate::embedded::EmbeddedError),
 }
 
+impl DbError {
+    /// The error on one line (what was done, the server's message with its
+    /// SQLSTATE, what to do), for reports and events.
+    pub fn one_line(&self) -> String {
+        match self {
+            DbError::Query { context, source } => explain(context, source),
+            other => other.to_string().replace("\n  hint: ", " — hint: "),
+        }
+    }
+
+    /// Whose fault this error is (see [`Fault`]).
+    pub fn fault(&self) -> Fault {
+        match self {
+            DbError::Query { source, .. } => fault(source),
+            _ => Fault::Environment,
+        }
+    }
+}
+
 pub fn query_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> DbError {
     let context = context.into();
     move |source| DbError::Query { context, source }
+}
+
+/// Who caused a database error, decided from its SQLSTATE alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The data sent (a file's content): retrying the same bytes fails the
+    /// same way, so the file goes to `failed/`.
+    Data,
+    /// The server, the network or the configuration: the same file may load
+    /// once that is fixed, so it is retried.
+    Environment,
+}
+
+/// SQLSTATE classes the data causes: 22 data exception (e.g. 22021 invalid
+/// byte sequence, 22P05 untranslatable character, 22003 numeric value out
+/// of range), 23 integrity constraint violation, 54 program limit exceeded
+/// (e.g. 54000 row or value too big). Everything else — 08 connection
+/// exception, 53 insufficient resources (disk full, out of memory), 57
+/// operator intervention, 58 system error, 40 serialization failure or
+/// deadlock, 28 authorization, 42 schema or privilege, XX internal — and
+/// errors without a SQLSTATE (connection lost) are the environment's.
+pub const DATA_CLASSES: [&str; 3] = ["22", "23", "54"];
+
+/// [`Fault`] of a SQLSTATE (None: no server error, e.g. a lost connection).
+pub fn fault_of_code(code: Option<&tokio_postgres::error::SqlState>) -> Fault {
+    match code {
+        Some(c) if DATA_CLASSES.iter().any(|class| c.code().starts_with(class)) => Fault::Data,
+        _ => Fault::Environment,
+    }
+}
+
+/// [`Fault`] of a tokio-postgres error.
+pub fn fault(e: &tokio_postgres::Error) -> Fault {
+    fault_of_code(e.code())
+}
+
+/// Server text as it may appear in messages: control characters escaped
+/// and at most a few hundred characters (it can quote the data).
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 300;
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What to do about an error, from its SQLSTATE class.
+pub fn advice(e: &tokio_postgres::Error) -> &'static str {
+    let Some(code) = e.code() else {
+        return if e.is_closed() {
+            "the connection to the server was lost: check that it is running and reachable; the work is retried"
+        } else {
+            "check that the server is running and reachable (host and port in DATABASE_URL); the work is retried"
+        };
+    };
+    let code = code.code();
+    match code.get(..2).unwrap_or("") {
+        "22" | "23" | "54" => {
+            "the file's data caused it: fix the file and move it back to the landing directory"
+        }
+        "08" => "the connection to the server failed: check that it is running and reachable; the work is retried",
+        "53" => "the server is out of resources (disk space, memory or connections): free some; the work is retried",
+        "57" => "the server was shut down or the statement was cancelled by an operator: the work is retried when it is back",
+        "58" => "the server hit an I/O or system error: see its log; the work is retried",
+        "40" => "a conflict with a concurrent transaction: the work is retried",
+        "28" => "check the user and password in DATABASE_URL (and the server's pg_hba.conf)",
+        "3D" => "create the database first (createdb NAME), or point DATABASE_URL at an existing one",
+        "42" if code == "42501" => {
+            "the database user lacks a privilege: grant it, or use the database's owner"
+        }
+        "42" => "the schema is not what this tripload expects: run `tripload db migrate`",
+        _ => "see the server's log for details",
+    }
+}
+
+/// The server's message for a database error ("db error" alone says
+/// nothing): severity, message, `[SQLSTATE xxxxx]`, and detail, hint and
+/// context when the server sent them; for other errors (connection, TLS) the
+/// error with its causes.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        let mut text = format!(
+            "{}: {} [SQLSTATE {}]",
+            d.severity(),
+            clip(d.message()),
+            d.code().code()
+        );
+        for (label, part) in [
+            ("detail", d.detail()),
+            ("server hint", d.hint()),
+            ("context", d.where_()),
+        ] {
+            if let Some(p) = part {
+                text.push_str(&format!("; {label}: {}", clip(p)));
+            }
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&clip(&s.to_string()));
+        source = s.source();
+    }
+    text
+}
+
+/// One line for a failed statement: what was being done, the server's
+/// message with its SQLSTATE, and what to do.
+pub fn explain(what: &str, e: &tokio_postgres::Error) -> String {
+    format!("{what}: {} ({})", error_text(e), advice(e))
 }
 
 /// The database a command works on.
@@ -87,7 +227,7 @@ impl Target {
 
 /// `host:port/db` of a connection string, never the password.
 pub fn describe(conninfo: &str) -> String {
-    let Ok(cfg) = conninfo.parse::<tokio_postgres::Config>() else {
+    let Some(cfg) = parse_config(conninfo) else {
         return "<unparseable connection string>".into();
     };
     let hosts: Vec<String> = cfg
@@ -115,7 +255,7 @@ pub fn describe(conninfo: &str) -> String {
 /// True when the server runs on this machine (unix socket or loopback), so
 /// it competes with the parser threads for the same cores.
 pub fn is_local(conninfo: &str) -> bool {
-    let Ok(cfg) = conninfo.parse::<tokio_postgres::Config>() else {
+    let Some(cfg) = parse_config(conninfo) else {
         return false;
     };
     cfg.get_hosts().iter().all(|h| match h {
@@ -126,139 +266,195 @@ pub fn is_local(conninfo: &str) -> bool {
     })
 }
 
-/// TLS for database connections. With `sslmode=prefer` (the default) the
-/// session is encrypted when the server offers TLS and plain otherwise; with
-/// `sslmode=require` it must be encrypted; `sslmode=disable` never tries.
-/// As libpq does at these modes, the server's certificate is not verified
-/// (encryption, not authentication of the server): `verify-ca` and
-/// `verify-full` are not supported yet.
-pub fn tls() -> Result<Tls, DbError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DbError::BadUrl(format!("TLS setup: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-        .with_no_client_auth();
-    Ok(Tls(MakeRustlsConnect::new(config)))
+/// The tokio-postgres view of a connection string (TLS settings taken out).
+fn parse_config(conninfo: &str) -> Option<tokio_postgres::Config> {
+    let spec = crate::pgtls::ConnSpec::parse(conninfo).ok()?;
+    spec.rest.parse().ok()
 }
 
-/// [`MakeRustlsConnect`] that accepts any host: a unix socket path or a
-/// name that is not a DNS name would be refused as a TLS server name, and
-/// since the certificate is not verified the name only goes into SNI.
-#[derive(Clone)]
-pub struct Tls(MakeRustlsConnect);
-
-impl<S> tokio_postgres::tls::MakeTlsConnect<S> for Tls
-where
-    MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
-{
-    type Stream = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
-    type TlsConnect = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::TlsConnect;
-    type Error = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
-        let name = if rustls::pki_types::ServerName::try_from(domain).is_ok() {
-            domain
-        } else {
-            "localhost"
-        };
-        tokio_postgres::tls::MakeTlsConnect::<S>::make_tls_connect(&mut self.0, name)
-    }
-}
-
-/// Accepts any server certificate but still checks the handshake signatures,
-/// which is what libpq's `sslmode=require` does.
-#[derive(Debug)]
-struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The server's own message for a database error ("db error" alone says
-/// nothing), or the error with its causes (e.g. a TLS handshake failure).
-pub fn error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(d) = e.as_db_error() {
-        return format!("{}: {}", d.severity(), d.message());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+/// A connection and the task-less half that must be polled to drive it.
+pub type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+pub use crate::pgtls::Tls;
 
 /// Connects and drives the connection on the runtime.
 pub async fn connect(conninfo: &str) -> Result<Client, DbError> {
-    let cfg: tokio_postgres::Config = conninfo
-        .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
-    let (client, connection) = cfg.connect(tls()?).await.map_err(|e| {
-        let reason = error_text(&e);
-        let hint = if reason.contains("password") || reason.contains("authentication") {
-            "check the user and password in DATABASE_URL"
-        } else if reason.contains("does not exist") {
-            "create the database first (createdb NAME), or point DATABASE_URL at an existing one"
-        } else {
-            "is the server running and reachable? check host and port in DATABASE_URL, or unset DATABASE_URL to use the embedded database"
-        };
-        DbError::Connect {
-            target: describe(conninfo),
-            reason,
-            hint: hint.into(),
-        }
-    })?;
+    let (client, connection) = open(conninfo).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!("database connection closed: {e}");
+            tracing::debug!("database connection closed: {}", error_text(&e));
         }
     });
     Ok(client)
+}
+
+/// Connects with libpq's `sslmode` rules (see [`crate::pgtls`]): `prefer`
+/// falls back to an unencrypted session when TLS fails or the server turns
+/// the TLS session away, `allow` tries TLS when the server turns the
+/// unencrypted one away; the other modes make one attempt.
+pub async fn open(conninfo: &str) -> Result<(Client, Connection), DbError> {
+    use crate::pgtls::{ConnSpec, SslMode};
+    use tokio_postgres::config::SslMode as Wire;
+    let spec = ConnSpec::parse(conninfo)?;
+    let mut cfg: tokio_postgres::Config = spec
+        .rest
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::BadUrl(error_text(&e)))?;
+    let (first, second) = match spec.mode {
+        SslMode::Disable => (Wire::Disable, None),
+        SslMode::Allow => (Wire::Disable, Some(Wire::Require)),
+        SslMode::Prefer => (Wire::Prefer, Some(Wire::Disable)),
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => (Wire::Require, None),
+    };
+    let roots = spec.roots();
+    let tls = || Tls::new(roots.as_ref(), spec.mode == SslMode::VerifyFull);
+    let attempt = tls()?;
+    let first_err = match cfg.ssl_mode(first).connect(attempt.clone()).await {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let retry = match spec.mode {
+        SslMode::Prefer => handshake_started(&attempt),
+        SslMode::Allow => first_err.as_db_error().is_some(),
+        _ => false,
+    };
+    let has_password = cfg.get_password().is_some();
+    let mode_err = |e: &tokio_postgres::Error, attempt: &Tls| {
+        connect_error(conninfo, &spec, has_password, e, attempt)
+    };
+    match second.filter(|_| retry) {
+        None => Err(mode_err(&first_err, &attempt)),
+        Some(second) => {
+            let again = tls()?;
+            match cfg.ssl_mode(second).connect(again.clone()).await {
+                Ok(c) => {
+                    tracing::debug!(
+                        "sslmode={}: first attempt failed ({}); connected on the second",
+                        spec.mode.name(),
+                        error_text(&first_err)
+                    );
+                    Ok(c)
+                }
+                Err(e) => {
+                    let first = mode_err(&first_err, &attempt);
+                    let DbError::Connect {
+                        target,
+                        reason,
+                        hint,
+                    } = mode_err(&e, &again)
+                    else {
+                        return Err(first);
+                    };
+                    let (first_reason, first_hint) = match first {
+                        DbError::Connect { reason, hint, .. } => (reason, hint),
+                        other => (other.to_string(), String::new()),
+                    };
+                    // The server's own answer to the first attempt says more
+                    // than the refusal of the second.
+                    let hint = if first_err.code().is_some() {
+                        first_hint
+                    } else {
+                        hint
+                    };
+                    Err(DbError::Connect {
+                        target,
+                        reason: format!(
+                            "{first_reason}; then, {}: {reason}",
+                            match second {
+                                Wire::Disable => "without TLS",
+                                _ => "with TLS",
+                            }
+                        ),
+                        hint,
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn handshake_started(tls: &Tls) -> bool {
+    tls.seen.lock().map(|s| s.started).unwrap_or(false)
+}
+
+/// The connect error with a hint chosen from what failed: the server's
+/// SQLSTATE, the TLS handshake's error, or the socket's.
+fn connect_error(
+    conninfo: &str,
+    spec: &crate::pgtls::ConnSpec,
+    has_password: bool,
+    e: &tokio_postgres::Error,
+    tls: &Tls,
+) -> DbError {
+    use rustls::CertificateError as C;
+    let mut reason = error_text(e);
+    let handshake = tls
+        .seen
+        .lock()
+        .map(|s| (s.started, s.error.clone()))
+        .unwrap_or_default();
+    let roots = match spec.roots() {
+        Some(crate::pgtls::Roots::File(p)) => format!("sslrootcert {}", p.display()),
+        Some(crate::pgtls::Roots::System) => "the system's roots".into(),
+        None => "no root".into(),
+    };
+    let hint: String = if let Some(code) = e.code() {
+        match code.code() {
+            "28P01" => "check the user and password in DATABASE_URL".into(),
+            "28000" => "the server's pg_hba.conf does not let this user in from here (or not without TLS: see sslmode)".into(),
+            "3D000" => "create the database first (createdb NAME), or point DATABASE_URL at an existing one".into(),
+            "53300" => "the server has no free connection slots: lower --jobs, or raise max_connections on the server".into(),
+            "57P03" => "the server is starting up or shutting down: try again in a moment".into(),
+            _ => advice(e).into(),
+        }
+    } else if let Some(t) = handshake.1 {
+        reason = format!("TLS handshake failed: {t}");
+        match t {
+            rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+                "the server's certificate does not chain to a root in {roots}: set sslrootcert to the CA certificate that signed it"
+            ),
+            rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+                "the server's certificate does not name the host you connected to: connect by a name the certificate holds, or use sslmode=verify-ca (checks the chain to {roots} but not the name)"
+            ),
+            rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. }) => "the server's certificate is outside its validity period: renew it (or check this machine's clock)".into(),
+            rustls::Error::InvalidCertificate(_) => format!(
+                "the server's certificate cannot be verified against {roots} (verification needs X.509 v3 certificates with a subjectAltName); sslmode=require encrypts without verifying"
+            ),
+            _ => "the TLS handshake with the server failed: check ssl settings on the server, or use sslmode=disable on a trusted network".into(),
+        }
+    } else if handshake.0 {
+        "the TLS handshake with the server failed: check ssl settings on the server".into()
+    } else if io_cause(e) {
+        "is the server running and reachable? check host and port in DATABASE_URL, or unset DATABASE_URL to use the embedded database".into()
+    } else if spec.mode.needs_tls() {
+        format!(
+            "sslmode={} needs TLS, and the server did not offer it: turn ssl on in the server's configuration, or use sslmode=prefer",
+            spec.mode.name()
+        )
+    } else if !has_password {
+        "the server asks for a password: put it in DATABASE_URL".into()
+    } else {
+        "is the server running and reachable? check host and port in DATABASE_URL".into()
+    };
+    DbError::Connect {
+        target: describe(conninfo),
+        reason,
+        hint,
+    }
+}
+
+/// True when the error comes from the socket (refused, unreachable, reset).
+fn io_cause(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// How `trips` is laid out in time.
@@ -314,6 +510,11 @@ const LATER: &[Migration] = &[
         version: 9,
         name: "cell points as order-preserving keys",
         sql: include_str!("../sql/009_cell_points_keys.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "names of files that did not commit are pending and reclaimable",
+        sql: include_str!("../sql/010_dim_names_pending.sql"),
     },
     Migration {
         version: 11,
@@ -482,4 +683,53 @@ async fn current_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<TimeLayo
     } else {
         TimeLayout::PlainBrin
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::error::SqlState;
+
+    #[test]
+    fn data_faults_are_told_from_outages_by_sqlstate() {
+        for data in [
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE, // 22021, e.g. a NUL byte
+            SqlState::UNTRANSLATABLE_CHARACTER,    // 22P05
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED, // 54000
+        ] {
+            assert_eq!(fault_of_code(Some(&data)), Fault::Data, "{}", data.code());
+        }
+        for env in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::DISK_FULL,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::QUERY_CANCELED,
+            SqlState::IO_ERROR,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::INVALID_PASSWORD,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+        ] {
+            assert_eq!(
+                fault_of_code(Some(&env)),
+                Fault::Environment,
+                "{}",
+                env.code()
+            );
+        }
+        // No server answer at all (a lost connection).
+        assert_eq!(fault_of_code(None), Fault::Environment);
+    }
+
+    #[test]
+    fn server_text_is_escaped_and_capped() {
+        assert_eq!(clip("a\0b\nc"), "a\\u{0}b\\nc");
+        let long = "x".repeat(1000);
+        assert_eq!(clip(&long).chars().count(), 301);
+    }
 }

@@ -196,14 +196,28 @@ impl Publisher {
                         Some(c) => c
                             .execute(&sql, &[&kind.as_str(), file, payload])
                             .await
-                            .map_err(|e| e.to_string()),
-                        None => Err("database unreachable".to_string()),
+                            .map_err(|e| {
+                                (
+                                    crate::db::fault(&e),
+                                    crate::db::explain("storing the event", &e),
+                                )
+                            }),
+                        None => Err((
+                            crate::db::Fault::Environment,
+                            "database unreachable".to_string(),
+                        )),
                     };
                     match sent {
                         Ok(_) => {
                             backlog.pop_front();
                         }
-                        Err(err) => {
+                        // The event itself is refused (e.g. a file name the
+                        // database's encoding cannot hold): retrying cannot help.
+                        Err((crate::db::Fault::Data, err)) => {
+                            tracing::warn!("dropped the {} event for {file}: {err}", kind.as_str());
+                            backlog.pop_front();
+                        }
+                        Err((crate::db::Fault::Environment, err)) => {
                             tracing::warn!(
                                 "cannot publish {} event for {file} yet ({err}); {} waiting",
                                 kind.as_str(),

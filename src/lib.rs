@@ -30,6 +30,7 @@ pub mod mail;
 pub mod map;
 pub mod ordered;
 pub mod parse;
+pub mod pgtls;
 pub mod points;
 pub mod points_writer;
 pub mod record;

@@ -4,7 +4,7 @@
 
 use crate::copy::{load_file, LoadContext};
 use crate::db::{self, Target};
-use crate::dims::{Dim, DimError, Dims, Resolver};
+use crate::dims::DimStore;
 use crate::report::{FileReport, Progress};
 use futures_util::StreamExt;
 use std::path::PathBuf;
@@ -24,6 +24,8 @@ pub struct LoadConfig {
 pub struct Settings {
     pub jobs: usize,
     pub max_rejects: u64,
+    /// Names new to the database a file may register (`--max-new-names`).
+    pub max_new_names: u64,
     pub chunk_bytes: usize,
     pub points_segment_bytes: usize,
     pub backlog_bytes: u64,
@@ -120,67 +122,16 @@ pub async fn prepare(
     let mut client = db::connect(&conninfo).await?;
     let layout = db::migrate(&mut client, chunk_interval).await?;
     tracing::debug!("schema ready ({layout:?}) at {}", db::describe(&conninfo));
+    // Names left by files that did not commit (a crash, an outage).
+    crate::dims::reclaim(&conninfo, 1).await?;
     Ok((conninfo, client))
 }
 
-/// Dictionaries preloaded from the database, registering new names through a
-/// dedicated autocommit connection.
-pub async fn database_dims(client: &Client, conninfo: &str) -> Result<Dims, db::DbError> {
-    let mut known = Vec::new();
-    for dim in [Dim::Region, Dim::Datasource] {
-        let rows = client
-            .query(&format!("SELECT name, id FROM {}", dim.table()), &[])
-            .await
-            .map_err(db::query_err("reading dimension names"))?;
-        known.extend(
-            rows.iter()
-                .map(|r| (dim, r.get::<_, String>(0), r.get::<_, i16>(1))),
-        );
-    }
-    let dim_client = std::sync::Mutex::new(Arc::new(db::connect(conninfo).await?));
-    let conninfo = conninfo.to_string();
-    let handle = tokio::runtime::Handle::current();
-    let resolver: Resolver = Box::new(move |dim, name| {
-        let t = dim.table();
-        // The SELECT covers a name a concurrent loader inserted first; its
-        // snapshot may predate that commit, hence the retry.
-        let sql = format!(
-            "WITH ins AS (INSERT INTO {t} (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
-             SELECT id FROM ins UNION ALL SELECT id FROM {t} WHERE name = $1"
-        );
-        let err = |reason: String| DimError::Resolve {
-            dim: t,
-            name: name.to_string(),
-            reason,
-        };
-        for _ in 0..5 {
-            let Ok(mut guard) = dim_client.lock() else {
-                return Err(err("dimension connection lock poisoned".into()));
-            };
-            if guard.is_closed() {
-                // The database went away and came back (a long-running watcher).
-                let fresh = handle
-                    .block_on(db::connect(&conninfo))
-                    .map_err(|e| err(e.to_string()))?;
-                *guard = Arc::new(fresh);
-            }
-            let c = Arc::clone(&guard);
-            drop(guard);
-            let rows = handle
-                .block_on(async { c.query(&sql, &[&name]).await })
-                .map_err(|e| {
-                    if e.to_string().contains("maximum value") {
-                        return DimError::Full(t);
-                    }
-                    err(e.to_string())
-                })?;
-            if let Some(r) = rows.first() {
-                return Ok(r.get(0));
-            }
-        }
-        Err(err("the name was neither inserted nor found".into()))
-    });
-    Ok(Dims::new(known, resolver))
+/// The dictionaries of a run (names read before each file), registering new
+/// names through a dedicated autocommit connection, at most `max_new_names`
+/// per file.
+pub async fn database_dims(conninfo: &str, max_new_names: u64) -> Result<DimStore, db::DbError> {
+    crate::dims::from_database(conninfo, max_new_names).await
 }
 
 /// Loads every file; returns one report per file.
@@ -202,7 +153,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     crate::points_writer::sweep(&mut client).await?;
     prune_events(&client, cfg.settings.events_retention_days).await;
     set_threads(cfg.settings.threads, cfg.settings.nice, &conninfo);
-    let dims = Arc::new(database_dims(&client, &conninfo).await?);
+    let dims = Arc::new(database_dims(&conninfo, cfg.settings.max_new_names).await?);
     let (events, events_task) =
         crate::events::Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
@@ -252,6 +203,13 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         .buffered(cfg.settings.jobs.max(1))
         .collect::<Vec<_>>()
         .await;
+    // Names of this run's failed files that could not go while others loaded.
+    if let Err(e) = crate::dims::reclaim(&ctx.conninfo, 1).await {
+        tracing::warn!(
+            "could not delete the names of failed files: {}",
+            e.one_line()
+        );
+    }
     // Let the last events reach the store before the process ends.
     if !ctx.events.flush(FLUSH_WITHIN).await {
         tracing::warn!("some ingestion events could not be stored before exiting");

@@ -11,10 +11,25 @@ use std::time::Duration;
 /// Where reports go.
 #[derive(Debug, Clone)]
 pub struct MailConfig {
-    /// `smtp://user:pass@host:port` (STARTTLS when offered) or `smtps://…`.
+    /// `smtp://user:pass@host:port` or `smtps://…` (see [`MailConfig::tls`]).
     pub smtp_url: String,
     pub to: Vec<String>,
     pub from: String,
+    /// `--smtp-allow-plaintext`: a password may cross the network unencrypted.
+    pub allow_plaintext: bool,
+}
+
+/// How the mail transport is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailTls {
+    /// `smtps://`: TLS from the first byte.
+    Wrapper,
+    /// STARTTLS, or no mail is sent.
+    Required,
+    /// STARTTLS when the server offers it, plaintext otherwise.
+    Opportunistic,
+    /// Never.
+    None,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +42,8 @@ pub enum MailError {
     Build(String),
     #[error("sending through {server}: {reason}")]
     Send { server: String, reason: String },
+    #[error("the SMTP URL for {server} carries a password but {tls}: the password would cross the network unencrypted\n  hint: use smtps://… (TLS from the start), or smtp://… without ?tls= or with ?tls=required (STARTTLS required, the default with a password); only on a trusted network, add --smtp-allow-plaintext (TRIPLOAD_SMTP_ALLOW_PLAINTEXT=1)")]
+    PlaintextPassword { server: String, tls: &'static str },
 }
 
 impl MailConfig {
@@ -40,21 +57,108 @@ impl MailConfig {
         self.transport().map(|_| ())
     }
 
+    /// The URL's password (percent-encoded as written), if any.
+    fn password(&self) -> Option<&str> {
+        let rest = self.smtp_url.split_once("://")?.1;
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        let userinfo = authority.rsplit_once('@')?.0;
+        userinfo
+            .split_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| !p.is_empty())
+    }
+
+    /// The `tls` query parameter, if given.
+    fn tls_param(&self) -> Option<&str> {
+        let query = self.smtp_url.split_once('?')?.1;
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == "tls")
+            .map(|(_, v)| v)
+            .next_back()
+    }
+
+    /// The encryption in use: `smtps://` wraps; `smtp://` takes `?tls=`
+    /// (`required`, `opportunistic`, `none`) and otherwise requires STARTTLS
+    /// when the URL carries a password, and uses it when offered when not.
+    /// A password with `opportunistic` or `none` is refused unless
+    /// `--smtp-allow-plaintext` is given.
+    pub fn tls(&self) -> Result<MailTls, MailError> {
+        let scheme = self.smtp_url.split("://").next().unwrap_or("");
+        let tls = match (scheme, self.tls_param()) {
+            ("smtps", _) => MailTls::Wrapper,
+            ("smtp", Some("required")) => MailTls::Required,
+            ("smtp", Some("opportunistic")) => MailTls::Opportunistic,
+            ("smtp", Some("none")) => MailTls::None,
+            ("smtp", None) if self.password().is_some() => MailTls::Required,
+            ("smtp", None) => MailTls::Opportunistic,
+            _ => {
+                return Err(MailError::Url(format!(
+                    "{}: the scheme must be smtp or smtps, and tls one of required, opportunistic, none",
+                    self.server()
+                )))
+            }
+        };
+        let weak = match tls {
+            MailTls::Opportunistic => Some("STARTTLS is only opportunistic (?tls=opportunistic)"),
+            MailTls::None => Some("TLS is off (?tls=none)"),
+            _ => None,
+        };
+        match weak {
+            Some(why) if self.password().is_some() && !self.allow_plaintext => {
+                Err(MailError::PlaintextPassword {
+                    server: self.server(),
+                    tls: why,
+                })
+            }
+            _ => Ok(tls),
+        }
+    }
+
+    /// `text` with the URL's password (raw and decoded) masked.
+    fn redact(&self, text: &str) -> String {
+        let Some(p) = self.password() else {
+            return text.to_string();
+        };
+        let decoded = percent_decode(p);
+        let mut out = text.replace(p, "***");
+        if !decoded.is_empty() {
+            out = out.replace(&decoded, "***");
+        }
+        out
+    }
+
     fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailError> {
-        // Plain smtp:// upgrades with STARTTLS when the server offers it.
-        let url = if self.smtp_url.starts_with("smtp://") && !self.smtp_url.contains("tls=") {
-            let sep = if self.smtp_url.contains('?') {
-                '&'
-            } else {
-                '?'
-            };
-            format!("{}{sep}tls=opportunistic", self.smtp_url)
-        } else {
-            self.smtp_url.clone()
+        let tls = self.tls()?;
+        // lettre knows `required` and `opportunistic`; no parameter is no TLS.
+        let base = match self.smtp_url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|kv| !kv.starts_with("tls="))
+                    .collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => self.smtp_url.clone(),
+        };
+        let param = match tls {
+            MailTls::Required => Some("tls=required"),
+            MailTls::Opportunistic => Some("tls=opportunistic"),
+            MailTls::Wrapper | MailTls::None => None,
+        };
+        let url = match param {
+            Some(p) if base.contains('?') => format!("{base}&{p}"),
+            Some(p) => format!("{base}?{p}"),
+            None => base,
         };
         AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             .map(|b| b.timeout(Some(Duration::from_secs(20))).build())
-            .map_err(|e| MailError::Url(e.to_string()))
+            .map_err(|e| MailError::Url(self.redact(&e.to_string())))
     }
 
     /// Host and port without credentials, for messages.
@@ -63,6 +167,37 @@ impl MailConfig {
         let host = rest.rsplit('@').next().unwrap_or(rest);
         host.split(['/', '?']).next().unwrap_or(host).to_string()
     }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An error with its causes (lettre puts the TLS reason in a cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// `[tripload] 3 files loaded, 1 failed`.
@@ -304,7 +439,7 @@ pub async fn deliver(cfg: &MailConfig, reports: &[FileReport]) -> bool {
             Err(e) => {
                 let err = MailError::Send {
                     server: cfg.server(),
-                    reason: e.to_string(),
+                    reason: cfg.redact(&error_chain(&e)),
                 };
                 if attempt == 4 {
                     tracing::error!("report email not sent after {attempt} attempts: {err}; the report is beside the archived file(s) as .report.txt");
@@ -355,8 +490,47 @@ mod tests {
             smtp_url: "smtp://bob:secret@mail.example:2525".into(),
             to: vec!["ops@example.com".into()],
             from: "tripload@example.com".into(),
+            allow_plaintext: false,
         };
         assert_eq!(c.server(), "mail.example:2525");
         assert!(c.check().is_ok());
+    }
+
+    fn config(url: &str, allow_plaintext: bool) -> MailConfig {
+        MailConfig {
+            smtp_url: url.into(),
+            to: vec!["ops@example.com".into()],
+            from: "tripload@example.com".into(),
+            allow_plaintext,
+        }
+    }
+
+    #[test]
+    fn a_password_needs_tls_unless_plaintext_is_allowed() {
+        let tls = |url: &str, allow| config(url, allow).tls();
+        assert_eq!(tls("smtp://u:pw@h:25", false).unwrap(), MailTls::Required);
+        assert_eq!(tls("smtps://u:pw@h", false).unwrap(), MailTls::Wrapper);
+        assert_eq!(
+            tls("smtp://u:pw@h?tls=required", false).unwrap(),
+            MailTls::Required
+        );
+        assert_eq!(tls("smtp://h:25", false).unwrap(), MailTls::Opportunistic);
+        assert_eq!(tls("smtp://u@h?tls=none", false).unwrap(), MailTls::None);
+        for weak in [
+            "smtp://u:s3cr%40t@h?tls=none",
+            "smtp://u:s3cr%40t@h?tls=opportunistic",
+        ] {
+            let e = tls(weak, false).unwrap_err();
+            assert!(matches!(e, MailError::PlaintextPassword { .. }), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("--smtp-allow-plaintext"), "{text}");
+            assert!(!text.contains("s3cr"), "password shown: {text}");
+            assert!(config(weak, false).check().is_err());
+            assert!(tls(weak, true).is_ok());
+        }
+        assert_eq!(
+            config("smtp://u:s3cr%40t@h", false).redact("auth s3cr@t and s3cr%40t"),
+            "auth *** and ***"
+        );
     }
 }

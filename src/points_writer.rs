@@ -49,7 +49,7 @@ pub const SEGMENT_MIB: u64 = 4096;
 /// Why writing cell points failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("{what}: {source}")]
+    #[error("{}", crate::db::explain(what, source))]
     Db {
         what: &'static str,
         #[source]

@@ -111,17 +111,7 @@ pub async fn follow(
     json: bool,
     max_events: Option<u64>,
 ) -> Result<(), DbError> {
-    let cfg: tokio_postgres::Config = conninfo
-        .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
-    let (client, mut connection) =
-        cfg.connect(crate::db::tls()?)
-            .await
-            .map_err(|e| DbError::Connect {
-                target: db::describe(conninfo),
-                reason: crate::db::error_text(&e),
-                hint: "is the server running? check DATABASE_URL".into(),
-            })?;
+    let (client, mut connection) = crate::db::open(conninfo).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -134,7 +124,7 @@ pub async fn follow(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!("event subscription lost: {e}");
+                    tracing::error!("event subscription lost: {}", db::error_text(&e));
                     break;
                 }
             }

@@ -331,3 +331,94 @@ fn watch_can_mail_a_digest_per_period() {
         "[tripload] 3 files loaded"
     );
 }
+
+#[test]
+fn a_password_without_tls_is_a_usage_error_that_never_shows_it() {
+    let db = fresh_db();
+    let w = Work::new();
+    w.land("a.csv", &sample());
+    for tls in ["none", "opportunistic"] {
+        let url = format!("smtp://loader:s3cret-pw@127.0.0.1:2525?tls={tls}");
+        let out = tripload(
+            &w,
+            &db,
+            &[
+                "load",
+                "landing",
+                "--smtp-url",
+                &url,
+                "--report-to",
+                "ops@example.com",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{tls}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("--smtp-allow-plaintext"), "{err}");
+        assert!(err.contains("smtps://"), "{err}");
+        assert!(!err.contains("s3cret"), "password shown: {err}");
+        assert!(!stdout(&out).contains("s3cret"));
+        // Refused before anything was loaded.
+        assert!(w.exists("landing/a.csv"));
+        assert_eq!(
+            db.count("SELECT count(*) FROM pg_tables WHERE tablename = 'trips'"),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_password_goes_only_over_tls_unless_plaintext_is_allowed() {
+    let db = fresh_db();
+    let w = Work::new();
+    // aiosmtpd as started here offers no STARTTLS.
+    let server = smtp();
+    w.land("a.csv", &sample());
+    let url = format!("smtp://loader:s3cret-pw@127.0.0.1:{}", server.port);
+    let out = tripload(
+        &w,
+        &db,
+        &[
+            "load",
+            "landing",
+            "--smtp-url",
+            &url,
+            "--report-to",
+            "ops@example.com",
+        ],
+    );
+    // STARTTLS is required with a password: no mail, the load goes on.
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(db.trips(), 100);
+    let err = stderr(&out);
+    assert!(err.contains("report email not sent"), "{err}");
+    assert!(!err.contains("s3cret"), "password shown: {err}");
+    let new = server.maildir.path().join("box").join("new");
+    assert_eq!(
+        std::fs::read_dir(&new).map(|d| d.count()).unwrap_or(0),
+        0,
+        "a mail went out without TLS"
+    );
+
+    // The opt-out is accepted (this server has no AUTH, so nothing is sent).
+    w.land(
+        "b.csv",
+        format!("{HEADER}\nTurin,POINT (7.6 45.0),POINT (7.7 45.1),2018-05-21 02:54:04,baba_car\n")
+            .as_bytes(),
+    );
+    let url = format!("{url}?tls=none");
+    let out = tripload(
+        &w,
+        &db,
+        &[
+            "load",
+            "landing",
+            "--smtp-url",
+            &url,
+            "--smtp-allow-plaintext",
+            "--report-to",
+            "ops@example.com",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
+}
