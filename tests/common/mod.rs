@@ -95,7 +95,21 @@ fn cluster() -> &'static Cluster {
             c.batch_execute("CREATE EXTENSION postgis")
                 .await
                 .expect("postgis must be installed (apt-get install -y postgresql-15-postgis-3)");
-            eprintln!("tripload tests: time layout = {}", use_timescaledb(&c).await);
+            let layout = use_timescaledb(&c).await;
+            // Straight to stderr, past the test harness's output capture.
+            let line = format!("tripload tests: time layout = {layout}\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        });
+        block_on(async {
+            // TimescaleDB's scheduler stays connected to a database with the
+            // extension, and CREATE DATABASE ... TEMPLATE needs it alone.
+            let c = client(&admin).await;
+            c.batch_execute(
+                "ALTER DATABASE tpl WITH ALLOW_CONNECTIONS false;
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'tpl';",
+            )
+            .await
+            .expect("close the template database");
         });
         Cluster { emb }
     })
