@@ -32,7 +32,10 @@ fn tripload_embedded(pg_dir: &Path, args: &[&str]) -> Output {
         .env_remove("DATABASE_URL")
         .env_remove("TRIPLOAD_PG_TCP")
         .env("TRIPLOAD_PG_DIR", pg_dir)
-        .env("TRIPLOAD_SMTP_URL", "smtp://mailer:smtp-s3cret@mail.example:587")
+        .env(
+            "TRIPLOAD_SMTP_URL",
+            "smtp://mailer:smtp-s3cret@mail.example:587",
+        )
         .env("PGPASSWORD", "pg-s3cret")
         .env("SOME_API_TOKEN", "token-s3cret")
         .output()
@@ -57,7 +60,12 @@ fn pidfile_lines(pg_dir: &Path) -> Vec<String> {
 }
 
 /// psql with no password in its environment: (success, stdout+stderr).
-fn psql(conninfo: &str, sql: &str, as_uid: Option<u32>, extra_env: &[(&str, &str)]) -> (bool, String) {
+fn psql(
+    conninfo: &str,
+    sql: &str,
+    as_uid: Option<u32>,
+    extra_env: &[(&str, &str)],
+) -> (bool, String) {
     let bindir = tripload::embedded::find_bindir().unwrap();
     let mut cmd = if let Some(uid) = as_uid {
         let mut c = Command::new("setpriv");
@@ -100,10 +108,16 @@ fn db_start_listens_on_the_socket_only_and_the_server_inherits_no_secrets() {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
     for secret in ["smtp-s3cret", "pg-s3cret", "token-s3cret"] {
-        assert!(!environ.contains(secret), "{secret} reached the server:\n{environ}");
+        assert!(
+            !environ.contains(secret),
+            "{secret} reached the server:\n{environ}"
+        );
     }
     for name in ["TRIPLOAD_", "DATABASE_URL", "PGPASSWORD", "SOME_API_TOKEN"] {
-        assert!(!environ.contains(name), "{name} reached the server:\n{environ}");
+        assert!(
+            !environ.contains(name),
+            "{name} reached the server:\n{environ}"
+        );
     }
 
     let url = tripload_embedded(&pg_dir, &["db", "url"]);
@@ -171,7 +185,10 @@ fn pg_tcp_needs_the_generated_password_which_is_never_printed() {
     let (ok, out) = psql(&bare, "select 1", None, &[]);
     assert!(!ok && out.contains("no password supplied"), "{out}");
     let (ok, out) = psql(&bare, "select 1", None, &[("PGPASSWORD", "guess")]);
-    assert!(!ok && out.contains("password authentication failed"), "{out}");
+    assert!(
+        !ok && out.contains("password authentication failed"),
+        "{out}"
+    );
 
     // Later commands without --pg-tcp keep the running server as it is,
     // and the tripload binary itself still uses the socket.
@@ -206,7 +223,10 @@ fn another_os_user_cannot_connect_to_the_embedded_server() {
     let emb = cluster_embedded();
     let other = other_user();
     let socket = emb.conninfo("postgres");
-    let tcp = format!("host=127.0.0.1 port={} user=tripload dbname=postgres", emb.port);
+    let tcp = format!(
+        "host=127.0.0.1 port={} user=tripload dbname=postgres",
+        emb.port
+    );
 
     // Controls: the owner gets in over the socket, and over TCP with the
     // password, so the refusals below are not a broken setup.
@@ -220,7 +240,10 @@ fn another_os_user_cannot_connect_to_the_embedded_server() {
     assert!(!ok, "uid {other} connected over the socket: {out}");
     assert!(out.contains("Permission denied"), "{out}");
     let (ok, out) = psql(&tcp, "select current_user", Some(other), &[]);
-    assert!(!ok, "uid {other} connected over TCP without the password: {out}");
+    assert!(
+        !ok,
+        "uid {other} connected over TCP without the password: {out}"
+    );
     assert!(out.contains("no password supplied"), "{out}");
     // Nor can it read the password.
     let passfile = emb.tcp_password_file.as_ref().unwrap();
@@ -232,7 +255,11 @@ fn another_os_user_cannot_connect_to_the_embedded_server() {
         .arg(passfile)
         .output()
         .unwrap();
-    assert!(!read.status.success(), "uid {other} read {}", passfile.display());
+    assert!(
+        !read.status.success(),
+        "uid {other} read {}",
+        passfile.display()
+    );
 }
 
 #[test]
@@ -245,7 +272,11 @@ fn migrations_choose_the_hypertable_layout_when_timescaledb_is_installed() {
     assert!(out.status.success(), "{}", stderr(&out));
     let layout: String = db.query("SELECT name FROM tripload_schema WHERE version = 2")[0].get(0);
     eprintln!("layout: {layout} (TimescaleDB installed: {installed:?})");
-    assert_eq!(layout.contains("hypertable"), installed.is_some(), "{layout}");
+    assert_eq!(
+        layout.contains("hypertable"),
+        installed.is_some(),
+        "{layout}"
+    );
     if installed.is_some() {
         assert_eq!(
             db.count(

@@ -62,7 +62,8 @@ pub(super) fn hba_conf(owner: Option<&str>) -> String {
 
 /// pg_ident.conf mapping the owner's OS user name to the database user.
 pub(super) fn ident_conf(owner: Option<&str>) -> String {
-    let mut text = "# pg_ident.conf written by tripload at every start; edits are lost.\n".to_owned();
+    let mut text =
+        "# pg_ident.conf written by tripload at every start; edits are lost.\n".to_owned();
     if let Some(name) = owner {
         text.push_str(&format!("{IDENT_MAP}   {name}   {SUPERUSER}\n"));
     }
@@ -76,7 +77,10 @@ pub(super) fn owner_name() -> Option<String> {
 
 /// Writes pg_hba.conf and pg_ident.conf into the data directory, owned by
 /// the server's OS user, replacing (never following) whatever is there.
-pub(super) fn write_auth_files(data_dir: &Path, run_as: Option<&RunAs>) -> Result<(), EmbeddedError> {
+pub(super) fn write_auth_files(
+    data_dir: &Path,
+    run_as: Option<&RunAs>,
+) -> Result<(), EmbeddedError> {
     let owner = owner_name();
     let chown = run_as.map(|u| (u.uid, u.gid));
     for (name, text) in [
@@ -139,9 +143,7 @@ fn parse_pgpass(text: &str) -> Option<String> {
 /// over the Unix socket.
 pub(super) fn set_role_password(conninfo: &str, password: &str) -> Result<(), EmbeddedError> {
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-    let sql = format!(
-        "SET log_statement = 'none'; ALTER ROLE {SUPERUSER} PASSWORD '{verifier}'"
-    );
+    let sql = format!("SET log_statement = 'none'; ALTER ROLE {SUPERUSER} PASSWORD '{verifier}'");
     let failed = |what: &str, e: tokio_postgres::Error| EmbeddedError::SetPassword {
         reason: format!("{what}: {}", crate::db::error_text(&e)),
     };
@@ -182,7 +184,9 @@ mod tests {
         assert!(rules[0].starts_with("local") && rules[0].contains("peer map="));
         assert!(rules[1].starts_with("host") && rules[1].contains("127.0.0.1/32"));
         assert!(rules[1].ends_with("scram-sha-256"));
-        assert!(!hba_conf(None).lines().any(|l| l.starts_with("host") && l.contains("trust")));
+        assert!(!hba_conf(None)
+            .lines()
+            .any(|l| l.starts_with("host") && l.contains("trust")));
         assert!(ident_conf(Some("root")).contains("tripload_owner   root   tripload"));
     }
 
@@ -199,7 +203,10 @@ mod tests {
         assert_eq!(first.len(), 32);
         assert_eq!(ensure_password(tmp.path()).unwrap(), first);
         let meta = std::fs::metadata(password_file(tmp.path())).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
         std::fs::set_permissions(
             password_file(tmp.path()),
             std::os::unix::fs::PermissionsExt::from_mode(0o640),

@@ -14,7 +14,11 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why a directory may not be adopted; None when it is fine.
-pub(super) fn dir_problem(path: &Path, owners: &[u32], private: bool) -> io::Result<Option<String>> {
+pub(super) fn dir_problem(
+    path: &Path,
+    owners: &[u32],
+    private: bool,
+) -> io::Result<Option<String>> {
     let meta = fs::symlink_metadata(path)?;
     Ok(meta_problem(&meta, owners, private))
 }
@@ -153,9 +157,7 @@ fn chown_children(dirfd: RawFd, uid: u32, gid: u32) -> io::Result<()> {
         // SAFETY: stat is plain old data that fstatat fills in.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: dirfd is open, name is NUL-terminated, st is writable.
-        check(unsafe {
-            libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
-        })?;
+        check(unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             // SAFETY: as above; the returned fd is owned by `child` below.
             let fd = unsafe {
@@ -397,12 +399,23 @@ mod tests {
         fs::create_dir_all(tree.join("sub")).unwrap();
         fs::write(tree.join("sub/file"), "y").unwrap();
         std::os::unix::fs::symlink(&outside, tree.join("sub/link")).unwrap();
-        let (uid, gid) = if euid() == 0 { (65534, 65534) } else { (euid(), unsafe { libc::getegid() }) };
+        let (uid, gid) = if euid() == 0 {
+            (65534, 65534)
+        } else {
+            (euid(), unsafe { libc::getegid() })
+        };
         chown_tree(&tree, uid, gid).unwrap();
         for p in ["", "sub", "sub/file"] {
-            assert_eq!(fs::symlink_metadata(tree.join(p)).unwrap().uid(), uid, "{p}");
+            assert_eq!(
+                fs::symlink_metadata(tree.join(p)).unwrap().uid(),
+                uid,
+                "{p}"
+            );
         }
-        assert_eq!(fs::symlink_metadata(tree.join("sub/link")).unwrap().uid(), uid);
+        assert_eq!(
+            fs::symlink_metadata(tree.join("sub/link")).unwrap().uid(),
+            uid
+        );
         assert_eq!(fs::metadata(&outside).unwrap().uid(), euid());
         assert_eq!(fs::metadata(outside.join("f")).unwrap().uid(), euid());
         // The tree itself given as a symlink is refused.

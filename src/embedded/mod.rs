@@ -295,7 +295,10 @@ impl Embedded {
                         0o644,
                         owner,
                     ) {
-                        tracing::debug!("could not record the port in {}: {e}", port_file.display());
+                        tracing::debug!(
+                            "could not record the port in {}: {e}",
+                            port_file.display()
+                        );
                     }
                     let emb = layout.embedded(port, opts.tcp);
                     wait_persistent_ready(&layout, &emb, &log_path)?;
@@ -749,11 +752,10 @@ fn ensure_fallback_root(root: &Path) -> Result<(), EmbeddedError> {
         Ok(Some(reason)) => Err(EmbeddedError::UnsafeDir {
             path: root.to_path_buf(),
             reason,
-            hint: format!(
-                "another user may have created it to take over the server; remove it \
-                 (after checking what it holds) so that tripload creates it again, or choose \
-                 a --pg-dir that the server's user can reach",
-            ),
+            hint: "another user may have created it to take over the server; remove it \
+                   (after checking what it holds) so that tripload creates it again, or choose \
+                   a --pg-dir that the server's user can reach"
+                .to_owned(),
         }),
         Err(e) => Err(io_err("inspect", root, e)),
     }
@@ -1987,8 +1989,15 @@ mod tests {
 
         let emb = Embedded::start_ephemeral(&dir).unwrap();
         assert_eq!(emb.data_dir, absolute_path(&dir).unwrap());
-        assert_ne!(emb.socket_dir, planted, "a predictable directory was adopted");
-        assert!(is_temp_socket_dir(&emb.socket_dir), "{}", emb.socket_dir.display());
+        assert_ne!(
+            emb.socket_dir, planted,
+            "a predictable directory was adopted"
+        );
+        assert!(
+            is_temp_socket_dir(&emb.socket_dir),
+            "{}",
+            emb.socket_dir.display()
+        );
         let meta = fs::symlink_metadata(&emb.socket_dir).unwrap();
         assert!(meta.is_dir());
         assert_eq!(meta.mode() & 0o777, 0o700);
@@ -2026,7 +2035,8 @@ mod tests {
     #[test]
     fn traversable_tempdir_is_used_in_place() {
         let tmp = tempfile::tempdir().unwrap();
-        let layout = resolve_layout(tmp.path(), Mode::Persistent, Path::new(FALLBACK_ROOT)).unwrap();
+        let layout =
+            resolve_layout(tmp.path(), Mode::Persistent, Path::new(FALLBACK_ROOT)).unwrap();
         assert!(!layout.relocated);
         assert_eq!(layout.data_dir, tmp.path().canonicalize().unwrap());
     }
@@ -2191,11 +2201,17 @@ mod tests {
         let (ok, out) = try_psql(&url, "select inet_server_addr()", None);
         assert!(ok, "{out}");
         assert_eq!(out, "127.0.0.1");
-        let bare = format!("host=127.0.0.1 port={} user=tripload dbname=postgres", emb.port);
+        let bare = format!(
+            "host=127.0.0.1 port={} user=tripload dbname=postgres",
+            emb.port
+        );
         let (ok, out) = try_psql(&bare, "select 1", None);
         assert!(!ok && out.contains("no password supplied"), "{out}");
         let (ok, out) = try_psql(&bare, "select 1", Some("wrong"));
-        assert!(!ok && out.contains("password authentication failed"), "{out}");
+        assert!(
+            !ok && out.contains("password authentication failed"),
+            "{out}"
+        );
         let (ok, out) = try_psql(&bare, "select 1", Some(&password));
         assert!(ok, "{out}");
         let log = fs::read_to_string(emb.data_dir.join(LOG_FILE)).unwrap();
@@ -2304,7 +2320,10 @@ mod tests {
         std::os::unix::fs::chown(root, Some(0), Some(0)).unwrap();
         fs::set_permissions(root, fs::Permissions::from_mode(0o777)).unwrap();
         let err = Embedded::ensure_running_with(&requested, &opts).unwrap_err();
-        assert!(err.to_string().contains("writable by group or others"), "{err}");
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
         assert!(is_empty_dir(root));
     }
 
