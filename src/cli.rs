@@ -53,13 +53,22 @@ pub struct DbArgs {
         global = true
     )]
     pub pg_dir: PathBuf,
+    /// Embedded database: also listen on TCP 127.0.0.1 (password only; it is
+    /// generated and kept in <pg-dir>/tripload-tcp.pgpass, mode 0600; see
+    /// `tripload db url --tcp`). Without it, only the Unix socket, which only
+    /// the user running tripload can reach.
+    #[arg(long, env = "TRIPLOAD_PG_TCP", global = true)]
+    pub pg_tcp: bool,
 }
 
 impl DbArgs {
     pub fn target(&self) -> Target {
         match &self.database_url {
             Some(u) if !u.trim().is_empty() => Target::Url(u.clone()),
-            _ => Target::Embedded(self.pg_dir.clone()),
+            _ => Target::Embedded {
+                dir: self.pg_dir.clone(),
+                tcp: self.pg_tcp,
+            },
         }
     }
 }
@@ -367,8 +376,15 @@ pub enum DbCommand {
     Start,
     /// Stop the embedded PostgreSQL server.
     Stop,
-    /// Print the connection string of the database in use (for psql).
-    Url,
+    /// Print the connection string of the database in use (for psql). For
+    /// the embedded database: its Unix socket, no password needed.
+    Url {
+        /// Embedded database: print a TCP URL instead (the server must listen
+        /// there, see --pg-tcp); it names the password file (passfile=),
+        /// never the password.
+        #[arg(long)]
+        tcp: bool,
+    },
     /// Build indexes after loading: --spatial adds GiST indexes on origin and
     /// destination for ad-hoc spatial SQL (they slow later loads: drop them
     /// before a large load).
@@ -402,7 +418,7 @@ pub fn main() -> ExitCode {
     };
     if let Some(nice) = nice {
         let local = match cli.db.target() {
-            Target::Embedded(_) => true,
+            Target::Embedded { .. } => true,
             Target::Url(u) => crate::db::is_local(&u),
         };
         if let Some(code) = crate::session::enter(nice, local) {
@@ -625,9 +641,22 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
                 start.elapsed().as_secs_f64()
             );
         }
-        DbCommand::Url => {
+        DbCommand::Url { tcp: false } => {
             let conninfo = target.resolve().await?;
             println!("{conninfo}");
+        }
+        DbCommand::Url { tcp: true } => {
+            let Target::Embedded { dir, tcp } = &target else {
+                anyhow::bail!("--tcp is for the embedded database; DATABASE_URL is set");
+            };
+            let emb = crate::db::start_embedded(dir, *tcp).await?;
+            let Some(url) = emb.tcp_url(crate::db::EMBEDDED_DB) else {
+                anyhow::bail!(
+                    "the embedded server does not listen on TCP; start it with --pg-tcp \
+                     (or TRIPLOAD_PG_TCP=1), e.g. `tripload db start --pg-tcp`"
+                );
+            };
+            println!("{url}");
         }
     }
     Ok(())

@@ -179,8 +179,9 @@ pub fn explain(what: &str, e: &tokio_postgres::Error) -> String {
 pub enum Target {
     /// `DATABASE_URL` / `--database-url`: a libpq URL or key/value string.
     Url(String),
-    /// The embedded cluster in this directory (default `data/pg`).
-    Embedded(PathBuf),
+    /// The embedded cluster in `dir` (default `data/pg`); `tcp`: also
+    /// listening on 127.0.0.1 with a password (`--pg-tcp`).
+    Embedded { dir: PathBuf, tcp: bool },
 }
 
 /// Name of the database the embedded cluster serves trips from.
@@ -192,37 +193,47 @@ impl Target {
     pub async fn resolve(&self) -> Result<String, DbError> {
         match self {
             Target::Url(u) => Ok(u.clone()),
-            Target::Embedded(dir) => {
-                let dir = dir.clone();
-                let emb = tokio::task::spawn_blocking(move || Embedded::ensure_running(&dir))
-                    .await
-                    .map_err(|e| DbError::BadUrl(format!("embedded start task failed: {e}")))??;
-                let admin = connect(&emb.conninfo("postgres")).await?;
-                let exists = admin
-                    .query_opt(
-                        "SELECT 1 FROM pg_database WHERE datname = $1",
-                        &[&EMBEDDED_DB],
-                    )
-                    .await
-                    .map_err(query_err("checking for the tripload database"))?
-                    .is_some();
-                if !exists {
-                    admin
-                        .batch_execute(&format!("CREATE DATABASE {EMBEDDED_DB}"))
-                        .await
-                        .map_err(query_err("creating the tripload database"))?;
-                }
-                Ok(emb.conninfo(EMBEDDED_DB))
+            Target::Embedded { dir, tcp } => {
+                Ok(start_embedded(dir, *tcp).await?.conninfo(EMBEDDED_DB))
             }
         }
     }
 
     pub fn embedded_dir(&self) -> Option<&Path> {
         match self {
-            Target::Embedded(d) => Some(d),
+            Target::Embedded { dir, .. } => Some(dir),
             Target::Url(_) => None,
         }
     }
+}
+
+/// Starts the embedded server in `dir` unless it runs (see
+/// [`Embedded::ensure_running_with`]) and creates its database.
+pub async fn start_embedded(dir: &Path, tcp: bool) -> Result<Embedded, DbError> {
+    let opts = crate::embedded::Options {
+        tcp,
+        ..Default::default()
+    };
+    let dir = dir.to_path_buf();
+    let emb = tokio::task::spawn_blocking(move || Embedded::ensure_running_with(&dir, &opts))
+        .await
+        .map_err(|e| DbError::BadUrl(format!("embedded start task failed: {e}")))??;
+    let admin = connect(&emb.conninfo("postgres")).await?;
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&EMBEDDED_DB],
+        )
+        .await
+        .map_err(query_err("checking for the tripload database"))?
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {EMBEDDED_DB}"))
+            .await
+            .map_err(query_err("creating the tripload database"))?;
+    }
+    Ok(emb)
 }
 
 /// `host:port/db` of a connection string, never the password.

@@ -140,7 +140,7 @@ fn enable_tls(db: &TestDb) -> (u16, String) {
     let old = std::fs::read_to_string(&hba).unwrap();
     std::fs::write(
         &hba,
-        format!("hostnossl all all 127.0.0.1/32 reject\nhostssl all all 127.0.0.1/32 trust\n{old}"),
+        format!("hostnossl all all 127.0.0.1/32 reject\nhostssl all all 127.0.0.1/32 scram-sha-256\n{old}"),
     )
     .unwrap();
     db.query("ALTER SYSTEM SET ssl = on");
@@ -163,9 +163,10 @@ fn loads_over_tls_and_unencrypted_tcp_is_refused() {
     let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     let db = fresh_db();
     let (port, user) = enable_tls(&db);
+    let password = cluster_password();
     let url = |mode: &str| {
         format!(
-            "host=127.0.0.1 port={port} user={user} dbname={} {mode}",
+            "host=127.0.0.1 port={port} user={user} password={password} dbname={} {mode}",
             db.name
         )
     };

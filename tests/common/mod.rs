@@ -2,6 +2,12 @@
 //! binary (started with the crate's own embedded module, dies with the
 //! process), a fresh database per test, a temp working directory per test, and
 //! the real `tripload` binary.
+//!
+//! The cluster is reached over its Unix socket; it also listens on
+//! 127.0.0.1 with the generated password (the `--pg-tcp` path) for the tests
+//! that need TCP. When TimescaleDB is installed the cluster preloads it and
+//! the template database has the extension, so every test database gets the
+//! hypertable layout; which layout ran is printed once per test binary.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -71,8 +77,12 @@ fn cluster() -> &'static Cluster {
             .tempdir()
             .expect("tempdir")
             .keep();
-        let emb =
-            Embedded::start_ephemeral(&dir).unwrap_or_else(|e| panic!("start test cluster: {e}"));
+        let opts = tripload::embedded::Options {
+            tcp: true,
+            ..Default::default()
+        };
+        let emb = Embedded::start_ephemeral_with(&dir, &opts)
+            .unwrap_or_else(|e| panic!("start test cluster: {e}"));
         let admin = emb.conninfo("postgres");
         block_on(async {
             let c = client(&admin).await;
@@ -85,15 +95,70 @@ fn cluster() -> &'static Cluster {
             c.batch_execute("CREATE EXTENSION postgis")
                 .await
                 .expect("postgis must be installed (apt-get install -y postgresql-15-postgis-3)");
+            let layout = use_timescaledb(&c).await;
+            // Straight to stderr, past the test harness's output capture.
+            let line = format!("tripload tests: time layout = {layout}\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        });
+        block_on(async {
+            // TimescaleDB's scheduler stays connected to a database with the
+            // extension, and CREATE DATABASE ... TEMPLATE needs it alone.
+            let c = client(&admin).await;
+            c.batch_execute(
+                "ALTER DATABASE tpl WITH ALLOW_CONNECTIONS false;
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'tpl';",
+            )
+            .await
+            .expect("close the template database");
         });
         Cluster { emb }
     })
 }
 
-/// The test cluster's data directory, TCP port and superuser.
+/// Creates TimescaleDB in the template database when the server preloads
+/// it, so that migrations choose the hypertable layout; says which layout
+/// the tests get.
+async fn use_timescaledb(c: &tokio_postgres::Client) -> String {
+    let row = c
+        .query_one(
+            "SELECT (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
+                    current_setting('shared_preload_libraries') LIKE '%timescaledb%'",
+            &[],
+        )
+        .await
+        .expect("check for TimescaleDB");
+    let (version, preloaded): (Option<String>, bool) = (row.get(0), row.get(1));
+    match version {
+        Some(v) if preloaded => {
+            c.batch_execute("CREATE EXTENSION timescaledb")
+                .await
+                .unwrap_or_else(|e| panic!("create extension timescaledb {v}: {e:?}"));
+            format!("hypertable (TimescaleDB {v})")
+        }
+        Some(v) => panic!("TimescaleDB {v} is installed but the test cluster does not preload it"),
+        None => "plain table (TimescaleDB not installed)".to_owned(),
+    }
+}
+
+/// The test cluster's data directory, TCP port (on 127.0.0.1, password
+/// only: see [`cluster_password`]) and superuser.
 pub fn cluster_info() -> (PathBuf, u16, String) {
     let e = &cluster().emb;
     (e.data_dir.clone(), e.port, e.user.clone())
+}
+
+/// The test cluster itself (socket directory, password file, ...).
+pub fn cluster_embedded() -> &'static Embedded {
+    &cluster().emb
+}
+
+/// The password for TCP connections to the test cluster.
+pub fn cluster_password() -> String {
+    cluster()
+        .emb
+        .tcp_password()
+        .expect("read the test cluster's password")
+        .expect("the test cluster listens on TCP")
 }
 
 /// A fresh database (PostGIS preinstalled) for one test.

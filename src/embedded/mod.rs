@@ -7,13 +7,23 @@
 //! `initdb`, starting (detached through `pg_ctl` for the CLI's persistent
 //! cluster, or as a child that dies with this process for tests), readiness
 //! checks and stopping. Creating databases and extensions is the caller's job.
+//!
+//! Submodules: [`access`] decides who may connect (socket only by default,
+//! TCP with a password on request) and what environment the server gets;
+//! [`fsafe`] checks and changes directories without following symlinks;
+//! [`timescale`] detects an installed TimescaleDB, which the server then
+//! preloads.
+
+mod access;
+mod fsafe;
+pub mod timescale;
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -45,6 +55,8 @@ const START_ATTEMPTS: u32 = 5;
 const LOG_FILE: &str = "server.log";
 const PID_FILE: &str = "postmaster.pid";
 const TAIL_LINES: usize = 30;
+/// The accounts the server may run as when we are root, in order of preference.
+const SERVER_USERS: [&str; 2] = ["postgres", "nobody"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -157,34 +169,97 @@ pub enum EmbeddedError {
         path.display()
     )]
     BadPidFile { path: PathBuf, reason: String },
+
+    #[error("refusing to use {} for the embedded PostgreSQL server: {reason}\n  hint: {hint}", path.display())]
+    UnsafeDir {
+        path: PathBuf,
+        reason: String,
+        hint: String,
+    },
+
+    #[error(
+        "refusing to use the TCP password file {}: {reason}\n  \
+         hint: remove it (a new password is generated) or fix it (mode 0600, owned by you)",
+        path.display()
+    )]
+    Password { path: PathBuf, reason: String },
+
+    #[error("could not set the password for TCP connections: {reason}")]
+    SetPassword { reason: String },
+}
+
+/// How the embedded server is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Also listen on 127.0.0.1 (same port as the socket), password (SCRAM)
+    /// only; the password is in [`Embedded::tcp_password_file`]. Off by
+    /// default: only the Unix socket, reachable by the owner alone.
+    pub tcp: bool,
+    /// Where a cluster goes when, as root, the server's OS user cannot reach
+    /// the requested directory. Must be a directory owned by root and not
+    /// writable by group or others (created so if missing).
+    pub fallback_root: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            tcp: false,
+            fallback_root: PathBuf::from(FALLBACK_ROOT),
+        }
+    }
 }
 
 /// A running embedded server and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Embedded {
     pub data_dir: PathBuf,
+    /// The Unix socket's directory (mode 0700, owned by the server's user).
     pub socket_dir: PathBuf,
+    /// Names the socket (`.s.PGSQL.<port>`), and the TCP port when listening.
     pub port: u16,
     /// The database superuser role, always "tripload".
     pub user: String,
+    /// Set when the server also listens on 127.0.0.1:`port`: the 0600
+    /// pgpass-format file holding the password.
+    pub tcp_password_file: Option<PathBuf>,
 }
 
 impl Embedded {
-    /// Persistent mode (the CLI's default database): initdb `dir` on first
-    /// use, start a detached server unless one already runs from it, and wait
-    /// until it accepts connections. The server outlives this process.
+    /// Persistent mode (the CLI's default database) with default options:
+    /// see [`Embedded::ensure_running_with`].
     pub fn ensure_running(dir: &Path) -> Result<Embedded, EmbeddedError> {
-        let layout = resolve_layout(dir, Mode::Persistent)?;
+        Embedded::ensure_running_with(dir, &Options::default())
+    }
+
+    /// Persistent mode: initdb `dir` on first use, start a detached server
+    /// unless one already runs from it, and wait until it accepts
+    /// connections. The server outlives this process. A running server whose
+    /// access rules are not ours (started by an older tripload), or that
+    /// does not listen on TCP although `opts.tcp` asks for it, is restarted.
+    pub fn ensure_running_with(dir: &Path, opts: &Options) -> Result<Embedded, EmbeddedError> {
+        let mut layout = resolve_layout(dir, Mode::Persistent, &opts.fallback_root)?;
         create_dir_tree(&layout.data_dir)?;
+        adopt_data_dir(&layout)?;
         // Serialises concurrent tripload processes (and test threads) so only
         // one runs initdb / pg_ctl start for a cluster at a time.
         let _lock = DirLock::acquire(&layout.data_dir)?;
+        sweep_stale_sockets(&layout);
 
         if let Some(running) = running_server(&layout)? {
-            return Ok(running);
+            let managed = access::hba_is_managed(&layout.data_dir);
+            if managed && (running.tcp_password_file.is_some() || !opts.tcp) {
+                return finish_start(running);
+            }
+            tracing::warn!(
+                data_dir = %layout.data_dir.display(),
+                "restarting the embedded PostgreSQL server to apply {}",
+                if managed { "--pg-tcp" } else { "tripload's access rules" }
+            );
+            stop_server(&layout)?;
         }
 
-        let bindir = prepare_cluster(&layout, Mode::Persistent)?;
+        let bindir = prepare_cluster(&mut layout, Mode::Persistent)?;
         let log_path = layout.data_dir.join(LOG_FILE);
         let mut attempt = 0;
         loop {
@@ -192,7 +267,7 @@ impl Embedded {
             // Keep the port of the last run when it is free, so connection
             // strings handed out before a restart keep working.
             let port_file = layout.data_dir.join(PORT_FILE);
-            let port = match std::fs::read_to_string(&port_file)
+            let port = match fsafe::read_to_string_nofollow(&port_file)
                 .ok()
                 .and_then(|s| s.trim().parse::<u16>().ok())
             {
@@ -210,17 +285,30 @@ impl Embedded {
                 _ => free_port()?,
             };
             let log_start = file_len(&log_path);
-            match pg_ctl_start(&bindir, &layout, port, &log_path) {
+            match pg_ctl_start(&bindir, &layout, port, opts.tcp, &log_path) {
                 Ok(()) => {
-                    let _ = std::fs::write(&port_file, port.to_string());
-                    let emb = layout.embedded(port);
+                    let owner = layout.run_as.as_ref().map(|u| (u.uid, u.gid));
+                    if let Err(e) = fsafe::replace_file(
+                        &layout.data_dir,
+                        PORT_FILE,
+                        port.to_string().as_bytes(),
+                        0o644,
+                        owner,
+                    ) {
+                        tracing::debug!(
+                            "could not record the port in {}: {e}",
+                            port_file.display()
+                        );
+                    }
+                    let emb = layout.embedded(port, opts.tcp);
                     wait_persistent_ready(&layout, &emb, &log_path)?;
                     tracing::info!(
                         data_dir = %layout.data_dir.display(),
                         port,
+                        tcp = opts.tcp,
                         "embedded PostgreSQL server started"
                     );
-                    return Ok(emb);
+                    return finish_start(emb);
                 }
                 Err(e) => {
                     let recent = read_log_from(&log_path, log_start);
@@ -235,21 +323,28 @@ impl Embedded {
         }
     }
 
+    /// Ephemeral mode for tests with default options: see
+    /// [`Embedded::start_ephemeral_with`].
+    pub fn start_ephemeral(dir: &Path) -> Result<Embedded, EmbeddedError> {
+        Embedded::start_ephemeral_with(dir, &Options::default())
+    }
+
     /// Ephemeral mode for tests: initdb into `dir` (a fresh temp dir) and run
     /// `postgres` as a child process that dies when this process exits.
-    pub fn start_ephemeral(dir: &Path) -> Result<Embedded, EmbeddedError> {
-        let layout = resolve_layout(dir, Mode::Ephemeral)?;
-        sweep_stale_ephemeral(&layout.data_dir);
-        // Also clears a stale lock file that would make postgres refuse.
-        if running_server(&layout)?.is_some() {
-            return Err(EmbeddedError::InUse {
-                data_dir: layout.data_dir.clone(),
-            });
-        }
+    pub fn start_ephemeral_with(dir: &Path, opts: &Options) -> Result<Embedded, EmbeddedError> {
+        let mut layout = resolve_layout(dir, Mode::Ephemeral, &opts.fallback_root)?;
+        sweep_stale_ephemeral(&layout, &opts.fallback_root);
         if layout.relocated {
             // The relocated directory is derived from the requested path, so
             // it can hold a cluster from an earlier run that must not leak
             // into this one.
+            if let Ok(Some(pf)) = read_pidfile(&layout.data_dir) {
+                if liveness(pf.pid) == Liveness::Postgres {
+                    return Err(EmbeddedError::InUse {
+                        data_dir: layout.data_dir.clone(),
+                    });
+                }
+            }
             match fs::remove_dir_all(&layout.data_dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -257,7 +352,14 @@ impl Embedded {
             }
         }
         create_dir_tree(&layout.data_dir)?;
-        let bindir = prepare_cluster(&layout, Mode::Ephemeral)?;
+        adopt_data_dir(&layout)?;
+        // Also clears a stale lock file that would make postgres refuse.
+        if running_server(&layout)?.is_some() {
+            return Err(EmbeddedError::InUse {
+                data_dir: layout.data_dir.clone(),
+            });
+        }
+        let bindir = prepare_cluster(&mut layout, Mode::Ephemeral)?;
 
         let log_path = layout.data_dir.join(LOG_FILE);
         let mut attempt = 0;
@@ -265,8 +367,8 @@ impl Embedded {
             attempt += 1;
             let port = free_port()?;
             let log_start = file_len(&log_path);
-            let child = spawn_supervised_postgres(&bindir, &layout, port, &log_path)?;
-            let emb = layout.embedded(port);
+            let child = spawn_supervised_postgres(&bindir, &layout, port, opts.tcp, &log_path)?;
+            let emb = layout.embedded(port, opts.tcp);
             let socket = socket_path(&emb.socket_dir, port);
             let deadline = Instant::now() + READY_TIMEOUT;
             let exit_status = loop {
@@ -276,7 +378,7 @@ impl Embedded {
                     Err(mpsc::TryRecvError::Empty) => {}
                 }
                 if probe(&socket) == Probe::Accepting {
-                    return Ok(emb);
+                    return finish_start(emb);
                 }
                 if Instant::now() >= deadline {
                     // It would die with us anyway; don't leave it half-started.
@@ -308,41 +410,22 @@ impl Embedded {
     /// Stop a persistent server (`pg_ctl stop -m fast -w`); Ok(false) if it
     /// was not running.
     pub fn stop(dir: &Path) -> Result<bool, EmbeddedError> {
-        let layout = resolve_layout(dir, Mode::Persistent)?;
+        Embedded::stop_with(dir, &Options::default())
+    }
+
+    /// [`Embedded::stop`] for a cluster started with `opts`.
+    pub fn stop_with(dir: &Path, opts: &Options) -> Result<bool, EmbeddedError> {
+        let layout = resolve_layout(dir, Mode::Persistent, &opts.fallback_root)?;
         if !is_cluster(&layout.data_dir) {
             return Ok(false);
         }
+        adopt_data_dir(&layout)?;
         let _lock = DirLock::acquire(&layout.data_dir)?;
-        let Some(pf) = read_pidfile(&layout.data_dir)? else {
-            return Ok(false);
-        };
-        if liveness(pf.pid) != Liveness::Postgres {
-            return Ok(false);
-        }
-        let bindir = bindir_for_cluster(&layout.data_dir, find_bindir()?);
-        let mut cmd = server_command(
-            &bindir.join("pg_ctl"),
-            layout.run_as.as_ref(),
-            &layout.data_dir,
-        );
-        cmd.arg("stop")
-            .arg("-D")
-            .arg(&layout.data_dir)
-            .args(["-m", "fast", "-w", "-t"])
-            .arg(READY_TIMEOUT.as_secs().to_string());
-        let hint = format!(
-            "check {} for why the server did not stop",
-            layout.data_dir.join(LOG_FILE).display()
-        );
-        match run_captured(cmd, layout.run_as.as_ref(), &hint) {
-            Ok(_) => Ok(true),
-            // It may have gone away on its own between our check and pg_ctl.
-            Err(_) if liveness(pf.pid) != Liveness::Postgres => Ok(true),
-            Err(e) => Err(e),
-        }
+        stop_server(&layout)
     }
 
-    /// libpq key/value connection string for `dbname` on this server.
+    /// libpq key/value connection string for `dbname` on this server, over
+    /// its Unix socket (no password needed, none included).
     pub fn conninfo(&self, dbname: &str) -> String {
         format!(
             "host={} port={} user={} dbname={}",
@@ -352,6 +435,88 @@ impl Embedded {
             conninfo_value(dbname)
         )
     }
+
+    /// libpq URL for `dbname` over TCP when the server listens there; the
+    /// password stays in its file, referenced with `passfile=`.
+    pub fn tcp_url(&self, dbname: &str) -> Option<String> {
+        let passfile = self.tcp_password_file.as_ref()?;
+        Some(format!(
+            "postgresql://{}@127.0.0.1:{}/{}?passfile={}",
+            url_encode(&self.user),
+            self.port,
+            url_encode(dbname),
+            url_encode(&passfile.to_string_lossy())
+        ))
+    }
+
+    /// The TCP password, read from its file (for clients that cannot read a
+    /// passfile). Never print or log it.
+    pub fn tcp_password(&self) -> Result<Option<String>, EmbeddedError> {
+        match &self.tcp_password_file {
+            Some(_) => access::ensure_password(&self.data_dir).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Percent-encoding for a URL component: everything but unreserved bytes.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Last step of every start: a server listening on TCP gets its password
+/// (generated on first use) before it is handed out.
+fn finish_start(emb: Embedded) -> Result<Embedded, EmbeddedError> {
+    if emb.tcp_password_file.is_some() {
+        let password = access::ensure_password(&emb.data_dir)?;
+        access::set_role_password(&emb.conninfo("postgres"), &password)?;
+    }
+    Ok(emb)
+}
+
+/// `pg_ctl stop -m fast -w` for the server running from the layout's data
+/// directory (the caller holds its lock); Ok(false) if none runs. Removes
+/// its socket directory when that was a temporary one under /tmp.
+fn stop_server(layout: &Layout) -> Result<bool, EmbeddedError> {
+    let Some(pf) = read_pidfile(&layout.data_dir)? else {
+        return Ok(false);
+    };
+    if liveness(pf.pid) != Liveness::Postgres {
+        return Ok(false);
+    }
+    let bindir = bindir_for_cluster(&layout.data_dir, find_bindir()?);
+    let mut cmd = server_command(
+        &bindir.join("pg_ctl"),
+        layout.run_as.as_ref(),
+        &layout.data_dir,
+    );
+    cmd.arg("stop")
+        .arg("-D")
+        .arg(&layout.data_dir)
+        .args(["-m", "fast", "-w", "-t"])
+        .arg(READY_TIMEOUT.as_secs().to_string());
+    let hint = format!(
+        "check {} for why the server did not stop",
+        layout.data_dir.join(LOG_FILE).display()
+    );
+    match run_captured(cmd, layout.run_as.as_ref(), &hint) {
+        Ok(_) => {}
+        // It may have gone away on its own between our check and pg_ctl.
+        Err(_) if liveness(pf.pid) != Liveness::Postgres => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = pf.socket_dir.filter(|d| is_temp_socket_dir(d)) {
+        let _ = fs::remove_dir(dir);
+    }
+    Ok(true)
 }
 
 /// Directory holding `initdb` and `postgres`: `pg_config --bindir`, then
@@ -472,40 +637,60 @@ struct RunAs {
 #[derive(Debug)]
 struct Layout {
     data_dir: PathBuf,
+    /// The socket directory; when `socket_in_tmp`, only a name prefix until
+    /// prepare_socket_dir makes a fresh private directory from it.
     socket_dir: PathBuf,
+    /// data_dir/run would exceed `sun_path`: the socket goes in a fresh
+    /// mkdtemp directory under /tmp instead.
+    socket_in_tmp: bool,
     run_as: Option<RunAs>,
-    /// data_dir is under FALLBACK_ROOT instead of the requested path.
+    /// data_dir is under the fallback root instead of the requested path.
     relocated: bool,
 }
 
 impl Layout {
-    fn embedded(&self, port: u16) -> Embedded {
+    fn embedded(&self, port: u16, tcp: bool) -> Embedded {
         Embedded {
             data_dir: self.data_dir.clone(),
             socket_dir: self.socket_dir.clone(),
             port,
             user: SUPERUSER.to_owned(),
+            tcp_password_file: tcp.then(|| access::password_file(&self.data_dir)),
         }
     }
 }
 
 /// Pure function of the requested path and the file system, so that
-/// ensure_running and stop find the same cluster.
-fn resolve_layout(dir: &Path, mode: Mode) -> Result<Layout, EmbeddedError> {
+/// ensure_running and stop find the same cluster. The fallback location is
+/// only ever used as root, and only under a root-owned `fallback_root`
+/// that nobody else can write to.
+fn resolve_layout(dir: &Path, mode: Mode, fallback_root: &Path) -> Result<Layout, EmbeddedError> {
     let requested = absolute_path(dir)?;
     let run_as = server_user()?;
     let hash = path_hash(&requested);
-    let fallback = Path::new(FALLBACK_ROOT).join(match mode {
+    let fallback = fallback_root.join(match mode {
         Mode::Persistent => hash.clone(),
         Mode::Ephemeral => format!("{EPHEMERAL_PREFIX}{hash}"),
     });
     let blocker = run_as
         .as_ref()
         .and_then(|user| blocking_ancestor(&requested, user).map(|dir| (user, dir)));
-    // Once relocated, a persistent cluster stays put even if the requested
-    // path becomes reachable later, so its data is not silently left behind.
-    let relocated = blocker.is_some()
-        || (mode == Mode::Persistent && is_cluster(&fallback) && !is_cluster(&requested));
+    let relocated = match &blocker {
+        Some(_) => {
+            ensure_fallback_root(fallback_root)?;
+            true
+        }
+        // Once relocated, a persistent cluster stays put even if the
+        // requested path becomes reachable later, so its data is not
+        // silently left behind.
+        None => {
+            run_as.is_some()
+                && mode == Mode::Persistent
+                && !is_cluster(&requested)
+                && fallback_root_is_safe(fallback_root)
+                && is_cluster(&fallback)
+        }
+    };
     let data_dir = if relocated {
         let reason = match &blocker {
             Some((user, dir)) => format!(
@@ -534,17 +719,96 @@ fn resolve_layout(dir: &Path, mode: Mode) -> Result<Layout, EmbeddedError> {
         requested
     };
     let in_data_dir = data_dir.join("run");
-    let socket_dir = if socket_path(&in_data_dir, u16::MAX).as_os_str().len() > MAX_SOCKET_PATH {
-        PathBuf::from(format!("/tmp/{SOCKET_FALLBACK_PREFIX}{hash}"))
+    let socket_in_tmp = socket_path(&in_data_dir, u16::MAX).as_os_str().len() > MAX_SOCKET_PATH;
+    let socket_dir = if socket_in_tmp {
+        PathBuf::from(format!("/tmp/{SOCKET_FALLBACK_PREFIX}"))
     } else {
         in_data_dir
     };
     Ok(Layout {
         data_dir,
         socket_dir,
+        socket_in_tmp,
         run_as,
         relocated,
     })
+}
+
+/// Creates the fallback root (root-owned, 0755) if missing, and refuses one
+/// that someone else could have prepared: it must be a real directory owned
+/// by root and writable by no one else.
+fn ensure_fallback_root(root: &Path) -> Result<(), EmbeddedError> {
+    match fs::create_dir(root) {
+        Ok(()) => fsafe::set_dir_owner_mode(root, None, 0o755)
+            .map_err(|e| io_err("set permissions on", root, e))?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            create_dir_tree(root)?;
+        }
+        Err(e) => return Err(io_err("create directory", root, e)),
+    }
+    match fsafe::dir_problem(root, &[0], false) {
+        Ok(None) => Ok(()),
+        Ok(Some(reason)) => Err(EmbeddedError::UnsafeDir {
+            path: root.to_path_buf(),
+            reason,
+            hint: "another user may have created it to take over the server; remove it \
+                   (after checking what it holds) so that tripload creates it again, or choose \
+                   a --pg-dir that the server's user can reach"
+                .to_owned(),
+        }),
+        Err(e) => Err(io_err("inspect", root, e)),
+    }
+}
+
+fn fallback_root_is_safe(root: &Path) -> bool {
+    match fsafe::dir_problem(root, &[0], false) {
+        Ok(None) => true,
+        Ok(Some(reason)) => {
+            tracing::warn!("ignoring {}: {reason}", root.display());
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Refuses a data directory we did not make or that another user could
+/// have prepared: it must be a real directory owned by us or the server's
+/// user (or, under the root-owned fallback root, by any account the server
+/// may have run as) and not writable by group or others. An empty one of
+/// ours just gets mode 0700.
+fn adopt_data_dir(layout: &Layout) -> Result<(), EmbeddedError> {
+    let dir = &layout.data_dir;
+    let mut owners = vec![fsafe::euid()];
+    if let Some(user) = &layout.run_as {
+        owners.push(user.uid);
+        if layout.relocated {
+            owners.extend(
+                SERVER_USERS
+                    .iter()
+                    .filter_map(|name| lookup_user(name).ok().flatten())
+                    .map(|u| u.uid),
+            );
+        }
+    }
+    let meta = fs::symlink_metadata(dir).map_err(|e| io_err("inspect", dir, e))?;
+    if meta.is_dir() && meta.uid() == fsafe::euid() && meta.mode() & 0o022 != 0 && is_empty_dir(dir)
+    {
+        fsafe::set_dir_owner_mode(dir, None, 0o700)
+            .map_err(|e| io_err("set permissions on", dir, e))?;
+    }
+    match fsafe::dir_problem(dir, &owners, false) {
+        Ok(None) => Ok(()),
+        Ok(Some(reason)) => Err(EmbeddedError::UnsafeDir {
+            path: dir.clone(),
+            reason,
+            hint: "tripload only adopts a cluster directory that it created; if this one is \
+                   yours, fix its owner and mode (chown, chmod go-w), otherwise remove it or \
+                   choose another --pg-dir"
+                .to_owned(),
+        }),
+        Err(e) => Err(io_err("inspect", dir, e)),
+    }
 }
 
 fn socket_path(socket_dir: &Path, port: u16) -> PathBuf {
@@ -621,7 +885,7 @@ fn server_user() -> Result<Option<RunAs>, EmbeddedError> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
     }
-    for name in ["postgres", "nobody"] {
+    for name in SERVER_USERS {
         match lookup_user(name) {
             Ok(Some(user)) if user.uid != 0 => return Ok(Some(user)),
             Ok(_) => {}
@@ -680,7 +944,8 @@ fn io_err(action: &'static str, path: &Path, source: io::Error) -> EmbeddedError
 }
 
 /// create_dir_all, but components we create get 0755 regardless of umask so
-/// that the server user can traverse them.
+/// that the server user can traverse them (changed through a descriptor, so
+/// a symlink swapped in is never followed).
 fn create_dir_tree(dir: &Path) -> Result<(), EmbeddedError> {
     let mut missing: Vec<&Path> = dir
         .ancestors()
@@ -693,7 +958,7 @@ fn create_dir_tree(dir: &Path) -> Result<(), EmbeddedError> {
         .map_err(|e| io_err("create directory", dir, e))?;
     missing.reverse();
     for created in missing {
-        fs::set_permissions(created, fs::Permissions::from_mode(0o755))
+        fsafe::set_dir_owner_mode(created, None, 0o755)
             .map_err(|e| io_err("set permissions on", created, e))?;
     }
     if !fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
@@ -708,7 +973,8 @@ fn create_dir_tree(dir: &Path) -> Result<(), EmbeddedError> {
 
 /// The server insists on owning its data directory (mode 0700/0750). An
 /// existing cluster may belong to another account (e.g. `nobody` before a
-/// `postgres` user was created), hence the recursive variant.
+/// `postgres` user was created), hence the recursive variant. Neither
+/// follows symlinks.
 fn take_ownership(
     data_dir: &Path,
     run_as: Option<&RunAs>,
@@ -717,7 +983,7 @@ fn take_ownership(
     let Some(user) = run_as else {
         return Ok(());
     };
-    let meta = fs::metadata(data_dir).map_err(|e| io_err("inspect", data_dir, e))?;
+    let meta = fs::symlink_metadata(data_dir).map_err(|e| io_err("inspect", data_dir, e))?;
     if meta.uid() == user.uid && meta.gid() == user.gid {
         return Ok(());
     }
@@ -727,47 +993,61 @@ fn take_ownership(
             data_dir.display(),
             user.name
         );
-        chown_recursive(data_dir, user)
+        fsafe::chown_tree(data_dir, user.uid, user.gid)
+            .map_err(|e| io_err("change the owner of", data_dir, e))
     } else {
-        std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid))
-            .map_err(|e| io_err("change the owner of", data_dir, e))?;
-        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| io_err("set permissions on", data_dir, e))
+        fsafe::set_dir_owner_mode(data_dir, Some((user.uid, user.gid)), 0o700)
+            .map_err(|e| io_err("change the owner of", data_dir, e))
     }
 }
 
-fn chown_recursive(path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
-        .map_err(|e| io_err("change the owner of", path, e))?;
-    let meta = fs::symlink_metadata(path).map_err(|e| io_err("inspect", path, e))?;
-    if meta.is_dir() {
-        let entries = fs::read_dir(path).map_err(|e| io_err("list", path, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err("list", path, e))?;
-            chown_recursive(&entry.path(), user)?;
+/// Makes the socket directory and returns it: mode 0700, owned by the
+/// server's user, so only that user and root can reach the socket. Inside
+/// the data directory it is `run/` (the server's user could have replaced it,
+/// so it is checked and changed without following symlinks); when that path
+/// is too long, a fresh mkdtemp directory under /tmp, never a predictable one.
+fn prepare_socket_dir(layout: &Layout) -> Result<PathBuf, EmbeddedError> {
+    let owner = layout.run_as.as_ref().map(|u| (u.uid, u.gid));
+    let dir = if layout.socket_in_tmp {
+        fsafe::make_temp_dir(&layout.socket_dir)
+            .map_err(|e| io_err("create a directory named", &layout.socket_dir, e))?
+    } else {
+        let dir = layout.socket_dir.clone();
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create directory", &dir, e)),
         }
-    }
-    Ok(())
+        let mut owners = vec![fsafe::euid()];
+        owners.extend(owner.map(|(uid, _)| uid));
+        match fsafe::dir_problem(&dir, &owners, false) {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                return Err(EmbeddedError::UnsafeDir {
+                    path: dir,
+                    reason,
+                    hint: "this is where the server's socket goes; remove it and retry".to_owned(),
+                })
+            }
+            Err(e) => return Err(io_err("inspect", &dir, e)),
+        }
+        dir
+    };
+    fsafe::set_dir_owner_mode(&dir, owner, 0o700)
+        .map_err(|e| io_err("set the owner and mode of", &dir, e))?;
+    Ok(dir)
 }
 
-/// The socket directory must belong to the server user. Under /tmp anyone
-/// could have planted a symlink there first, so never follow one.
-fn prepare_socket_dir(socket_dir: &Path, run_as: Option<&RunAs>) -> Result<(), EmbeddedError> {
-    if fs::symlink_metadata(socket_dir).is_ok_and(|m| !m.is_dir()) {
-        fs::remove_file(socket_dir).map_err(|e| io_err("remove", socket_dir, e))?;
-    }
-    create_dir_tree(socket_dir)?;
-    if let Some(user) = run_as {
-        std::os::unix::fs::lchown(socket_dir, Some(user.uid), Some(user.gid))
-            .map_err(|e| io_err("change the owner of", socket_dir, e))?;
-    }
-    fs::set_permissions(socket_dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| io_err("set permissions on", socket_dir, e))
+fn is_temp_socket_dir(dir: &Path) -> bool {
+    dir.parent() == Some(Path::new("/tmp"))
+        && dir
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(SOCKET_FALLBACK_PREFIX.as_bytes()))
 }
 
-/// initdb a new cluster or adopt an existing one, and create its socket
-/// directory; returns the binaries to run it with.
-fn prepare_cluster(layout: &Layout, mode: Mode) -> Result<PathBuf, EmbeddedError> {
+/// initdb a new cluster or adopt an existing one, write its access rules,
+/// and create its socket directory; returns the binaries to run it with.
+fn prepare_cluster(layout: &mut Layout, mode: Mode) -> Result<PathBuf, EmbeddedError> {
     let run_as = layout.run_as.as_ref();
     let bindir = find_bindir()?;
     let bindir = if is_cluster(&layout.data_dir) {
@@ -786,7 +1066,8 @@ fn prepare_cluster(layout: &Layout, mode: Mode) -> Result<PathBuf, EmbeddedError
         initdb(&bindir, layout, mode == Mode::Ephemeral)?;
         bindir
     };
-    prepare_socket_dir(&layout.socket_dir, run_as)?;
+    access::write_auth_files(&layout.data_dir, run_as)?;
+    layout.socket_dir = prepare_socket_dir(layout)?;
     Ok(bindir)
 }
 
@@ -816,18 +1097,19 @@ impl DirLock {
     }
 }
 
-/// Base command for initdb / pg_ctl / postgres, dropping to `run_as`.
+/// Base command for initdb / pg_ctl / postgres, dropping to `run_as`, with
+/// an emptied environment (see [`access::clean_env`]).
 fn server_command(program: &Path, run_as: Option<&RunAs>, home: &Path) -> Command {
     let mut cmd = Command::new(program);
     // Our cwd may be unreadable for the server user (e.g. under /root), and
     // the PostgreSQL tools resolve paths relative to it.
     cmd.current_dir("/").stdin(Stdio::null());
-    if let Some(user) = run_as {
-        cmd.uid(user.uid)
-            .gid(user.gid)
-            .env("HOME", home)
-            .env("USER", &user.name)
-            .env("LOGNAME", &user.name);
+    match run_as {
+        Some(user) => {
+            cmd.uid(user.uid).gid(user.gid);
+            access::clean_env(&mut cmd, home, Some(&user.name));
+        }
+        None => access::clean_env(&mut cmd, home, access::owner_name().as_deref()),
     }
     cmd
 }
@@ -900,10 +1182,13 @@ fn initdb(bindir: &Path, layout: &Layout, no_sync: bool) -> Result<(), EmbeddedE
     let run_as = layout.run_as.as_ref();
     let attempt = |locale: &str| {
         let mut cmd = server_command(&bindir.join("initdb"), run_as, &layout.data_dir);
+        // pg_hba.conf is replaced by ours before every start; these
+        // methods only matter if that never happens.
         cmd.arg("-D").arg(&layout.data_dir).args([
             "-U",
             SUPERUSER,
-            "--auth=trust",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
             "-E",
             "UTF8",
             locale,
@@ -947,14 +1232,24 @@ fn is_empty_dir(dir: &Path) -> bool {
     fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
-/// `-c` settings for the server. fsync stays on for the persistent cluster
+/// `-c` settings for the server. No TCP unless `tcp` (then 127.0.0.1 only,
+/// passwords stored as SCRAM). fsync stays on for the persistent cluster
 /// because it holds the user's data; wal_level=minimal lets COPY into a table
-/// created in the same transaction skip WAL.
-fn server_settings(port: u16, socket_dir: &Path, mode: Mode) -> Vec<String> {
+/// created in the same transaction skip WAL. TimescaleDB is preloaded when
+/// installed.
+fn server_settings(
+    bindir: &Path,
+    port: u16,
+    socket_dir: &Path,
+    tcp: bool,
+    mode: Mode,
+) -> Vec<String> {
     let mut settings = vec![
-        "listen_addresses=127.0.0.1".to_owned(),
+        format!("listen_addresses={}", if tcp { "127.0.0.1" } else { "" }),
         format!("port={port}"),
         format!("unix_socket_directories={}", socket_dir.display()),
+        "unix_socket_permissions=0700".to_owned(),
+        "password_encryption=scram-sha-256".to_owned(),
         "max_connections=100".to_owned(),
         "shared_buffers=512MB".to_owned(),
         "max_wal_size=8GB".to_owned(),
@@ -964,6 +1259,9 @@ fn server_settings(port: u16, socket_dir: &Path, mode: Mode) -> Vec<String> {
         "wal_compression=on".to_owned(),
         "maintenance_work_mem=512MB".to_owned(),
     ];
+    if timescale::installed_version(bindir).is_some() {
+        settings.extend(timescale::PRELOAD_SETTINGS.map(str::to_owned));
+    }
     if mode == Mode::Ephemeral {
         settings.push("fsync=off".to_owned());
         settings.push("synchronous_commit=off".to_owned());
@@ -993,11 +1291,12 @@ fn pg_ctl_start(
     bindir: &Path,
     layout: &Layout,
     port: u16,
+    tcp: bool,
     log_path: &Path,
 ) -> Result<(), EmbeddedError> {
     let run_as = layout.run_as.as_ref();
     // pg_ctl pastes -o into a `sh -c` command line.
-    let options = server_settings(port, &layout.socket_dir, Mode::Persistent)
+    let options = server_settings(bindir, port, &layout.socket_dir, tcp, Mode::Persistent)
         .iter()
         .map(|setting| format!("-c {}", shell_quote(OsStr::new(setting))))
         .collect::<Vec<_>>()
@@ -1093,6 +1392,10 @@ fn running_server(layout: &Layout) -> Result<Option<Embedded>, EmbeddedError> {
                             socket_dir: socket_dir.clone(),
                             port,
                             user: SUPERUSER.to_owned(),
+                            tcp_password_file: pf
+                                .listen
+                                .is_some()
+                                .then(|| access::password_file(&layout.data_dir)),
                         }));
                     }
                 }
@@ -1137,18 +1440,20 @@ fn running_server(layout: &Layout) -> Result<Option<Embedded>, EmbeddedError> {
     }
 }
 
-/// The parts of postmaster.pid we use (lines 1, 4, 5 and 7).
+/// The parts of postmaster.pid we use (lines 1, 4, 5, 6 and 7).
 #[derive(Debug, PartialEq, Eq)]
 struct PidFile {
     pid: i32,
     port: Option<u16>,
     socket_dir: Option<PathBuf>,
+    /// The first TCP listen address; None when the server has no TCP.
+    listen: Option<String>,
     shmem_id: Option<i32>,
 }
 
 fn read_pidfile(data_dir: &Path) -> Result<Option<PidFile>, EmbeddedError> {
     let path = data_dir.join(PID_FILE);
-    match fs::read_to_string(&path) {
+    match fsafe::read_to_string_nofollow(&path) {
         Ok(text) => {
             parse_pidfile(&text).map_err(|reason| EmbeddedError::BadPidFile { path, reason })
         }
@@ -1175,6 +1480,11 @@ fn parse_pidfile(text: &str) -> Result<Option<PidFile>, String> {
         .map(|l| l.trim())
         .filter(|l| !l.is_empty())
         .map(PathBuf::from);
+    let listen = lines
+        .get(5)
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned);
     let shmem_id = lines
         .get(6)
         .and_then(|l| l.split_whitespace().nth(1))
@@ -1183,6 +1493,7 @@ fn parse_pidfile(text: &str) -> Result<Option<PidFile>, String> {
         pid,
         port,
         socket_dir,
+        listen,
         shmem_id,
     }))
 }
@@ -1349,18 +1660,21 @@ fn spawn_supervised_postgres(
     bindir: &Path,
     layout: &Layout,
     port: u16,
+    tcp: bool,
     log_path: &Path,
 ) -> Result<Supervised, EmbeddedError> {
     let run_as = layout.run_as.as_ref();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(log_path)
         .map_err(|e| io_err("open", log_path, e))?;
     let log_err = log.try_clone().map_err(|e| io_err("open", log_path, e))?;
     let mut cmd = server_command(&bindir.join("postgres"), run_as, &layout.data_dir);
     cmd.arg("-D").arg(&layout.data_dir);
-    for setting in server_settings(port, &layout.socket_dir, Mode::Ephemeral) {
+    for setting in server_settings(bindir, port, &layout.socket_dir, tcp, Mode::Ephemeral) {
         cmd.arg("-c").arg(setting);
     }
     cmd.stdout(log).stderr(log_err);
@@ -1419,13 +1733,18 @@ fn spawn_supervised_postgres(
     Ok(Supervised { pid, exit: exit_rx })
 }
 
-/// Ephemeral clusters relocated under FALLBACK_ROOT, and socket directories
-/// under /tmp, outlive the test process that made them. Remove those whose
-/// server is gone and that are old enough not to be in the middle of initdb.
-fn sweep_stale_ephemeral(keep: &Path) {
-    for entry in list_dir(Path::new(FALLBACK_ROOT), EPHEMERAL_PREFIX) {
+/// Ephemeral clusters relocated under the fallback root outlive the test
+/// process that made them. Remove those whose server is gone and that are
+/// old enough not to be in the middle of initdb (only under a fallback root
+/// that nobody else can write to).
+fn sweep_stale_ephemeral(layout: &Layout, fallback_root: &Path) {
+    sweep_stale_sockets(layout);
+    if layout.run_as.is_none() || !fallback_root_is_safe(fallback_root) {
+        return;
+    }
+    for entry in list_dir(fallback_root, EPHEMERAL_PREFIX) {
         let path = entry.path();
-        if path == keep || !is_older_than(&entry, STALE_EPHEMERAL_AGE) {
+        if path == layout.data_dir || !is_older_than(&entry, STALE_EPHEMERAL_AGE) {
             continue;
         }
         let live =
@@ -1436,10 +1755,20 @@ fn sweep_stale_ephemeral(keep: &Path) {
             }
         }
     }
+}
+
+/// Socket directories under /tmp (ours or the server user's) left by servers
+/// that are gone: a running server keeps its socket and lock file in there,
+/// and remove_dir only removes empty directories.
+fn sweep_stale_sockets(layout: &Layout) {
+    let mut owners = vec![fsafe::euid()];
+    owners.extend(layout.run_as.as_ref().map(|u| u.uid));
     for entry in list_dir(Path::new("/tmp"), SOCKET_FALLBACK_PREFIX) {
-        // A server keeps its socket and lock file in there while it runs, and
-        // remove_dir only removes empty directories.
-        if is_older_than(&entry, STALE_EPHEMERAL_AGE) {
+        let ours = entry
+            .path()
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_dir() && owners.contains(&m.uid()));
+        if ours && is_older_than(&entry, STALE_EPHEMERAL_AGE) {
             let _ = fs::remove_dir(entry.path());
         }
     }
@@ -1471,7 +1800,7 @@ fn file_len(path: &Path) -> u64 {
 /// The log written since byte `since` (at most the last 64 KiB of it).
 fn read_log_from(path: &Path, since: u64) -> String {
     const MAX_BYTES: u64 = 64 * 1024;
-    let Ok(mut file) = File::open(path) else {
+    let Ok(mut file) = fsafe::open_read_nofollow(path) else {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -1512,6 +1841,7 @@ fn conninfo_value(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn psql(emb: &Embedded, sql: &str) -> String {
         let bindir = find_bindir().unwrap();
@@ -1640,19 +1970,43 @@ mod tests {
     }
 
     #[test]
-    fn long_paths_put_the_socket_under_tmp() {
+    fn long_paths_put_the_socket_in_a_fresh_private_dir_under_tmp() {
         let tmp = tempfile::tempdir().unwrap();
         // Traversable, so the cluster stays at the (long) requested path.
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let dir = tmp.path().join("d".repeat(60)).join("e".repeat(60));
+        // Where an older tripload put the socket: anyone could create it
+        // first. Plant a world-writable directory there.
+        let hash = path_hash(&absolute_path(&dir).unwrap());
+        let planted = PathBuf::from(format!("/tmp/{SOCKET_FALLBACK_PREFIX}{hash}"));
+        let _ = fs::remove_dir_all(&planted);
+        fs::create_dir(&planted).unwrap();
+        fs::set_permissions(&planted, fs::Permissions::from_mode(0o777)).unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+        }
+        let planted_owner = fs::metadata(&planted).unwrap().uid();
+
         let emb = Embedded::start_ephemeral(&dir).unwrap();
         assert_eq!(emb.data_dir, absolute_path(&dir).unwrap());
-        let hash = path_hash(&absolute_path(&dir).unwrap());
-        assert_eq!(
-            emb.socket_dir,
-            PathBuf::from(format!("/tmp/{SOCKET_FALLBACK_PREFIX}{hash}"))
+        assert_ne!(
+            emb.socket_dir, planted,
+            "a predictable directory was adopted"
         );
+        assert!(
+            is_temp_socket_dir(&emb.socket_dir),
+            "{}",
+            emb.socket_dir.display()
+        );
+        let meta = fs::symlink_metadata(&emb.socket_dir).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.mode() & 0o777, 0o700);
         assert_eq!(psql(&emb, "select 1"), "1");
+        // The planted directory was neither used nor changed.
+        let meta = fs::symlink_metadata(&planted).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (planted_owner, 0o777));
+        assert!(is_empty_dir(&planted));
+        fs::remove_dir(&planted).unwrap();
     }
 
     #[test]
@@ -1664,7 +2018,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
         let dir = tmp.path().join("pg");
-        let layout = resolve_layout(&dir, Mode::Persistent).unwrap();
+        let layout = resolve_layout(&dir, Mode::Persistent, Path::new(FALLBACK_ROOT)).unwrap();
         assert!(layout.relocated);
         assert_eq!(
             layout.data_dir,
@@ -1681,7 +2035,8 @@ mod tests {
     #[test]
     fn traversable_tempdir_is_used_in_place() {
         let tmp = tempfile::tempdir().unwrap();
-        let layout = resolve_layout(tmp.path(), Mode::Persistent).unwrap();
+        let layout =
+            resolve_layout(tmp.path(), Mode::Persistent, Path::new(FALLBACK_ROOT)).unwrap();
         assert!(!layout.relocated);
         assert_eq!(layout.data_dir, tmp.path().canonicalize().unwrap());
     }
@@ -1710,6 +2065,7 @@ mod tests {
                 pid: 1234,
                 port: Some(5433),
                 socket_dir: Some(PathBuf::from("/data/run")),
+                listen: Some("127.0.0.1".to_owned()),
                 shmem_id: Some(32769),
             })
         );
@@ -1719,6 +2075,7 @@ mod tests {
                 pid: 1234,
                 port: Some(5433),
                 socket_dir: None,
+                listen: None,
                 shmem_id: None,
             })
         );
@@ -1734,10 +2091,15 @@ mod tests {
             socket_dir: PathBuf::from("/my dir/it's"),
             port: 5433,
             user: "tripload".to_owned(),
+            tcp_password_file: Some(PathBuf::from("/d/pass word")),
         };
         assert_eq!(
             emb.conninfo("trips"),
             r"host='/my dir/it\'s' port=5433 user=tripload dbname=trips"
+        );
+        assert_eq!(
+            emb.tcp_url("trips").as_deref(),
+            Some("postgresql://tripload@127.0.0.1:5433/trips?passfile=/d/pass%20word")
         );
     }
 
@@ -1758,5 +2120,242 @@ mod tests {
     fn missing_cluster_stops_as_not_running() {
         let tmp = tempfile::tempdir().unwrap();
         assert!(!Embedded::stop(&tmp.path().join("nothing-here")).unwrap());
+    }
+
+    /// psql without a password in its environment; (success, stdout+stderr).
+    fn try_psql(conninfo: &str, sql: &str, password: Option<&str>) -> (bool, String) {
+        let bindir = find_bindir().unwrap();
+        let mut cmd = Command::new(bindir.join("psql"));
+        cmd.arg(conninfo)
+            .args(["-X", "-w", "-tA", "-c", sql])
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
+            .env("PGCONNECT_TIMEOUT", "10");
+        if let Some(pw) = password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text.trim().to_owned())
+    }
+
+    /// A tempdir the server's user can traverse (so nothing is relocated).
+    fn open_tempdir() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        tmp
+    }
+
+    fn owner_and_mode(path: &Path) -> (u32, u32) {
+        let meta = fs::symlink_metadata(path).unwrap();
+        (meta.uid(), meta.mode() & 0o7777)
+    }
+
+    #[test]
+    fn no_tcp_by_default_and_only_our_access_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let emb = Embedded::start_ephemeral(tmp.path()).unwrap();
+        assert_eq!(emb.tcp_password_file, None);
+        assert_eq!(emb.tcp_url("postgres"), None);
+        assert_eq!(psql(&emb, "show listen_addresses"), "");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", emb.port)).is_err());
+        assert_eq!(read_pidfile(&emb.data_dir).unwrap().unwrap().listen, None);
+        assert!(access::hba_is_managed(&emb.data_dir));
+        assert_eq!(
+            psql(
+                &emb,
+                "select string_agg(type || ' ' || auth_method, ',' order by line_number) \
+                 from pg_hba_file_rules"
+            ),
+            "local peer,host scram-sha-256"
+        );
+        assert_eq!(owner_and_mode(&emb.socket_dir).1, 0o700);
+    }
+
+    #[test]
+    fn tcp_takes_only_the_generated_password() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = Options {
+            tcp: true,
+            ..Default::default()
+        };
+        let emb = Embedded::start_ephemeral_with(tmp.path(), &opts).unwrap();
+        let passfile = emb.tcp_password_file.clone().unwrap();
+        assert_eq!(owner_and_mode(&passfile), (fsafe::euid(), 0o600));
+        let password = emb.tcp_password().unwrap().unwrap();
+        assert_eq!(psql(&emb, "show listen_addresses"), "127.0.0.1");
+        assert_eq!(psql(&emb, "show password_encryption"), "scram-sha-256");
+        assert_eq!(
+            psql(
+                &emb,
+                "select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'tripload'"
+            ),
+            "t"
+        );
+        let url = emb.tcp_url("postgres").unwrap();
+        assert!(!url.contains(&password));
+        let (ok, out) = try_psql(&url, "select inet_server_addr()", None);
+        assert!(ok, "{out}");
+        assert_eq!(out, "127.0.0.1");
+        let bare = format!(
+            "host=127.0.0.1 port={} user=tripload dbname=postgres",
+            emb.port
+        );
+        let (ok, out) = try_psql(&bare, "select 1", None);
+        assert!(!ok && out.contains("no password supplied"), "{out}");
+        let (ok, out) = try_psql(&bare, "select 1", Some("wrong"));
+        assert!(
+            !ok && out.contains("password authentication failed"),
+            "{out}"
+        );
+        let (ok, out) = try_psql(&bare, "select 1", Some(&password));
+        assert!(ok, "{out}");
+        let log = fs::read_to_string(emb.data_dir.join(LOG_FILE)).unwrap();
+        assert!(!log.contains(&password));
+    }
+
+    #[test]
+    fn a_server_with_foreign_access_rules_is_restarted_with_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let _guard = StopOnDrop(dir.to_path_buf());
+        let first = Embedded::ensure_running(dir).unwrap();
+        let pid = read_pidfile(&first.data_dir).unwrap().unwrap().pid;
+        // What an older tripload wrote (and the server keeps using).
+        let owner = fs::metadata(&first.data_dir).unwrap();
+        fsafe::replace_file(
+            &first.data_dir,
+            "pg_hba.conf",
+            b"local all all trust\nhost all all 127.0.0.1/32 trust\n",
+            0o600,
+            Some((owner.uid(), owner.gid())),
+        )
+        .unwrap();
+        let second = Embedded::ensure_running(dir).unwrap();
+        assert_ne!(read_pidfile(&second.data_dir).unwrap().unwrap().pid, pid);
+        assert!(access::hba_is_managed(&second.data_dir));
+        assert_eq!(psql(&second, "select 1"), "1");
+        // With ours in place, a further call keeps the running server.
+        let pid = read_pidfile(&second.data_dir).unwrap().unwrap().pid;
+        Embedded::ensure_running(dir).unwrap();
+        assert_eq!(read_pidfile(&second.data_dir).unwrap().unwrap().pid, pid);
+        assert!(Embedded::stop(dir).unwrap());
+    }
+
+    #[test]
+    fn refuses_a_socket_dir_replaced_by_a_symlink() {
+        let tmp = open_tempdir();
+        let dir = tmp.path().join("pg");
+        let _guard = StopOnDrop(dir.clone());
+        let emb = Embedded::ensure_running(&dir).unwrap();
+        assert!(Embedded::stop(&dir).unwrap());
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::remove_dir_all(&emb.socket_dir).unwrap();
+        std::os::unix::fs::symlink(&outside, &emb.socket_dir).unwrap();
+        let err = Embedded::ensure_running(&dir).unwrap_err();
+        assert!(matches!(err, EmbeddedError::UnsafeDir { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(owner_and_mode(&outside), (fsafe::euid(), 0o755));
+    }
+
+    #[test]
+    fn refuses_a_requested_dir_owned_by_another_user() {
+        if !is_root() {
+            eprintln!("SKIPPED refuses_a_requested_dir_owned_by_another_user: needs root");
+            return;
+        }
+        let tmp = open_tempdir();
+        let dir = tmp.path().join("pg");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let err = Embedded::ensure_running(&dir).unwrap_err();
+        assert!(matches!(err, EmbeddedError::UnsafeDir { .. }), "{err}");
+        assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+        let err = Embedded::start_ephemeral(&dir).unwrap_err();
+        assert!(matches!(err, EmbeddedError::UnsafeDir { .. }), "{err}");
+        assert_eq!(owner_and_mode(&dir), (65534, 0o755));
+        assert!(is_empty_dir(&dir));
+    }
+
+    /// As root, with a requested directory the server's user cannot reach
+    /// (so the cluster would be relocated) and a fallback root of our own.
+    fn relocation_setup() -> (tempfile::TempDir, PathBuf, Options) {
+        let tmp = open_tempdir();
+        let private = tmp.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        let opts = Options {
+            tcp: false,
+            fallback_root: tmp.path().join("fallback"),
+        };
+        (tmp, private.join("pg"), opts)
+    }
+
+    #[test]
+    fn refuses_a_fallback_root_that_someone_else_prepared() {
+        if !is_root() {
+            eprintln!("SKIPPED refuses_a_fallback_root_that_someone_else_prepared: needs root");
+            return;
+        }
+        let (_tmp, requested, opts) = relocation_setup();
+        let root = &opts.fallback_root;
+        fs::create_dir(root).unwrap();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(root, Some(65534), Some(65534)).unwrap();
+        let err = Embedded::ensure_running_with(&requested, &opts).unwrap_err();
+        assert!(matches!(err, EmbeddedError::UnsafeDir { .. }), "{err}");
+        assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+        let err = Embedded::start_ephemeral_with(&requested, &opts).unwrap_err();
+        assert!(matches!(err, EmbeddedError::UnsafeDir { .. }), "{err}");
+        assert_eq!(owner_and_mode(root), (65534, 0o755));
+        assert!(is_empty_dir(root));
+        // Root's, but writable by anyone: just as bad.
+        std::os::unix::fs::chown(root, Some(0), Some(0)).unwrap();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Embedded::ensure_running_with(&requested, &opts).unwrap_err();
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
+        assert!(is_empty_dir(root));
+    }
+
+    #[test]
+    fn refuses_a_symlinked_fallback_cluster_dir_and_leaves_its_target_alone() {
+        if !is_root() {
+            eprintln!(
+                "SKIPPED refuses_a_symlinked_fallback_cluster_dir_and_leaves_its_target_alone: needs root"
+            );
+            return;
+        }
+        let (tmp, requested, opts) = relocation_setup();
+        let root = &opts.fallback_root;
+        fs::create_dir(root).unwrap();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+        let target = tmp.path().join("elsewhere");
+        fs::create_dir(&target).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+        let cluster = root.join(path_hash(&absolute_path(&requested).unwrap()));
+        std::os::unix::fs::symlink(&target, &cluster).unwrap();
+        let _guard = StopOnDrop(requested.clone());
+        let err = Embedded::ensure_running_with(&requested, &opts).unwrap_err();
+        assert!(matches!(err, EmbeddedError::UnsafeDir { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(owner_and_mode(&target), (0, 0o755));
+        assert!(is_empty_dir(&target));
+
+        // Without the planted link the same call relocates the cluster there.
+        fs::remove_file(&cluster).unwrap();
+        let emb = Embedded::ensure_running_with(&requested, &opts).unwrap();
+        assert_eq!(emb.data_dir, cluster);
+        assert_eq!(psql(&emb, "select 1"), "1");
+        assert!(Embedded::stop_with(&requested, &opts).unwrap());
     }
 }
