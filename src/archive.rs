@@ -297,6 +297,86 @@ pub fn write_error(archived: &Path, text: &str) -> std::io::Result<PathBuf> {
 mod tests {
     use super::*;
 
+    fn reject(line: u64, raw: &[u8]) -> Reject {
+        Reject {
+            line,
+            lines: 1,
+            fault: crate::parse::RowFault {
+                column: Some(crate::parse::Column::Region),
+                error: crate::parse::RowError::Empty,
+            },
+            raw: raw.to_vec(),
+            raw_len: raw.len(),
+        }
+    }
+
+    /// Past the cap, rejects are counted but not listed, and the file says so.
+    #[test]
+    fn the_rejects_file_stops_at_its_cap_and_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let input = d.path().join("in.csv");
+        std::fs::write(&input, "x").unwrap();
+        let mut w = RejectWriter::new(&d.path().join("work"), "in.csv", &input).with_cap(10_000);
+        for line in 2..2002 {
+            w.write(line, &reject(line, &[b'a'; 100])).unwrap();
+        }
+        assert_eq!((w.count, w.lines), (2000, 2000));
+        assert!(w.listed < 100, "{}", w.listed);
+        assert!(w.listed_note().contains(&format!("the first {}", w.listed)));
+        let listed = w.listed;
+        let dest = w.place_beside(&input).unwrap().unwrap();
+        let text = std::fs::read_to_string(&dest).unwrap();
+        assert!(text.len() < 12_000, "{}", text.len());
+        let recs: Vec<_> = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(recs.len() as u64, listed + 1);
+        let note = &recs.last().unwrap()[3];
+        assert!(
+            note.contains(&format!("{} more rejected records", 2000 - listed)),
+            "{note}"
+        );
+    }
+
+    /// Two loads of files with the same name never share a temporary file,
+    /// and what they write is no more readable than their input.
+    #[test]
+    fn temporary_rejects_are_unique_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let work = d.path().join("processed");
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        for (dir, mode) in [(&a, 0o600), (&b, 0o640)] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("t.csv"), "x").unwrap();
+            std::fs::set_permissions(dir.join("t.csv"), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let mut wa = RejectWriter::new(&work, "t.csv", &a.join("t.csv"));
+        let mut wb = RejectWriter::new(&work, "t.csv", &b.join("t.csv"));
+        wa.write(2, &reject(2, b"from a")).unwrap();
+        wb.write(3, &reject(3, b"from b")).unwrap();
+        let pa = wa.place_beside(&a.join("t.csv")).unwrap().unwrap();
+        let pb = wb.place_beside(&b.join("t.csv")).unwrap().unwrap();
+        let (ta, tb) = (
+            std::fs::read_to_string(&pa).unwrap(),
+            std::fs::read_to_string(&pb).unwrap(),
+        );
+        assert!(ta.contains("from a") && !ta.contains("from b"), "{ta}");
+        assert!(tb.contains("from b") && !tb.contains("from a"), "{tb}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&pa), 0o600);
+        assert_eq!(mode(&pb) & !0o640, 0, "{:o}", mode(&pb));
+        assert_eq!(
+            std::fs::read_dir(&work).unwrap().count(),
+            0,
+            "no temporary left"
+        );
+        let e = write_error(&a.join("t.csv"), "why").unwrap();
+        assert_eq!(mode(&e), 0o600);
+    }
+
     #[test]
     fn moves_without_overwriting() {
         let d = tempfile::tempdir().unwrap();

@@ -475,13 +475,17 @@ mod tests {
     #[test]
     fn every_line_is_accounted_for() {
         let head = "region,origin_coord,destination_coord,datetime,datasource\n";
-        let text = format!(
-            "\n{head}{ROW}\n\r\n\n\"bad\nthree\nlines\",x\n{ROW}\nnot,a,row\n{ROW}"
-        );
+        let text = format!("\n{head}{ROW}\n\r\n\n\"bad\nthree\nlines\",x\n{ROW}\nnot,a,row\n{ROW}");
         let (header, e) = encode_all(text.as_bytes(), 1000);
         assert_eq!(header.lines_before_data, 2);
         assert_eq!((e.rows, e.rejected_lines, e.blank_lines), (3, 4, 2));
-        assert_eq!(e.rejects.iter().map(|r| (r.line, r.lines)).collect::<Vec<_>>(), [(4, 3), (8, 1)]);
+        assert_eq!(
+            e.rejects
+                .iter()
+                .map(|r| (r.line, r.lines))
+                .collect::<Vec<_>>(),
+            [(4, 3), (8, 1)]
+        );
         assert_eq!(
             header.lines_before_data + e.rows + e.rejected_lines + e.blank_lines,
             physical_lines(text.as_bytes())
@@ -509,12 +513,17 @@ mod tests {
         let col = ROW.len() - "cheap_mobile".len() + "funny_car".len() + 1;
         assert_eq!(
             e.fatal,
-            Some(RecordError::UnclosedQuote { line: 10, column: col })
+            Some(RecordError::UnclosedQuote {
+                line: 10,
+                column: col
+            })
         );
         // With the default limit the record is too long instead, same line.
         let (_, e) = encode_all(text.as_bytes(), 65536);
         assert_eq!(e.fatal.as_ref().map(|f| f.line()), Some(10));
-        assert!(matches!(e.fatal, Some(RecordError::TooLong { open_quote: Some((10, c)), .. }) if c == col));
+        assert!(
+            matches!(e.fatal, Some(RecordError::TooLong { open_quote: Some((10, c)), .. }) if c == col)
+        );
     }
 
     #[test]

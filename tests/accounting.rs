@@ -56,7 +56,11 @@ fn a_stray_quote_fails_the_file_naming_its_line() {
         assert_eq!(out.status.code(), Some(1), "{so}\n{se}");
         assert!(w.exists("failed/stray.csv") && !w.exists("landing/stray.csv"));
         assert_eq!(db.trips(), 0, "nothing committed");
-        assert_eq!(db.count("SELECT count(*) FROM load_files"), 0, "no ledger row");
+        assert_eq!(
+            db.count("SELECT count(*) FROM load_files"),
+            0,
+            "no ledger row"
+        );
         let why = w.read("failed/stray.csv.error.txt");
         let at = format!("line 11, column {column}: a quoted field opens here");
         assert!(why.contains(&at) && why.contains(says), "{why}");
@@ -89,12 +93,19 @@ fn a_control_character_in_a_name_is_a_rejected_row() {
     assert_eq!(db.trips(), 48);
     assert!(w.exists("processed/ctl.csv"));
     let rejects = w.read("processed/ctl.csv.rejects.csv");
-    assert!(!rejects.contains('\0') && !rejects.contains('\x1b'), "{rejects:?}");
+    assert!(
+        !rejects.contains('\0') && !rejects.contains('\x1b'),
+        "{rejects:?}"
+    );
     let mut rdr = csv::Reader::from_reader(rejects.as_bytes());
     let recs: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
     assert_eq!(recs.len(), 2);
     assert_eq!((&recs[0][1], &recs[0][2]), ("6", "region"));
-    assert!(recs[0][3].contains("control character \\x00"), "{:?}", &recs[0]);
+    assert!(
+        recs[0][3].contains("control character \\x00"),
+        "{:?}",
+        &recs[0]
+    );
     assert!(recs[0][4].contains("\\x00,"), "{:?}", &recs[0]);
     assert_eq!((&recs[1][1], &recs[1][2]), ("10", "datasource"));
     assert!(recs[1][4].ends_with("car\\x1B[2J"), "{:?}", &recs[1]);
@@ -107,8 +118,14 @@ fn a_control_character_in_a_name_is_a_rejected_row() {
     assert_eq!(out.status.code(), Some(1));
     assert!(w.exists("failed/ctl.csv") && !w.exists("landing/ctl.csv"));
     let why = w.read("failed/ctl.csv.error.txt");
-    assert!(why.contains("2 bad lines") && why.contains("line 6"), "{why}");
-    assert_eq!(db.count("SELECT count(*) FROM regions WHERE name ~ '[[:cntrl:]]'"), 0);
+    assert!(
+        why.contains("2 bad lines") && why.contains("line 6"),
+        "{why}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM regions WHERE name ~ '[[:cntrl:]]'"),
+        0
+    );
 }
 
 /// A file of `good` rows with bad lines among them, one bad record spanning
@@ -120,7 +137,10 @@ fn mixed_file() -> (Vec<u8>, Vec<u64>, u64) {
     let mut good = 0;
     // The physical line the next pushed string starts on.
     let next_line = |out: &Vec<String>| {
-        out.iter().map(|s| 1 + s.matches('\n').count() as u64).sum::<u64>() + 1
+        out.iter()
+            .map(|s| 1 + s.matches('\n').count() as u64)
+            .sum::<u64>()
+            + 1
     };
     for (i, r) in rows[1..].iter().enumerate() {
         if i % 20 == 7 {
@@ -175,7 +195,10 @@ fn every_line_is_a_row_a_rejected_line_a_blank_line_or_the_header() {
     assert_eq!(committed[0]["rows_rejected"], bad.len() as u64);
     // The rejects file lists each bad record at its first line.
     let mut rdr = csv::Reader::from_path(w.path("processed/mixed.csv.rejects.csv")).unwrap();
-    let lines: Vec<u64> = rdr.records().map(|r| r.unwrap()[1].parse().unwrap()).collect();
+    let lines: Vec<u64> = rdr
+        .records()
+        .map(|r| r.unwrap()[1].parse().unwrap())
+        .collect();
     let starts: Vec<u64> = bad
         .iter()
         .copied()
@@ -200,7 +223,10 @@ fn a_strict_file_lists_every_bad_line() {
         assert_eq!(listed, bad.len() - 2, "every bad record listed (max {max})");
         let why = w.read("failed/mixed.csv.error.txt");
         let count = format!("{} bad lines, more than --max-rejects {max}", bad.len());
-        assert!(why.contains(&count) && why.contains("every one is listed"), "{why}");
+        assert!(
+            why.contains(&count) && why.contains("every one is listed"),
+            "{why}"
+        );
         assert!(why.contains(&format!("line {}", bad[0])), "{why}");
         let failed = event_payloads(&db, "failed");
         assert_eq!(failed[0]["rows_rejected"], bad.len() as u64);

@@ -185,7 +185,10 @@ fn apply(buf: &mut Vec<u8>, body: usize, d: &Damage) {
         Damage::RemoveQuoteOrByte(a) => {
             if buf.len() > body {
                 let p = pos(a, buf.len() - 1);
-                let q = buf[p..].iter().position(|&b| b == b'"').map_or(p, |i| p + i);
+                let q = buf[p..]
+                    .iter()
+                    .position(|&b| b == b'"')
+                    .map_or(p, |i| p + i);
                 buf.remove(q);
             }
         }
