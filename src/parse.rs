@@ -117,7 +117,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
             .trim();
         match Column::ALL
             .iter()
-            .find(|c| c.name().eq_ignore_ascii_case(&name))
+            .find(|c| c.name().eq_ignore_ascii_case(name))
         {
             Some(&c) if index[c as usize] != usize::MAX => {
                 return Err(HeaderError::DuplicateColumn {
