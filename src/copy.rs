@@ -284,7 +284,7 @@ pub async fn load_file(
                 Ok(dest) => {
                     let text = format!(
                         "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
-                        path.display(),
+                        crate::excerpt::quoted(&path.display().to_string()),
                         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
                         if rejected > 0 {
                             "the bad lines are listed in the .rejects.csv file beside this one.\nfix them (or raise --max-rejects) and move the file back to the landing directory.\n"
