@@ -139,48 +139,134 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Bytes the rejects file may take (`REJECTS_CAP_BYTES`); past it, bad lines
+/// are still counted but no longer listed, and the file ends saying so.
+pub const REJECTS_CAP_BYTES: u64 = 64 << 20;
+
+/// Permission bits for a file written about `input`: its own, less any
+/// execute bits, so nothing tripload writes is more readable than what it
+/// read (0600 when the input cannot be examined).
+pub fn mode_like(input: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(input)
+        .map(|m| m.permissions().mode() & 0o666)
+        .unwrap_or(0o600)
+}
+
 /// Writes rejects as CSV (`file,line,column,reason,raw`) while the file loads;
-/// created lazily so clean files leave no empty rejects file.
+/// created lazily so clean files leave no empty rejects file. The raw column
+/// is an escaped excerpt ([`crate::excerpt`]) of the record's first
+/// [`crate::encode::RAW_EXCERPT_BYTES`]; the file stops growing at `cap`
+/// bytes. It is written under a unique temporary name and takes the input's
+/// permissions (at most).
 pub struct RejectWriter {
-    tmp_path: PathBuf,
+    work_dir: PathBuf,
     file_label: String,
+    mode: u32,
+    cap: u64,
     // Boxed: the csv writer is large and this travels inside results.
-    out: Option<Box<csv::Writer<BufWriter<File>>>>,
+    out: Option<Box<csv::Writer<BufWriter<tempfile::NamedTempFile>>>>,
+    /// Rejected records.
     pub count: u64,
+    /// Rejected physical lines (what `--max-rejects` counts).
+    pub lines: u64,
+    /// Records written to the file (all of them unless the cap was reached).
+    pub listed: u64,
+    /// Bytes of the records written (about the file's size).
+    written: u64,
+    /// The first reject, as `line N: [column c: ]reason`.
+    pub first: Option<String>,
 }
 
 impl RejectWriter {
-    /// `work_dir` holds the file until it is placed beside the archived input.
-    pub fn new(work_dir: &Path, name: &str) -> Self {
+    /// `work_dir` holds the file until it is placed beside the archived
+    /// input; `input` is the file being loaded (for its permissions).
+    pub fn new(work_dir: &Path, name: &str, input: &Path) -> Self {
         RejectWriter {
-            tmp_path: work_dir.join(format!(".{name}.{}.rejects.tmp", std::process::id())),
+            work_dir: work_dir.to_path_buf(),
             file_label: name.to_string(),
+            mode: mode_like(input),
+            cap: REJECTS_CAP_BYTES,
             out: None,
             count: 0,
+            lines: 0,
+            listed: 0,
+            written: 0,
+            first: None,
         }
     }
 
+    /// The same with another size cap (tests).
+    pub fn with_cap(mut self, cap: u64) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    fn open(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.work_dir)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", self.file_label))
+            .suffix(".rejects.tmp")
+            .permissions(std::fs::Permissions::from_mode(self.mode))
+            .tempfile_in(&self.work_dir)?;
+        // The umask may have narrowed it further; never wider than the input.
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(self.mode))?;
+        let mut w = csv::Writer::from_writer(BufWriter::new(tmp));
+        w.write_record(["file", "line", "column", "reason", "raw"])?;
+        self.out = Some(Box::new(w));
+        Ok(())
+    }
+
+    /// Records the reject of a record starting at physical `line`.
     pub fn write(&mut self, line: u64, r: &Reject) -> std::io::Result<()> {
-        if self.out.is_none() {
-            if let Some(parent) = self.tmp_path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mut w = csv::Writer::from_writer(BufWriter::new(File::create(&self.tmp_path)?));
-            w.write_record(["file", "line", "column", "reason", "raw"])?;
-            self.out = Some(Box::new(w));
-        }
-        if let Some(w) = self.out.as_mut() {
-            let column = r.fault.column.map(|c| c.name()).unwrap_or("");
-            w.write_record([
-                self.file_label.as_str(),
-                &line.to_string(),
-                column,
-                &r.fault.error.to_string(),
-                &String::from_utf8_lossy(&r.raw),
-            ])?;
+        let column = r.fault.column.map(|c| c.name()).unwrap_or("");
+        let reason = r.fault.error.to_string();
+        if self.first.is_none() {
+            let col = if column.is_empty() {
+                String::new()
+            } else {
+                format!("column {column}: ")
+            };
+            self.first = Some(format!("line {line}: {col}{reason}"));
         }
         self.count += 1;
+        self.lines += r.lines;
+        if self.out.is_none() {
+            self.open()?;
+        }
+        let Some(w) = self.out.as_mut() else {
+            return Ok(());
+        };
+        if self.written >= self.cap {
+            return Ok(());
+        }
+        let mut raw = crate::excerpt::excerpt(&r.raw, crate::encode::RAW_EXCERPT_BYTES);
+        if r.raw_len > r.raw.len() && !raw.ends_with(" bytes in all]") {
+            raw.push_str(&format!("…[{} bytes in all]", r.raw_len));
+        }
+        let line = line.to_string();
+        w.write_record([self.file_label.as_str(), &line, column, &reason, &raw])?;
+        self.listed += 1;
+        // Quoting may add a few bytes; the cap is a size, not a byte count.
+        self.written +=
+            (self.file_label.len() + line.len() + column.len() + reason.len() + raw.len() + 8)
+                as u64;
         Ok(())
+    }
+
+    /// Says how much of the rejects the file lists (for messages).
+    pub fn listed_note(&self) -> String {
+        if self.listed == self.count {
+            "every one is listed in the rejects file".into()
+        } else {
+            format!(
+                "the first {} are listed in the rejects file (it stops at {} MiB)",
+                self.listed,
+                self.cap >> 20
+            )
+        }
     }
 
     /// Moves the rejects next to `archived` as `<name>.rejects.csv`.
@@ -188,22 +274,28 @@ impl RejectWriter {
         let Some(mut w) = self.out.take() else {
             return Ok(None);
         };
-        w.flush()?;
-        drop(w);
-        let dest = sidecar(archived, "rejects.csv");
-        std::fs::rename(&self.tmp_path, &dest).or_else(|_| {
-            std::fs::copy(&self.tmp_path, &dest)?;
-            std::fs::remove_file(&self.tmp_path)
-        })?;
-        Ok(Some(dest))
-    }
-}
-
-impl Drop for RejectWriter {
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp_path);
+        if self.listed < self.count {
+            let note = format!(
+                "the rejects file stopped at {} bytes: {} more rejected records ({} rejected lines in all) are not listed",
+                self.cap,
+                self.count - self.listed,
+                self.lines
+            );
+            w.write_record([self.file_label.as_str(), "", "", &note, ""])?;
         }
+        w.flush()?;
+        let tmp = w
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let dest = sidecar(archived, "rejects.csv");
+        if let Err(e) = tmp.persist(&dest) {
+            // Another filesystem: copy (with the same permissions), then drop the temporary.
+            let mut out = create_sidecar_file(&dest, self.mode)?;
+            std::io::copy(&mut File::open(e.file.path())?, &mut out)?;
+        }
+        Ok(Some(dest))
     }
 }
 
@@ -215,16 +307,118 @@ pub fn sidecar(archived: &Path, suffix: &str) -> PathBuf {
     archived.with_file_name(name)
 }
 
+/// Creates (or truncates) `path` with permission bits `mode`, not following
+/// a symlink there.
+fn create_sidecar_file(path: &Path, mode: u32) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// Writes `<archived>.<suffix>` with `text`, no more readable than `archived`.
+pub fn write_sidecar(archived: &Path, suffix: &str, text: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    let p = sidecar(archived, suffix);
+    let mut f = create_sidecar_file(&p, mode_like(archived))?;
+    f.write_all(text.as_bytes())?;
+    Ok(p)
+}
+
 /// Writes `<file>.error.txt` beside a failed file.
 pub fn write_error(archived: &Path, text: &str) -> std::io::Result<PathBuf> {
-    let p = sidecar(archived, "error.txt");
-    std::fs::write(&p, text)?;
-    Ok(p)
+    write_sidecar(archived, "error.txt", text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reject(line: u64, raw: &[u8]) -> Reject {
+        Reject {
+            line,
+            lines: 1,
+            fault: crate::parse::RowFault {
+                column: Some(crate::parse::Column::Region),
+                error: crate::parse::RowError::Empty,
+            },
+            raw: raw.to_vec(),
+            raw_len: raw.len(),
+        }
+    }
+
+    /// Past the cap, rejects are counted but not listed, and the file says so.
+    #[test]
+    fn the_rejects_file_stops_at_its_cap_and_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let input = d.path().join("in.csv");
+        std::fs::write(&input, "x").unwrap();
+        let mut w = RejectWriter::new(&d.path().join("work"), "in.csv", &input).with_cap(10_000);
+        for line in 2..2002 {
+            w.write(line, &reject(line, &[b'a'; 100])).unwrap();
+        }
+        assert_eq!((w.count, w.lines), (2000, 2000));
+        assert!(w.listed < 100, "{}", w.listed);
+        assert!(w.listed_note().contains(&format!("the first {}", w.listed)));
+        let listed = w.listed;
+        let dest = w.place_beside(&input).unwrap().unwrap();
+        let text = std::fs::read_to_string(&dest).unwrap();
+        assert!(text.len() < 12_000, "{}", text.len());
+        let recs: Vec<_> = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(recs.len() as u64, listed + 1);
+        let note = &recs.last().unwrap()[3];
+        assert!(
+            note.contains(&format!("{} more rejected records", 2000 - listed)),
+            "{note}"
+        );
+    }
+
+    /// Two loads of files with the same name never share a temporary file,
+    /// and what they write is no more readable than their input.
+    #[test]
+    fn temporary_rejects_are_unique_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let work = d.path().join("processed");
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        for (dir, mode) in [(&a, 0o600), (&b, 0o640)] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("t.csv"), "x").unwrap();
+            std::fs::set_permissions(dir.join("t.csv"), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let mut wa = RejectWriter::new(&work, "t.csv", &a.join("t.csv"));
+        let mut wb = RejectWriter::new(&work, "t.csv", &b.join("t.csv"));
+        wa.write(2, &reject(2, b"from a")).unwrap();
+        wb.write(3, &reject(3, b"from b")).unwrap();
+        let pa = wa.place_beside(&a.join("t.csv")).unwrap().unwrap();
+        let pb = wb.place_beside(&b.join("t.csv")).unwrap().unwrap();
+        let (ta, tb) = (
+            std::fs::read_to_string(&pa).unwrap(),
+            std::fs::read_to_string(&pb).unwrap(),
+        );
+        assert!(ta.contains("from a") && !ta.contains("from b"), "{ta}");
+        assert!(tb.contains("from b") && !tb.contains("from a"), "{tb}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&pa), 0o600);
+        assert_eq!(mode(&pb) & !0o640, 0, "{:o}", mode(&pb));
+        assert_eq!(
+            std::fs::read_dir(&work).unwrap().count(),
+            0,
+            "no temporary left"
+        );
+        let e = write_error(&a.join("t.csv"), "why").unwrap();
+        assert_eq!(mode(&e), 0o600);
+    }
 
     #[test]
     fn moves_without_overwriting() {

@@ -239,9 +239,10 @@ pub struct LoadOptions {
     /// Files loaded at the same time, each on its own connection and transaction.
     #[arg(long, short = 'j', env = "TRIPLOAD_JOBS", default_value_t = 2)]
     pub jobs: usize,
-    /// Bad rows tolerated per file. Within the limit, good rows commit and bad
-    /// ones go to <file>.rejects.csv; over it, the file is rolled back and
-    /// moved to failed/.
+    /// Bad lines tolerated per file (a rejected record spanning 3 lines
+    /// counts 3). Within the limit, good rows commit and bad ones go to
+    /// <file>.rejects.csv; over it, the file is rolled back, moved to
+    /// failed/, and its rejects file still lists every bad line.
     #[arg(long, env = "TRIPLOAD_MAX_REJECTS", default_value_t = 0)]
     pub max_rejects: u64,
     /// Region and datasource names new to the database that one file may
@@ -249,6 +250,12 @@ pub struct LoadOptions {
     /// deleted: ids are smallints, so names are a scarce resource.
     #[arg(long, env = "TRIPLOAD_MAX_NEW_NAMES", default_value_t = crate::dims::MAX_NEW_NAMES)]
     pub max_new_names: u64,
+    /// Longest record (bytes, quoted newlines included) before the file is
+    /// failed as unreadable: a longer record is almost always a stray quote
+    /// that swallowed the lines after it. The error names the line and
+    /// column where the open quote began.
+    #[arg(long, env = "TRIPLOAD_MAX_RECORD_BYTES", default_value_t = crate::record::DEFAULT_MAX_RECORD_BYTES as u64, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
+    pub max_record_bytes: u64,
     /// Where loaded files go (default: processed/ beside the file's directory).
     #[arg(long, env = "TRIPLOAD_PROCESSED_DIR")]
     pub processed_dir: Option<PathBuf>,
@@ -329,6 +336,7 @@ impl LoadOptions {
             jobs: self.jobs,
             max_rejects: self.max_rejects,
             max_new_names: self.max_new_names,
+            max_record_bytes: self.max_record_bytes as usize,
             chunk_bytes: (self.chunk_mib as usize) << 20,
             points_segment_bytes: (self.points_segment_mib as usize) << 20,
             backlog_bytes: self.backlog_mib << 20,

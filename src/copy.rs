@@ -27,7 +27,10 @@ use std::time::Instant;
 pub struct LoadContext {
     pub conninfo: String,
     pub dims: Arc<DimStore>,
+    /// Rejected lines tolerated per file (`--max-rejects`).
     pub max_rejects: u64,
+    /// A longer record fails the file (`--max-record-bytes`).
+    pub max_record_bytes: usize,
     pub chunk_bytes: usize,
     /// Chunks in flight per file (bounds memory).
     pub depth: usize,
@@ -119,7 +122,9 @@ fn classify(e: tokio_postgres::Error, what: &str) -> Abort {
 
 struct Committed {
     rows: u64,
+    /// Rejected physical lines.
     rejected: u64,
+    lines: Lines,
     rejects: RejectWriter,
     rollup: Option<Rollup>,
 }
@@ -215,6 +220,8 @@ pub async fn load_file(
         status: Status::Loaded,
         rows_loaded: 0,
         rows_rejected: 0,
+        blank_lines: 0,
+        header_lines: 0,
         seconds: 0.0,
         now_at: Some(path.to_path_buf()),
         rejects_file: None,
@@ -257,6 +264,8 @@ pub async fn load_file(
         Ok(c) => {
             report.rows_loaded = c.rows;
             report.rows_rejected = c.rejected;
+            report.blank_lines = c.lines.blank;
+            report.header_lines = c.lines.header;
             match move_to(&ctx.processed_dir_for(path)) {
                 Ok(dest) => {
                     report.rejects_file = c.rejects.place_beside(&dest).unwrap_or_else(|e| {
@@ -304,10 +313,10 @@ pub async fn load_file(
                 Ok(dest) => {
                     let text = format!(
                         "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
-                        path.display(),
+                        crate::excerpt::quoted(&path.display().to_string()),
                         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
                         if rejected > 0 {
-                            "the rejected rows found before stopping are in the .rejects.csv file beside this one.\nfix the rows (or raise --max-rejects) and move the file back to the landing directory.\n"
+                            "the bad lines are listed in the .rejects.csv file beside this one.\nfix them (or raise --max-rejects) and move the file back to the landing directory.\n"
                         } else {
                             "fix the file and move it back to the landing directory.\n"
                         }
@@ -450,13 +459,17 @@ async fn load_inner(
         .map_err(|e| fail(Abort::Env(format!("mapping task failed: {e}"))))?
         .map_err(|e| file_err(&e))?;
     let mapped = Arc::new(mapped);
-    let header = parse::parse_header(mapped.bytes())
+    let mut header = parse::parse_header(mapped.bytes())
         .map_err(|e| file_err(&format_args!("{}: {e}", path.display())))?;
+    header.max_record_bytes = ctx.max_record_bytes;
     if !header.ignored.is_empty() {
         tracing::warn!(
             "{}: ignoring extra column(s): {}",
             path.display(),
-            header.ignored.join(", ")
+            crate::excerpt::excerpt(
+                header.ignored.join(", ").as_bytes(),
+                crate::excerpt::MESSAGE_BYTES
+            )
         );
     }
     let header = Arc::new(header);
@@ -552,7 +565,7 @@ async fn load_inner(
         let mapped = Arc::clone(&mapped);
         let header = Arc::clone(&header);
         let dims = Arc::clone(&file_dims);
-        let rejects = RejectWriter::new(&ctx.processed_dir_for(path), name);
+        let rejects = RejectWriter::new(&ctx.processed_dir_for(path), name, path);
         let (max_rejects, chunk_bytes, depth) = (ctx.max_rejects, ctx.chunk_bytes, ctx.depth);
         let grid = ctx.grid;
         let label = name.to_string();
@@ -719,8 +732,53 @@ impl backlog::DiskForm for PackedTrips {
     }
 }
 
+/// How the lines of a parsed file add up: `rows + rejected + blank + header`
+/// is every physical line of the file.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lines {
+    rejected: u64,
+    blank: u64,
+    header: u64,
+}
+
+/// Why a file stops being loaded while its parse goes on or ends.
+enum Verdict {
+    /// More bad lines than `--max-rejects`: parsing goes on to list them all.
+    TooManyRejects,
+    /// A record that fails the file ([`crate::record::RecordError`]): parsing stops.
+    Broken(crate::record::RecordError),
+}
+
+/// The failure reason for a file that parsed to a [`Verdict`].
+fn verdict_reason(
+    label: &str,
+    verdict: &Verdict,
+    rejects: &RejectWriter,
+    max_rejects: u64,
+) -> String {
+    let listed = rejects.listed_note();
+    match verdict {
+        Verdict::TooManyRejects => format!(
+            "{label}: {} bad lines, more than --max-rejects {max_rejects}; the first: {}; {listed}; the file was rolled back",
+            rejects.lines,
+            rejects.first.as_deref().unwrap_or("?"),
+        ),
+        Verdict::Broken(e) => {
+            let before = if rejects.lines > 0 {
+                format!(" ({} bad lines before it; {listed})", rejects.lines)
+            } else {
+                String::new()
+            };
+            format!("{label}: {e}; the file cannot be read past it and nothing from it was loaded{before}")
+        }
+    }
+}
+
 /// Runs on a blocking thread: chunks go to the rayon pool, results come back
 /// in order; rejects are numbered and written, buffers go to the COPY task.
+/// A file over `--max-rejects` stops its COPY (the backlog is cancelled) but
+/// is parsed to the end, so its rejects file lists every bad line; a record
+/// that breaks the framing stops the parse there.
 fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
     let EncodeStage {
         mapped,
@@ -736,10 +794,13 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         out,
         segments,
     } = s;
+    let mut out = Some(out);
+    let mut segments = segments;
     let file_bytes = mapped.bytes().len();
+    let segment_bytes = segments.as_ref().map(|(_, seg)| *seg);
     let spill_for = |consumed: usize, grid: crate::rollup::Grid| {
-        let bytes = match &segments {
-            Some((_, seg)) => (file_bytes - consumed.min(file_bytes)).min(*seg),
+        let bytes = match segment_bytes {
+            Some(seg) => (file_bytes - consumed.min(file_bytes)).min(seg),
             None => file_bytes,
         };
         Spill::new(
@@ -771,17 +832,33 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         },
     };
     let mut line_base = header.lines_before_data;
+    let mut lines = Lines {
+        header: header.lines_before_data,
+        ..Lines::default()
+    };
     let mut rows = 0u64;
     let mut abort: Option<Abort> = None;
+    let mut verdict: Option<Verdict> = None;
     let mut stopped = false;
+    // Set once the file is over --max-rejects: its remaining chunks are
+    // parsed without registering their names.
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let work = {
         let mapped = Arc::clone(&mapped);
         let header = Arc::clone(&header);
+        let failing = Arc::clone(&failing);
         move |r: std::ops::Range<usize>| -> Result<crate::encode::Encoded, DimError> {
-            encode_chunk(&mapped.bytes()[r], &header, file_id, &*dims, grid.as_ref())
+            let dict: &dyn crate::encode::Dictionary =
+                if failing.load(std::sync::atomic::Ordering::Relaxed) {
+                    &crate::encode::NoDictionary
+                } else {
+                    &*dims
+                };
+            encode_chunk(&mapped.bytes()[r], &header, file_id, dict, grid.as_ref())
         }
     };
-    let chunks = Chunker::new(mapped.bytes(), header.data_start, chunk_bytes);
+    let chunks = Chunker::new(mapped.bytes(), header.data_start, chunk_bytes)
+        .max_record_bytes(header.max_record_bytes);
     ordered::run(chunks, depth, work, |range, result| {
         let enc = match result {
             Ok(enc) => enc,
@@ -795,15 +872,27 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
                 abort = Some(Abort::Env(format!("cannot write the rejects file: {e}")));
                 return false;
             }
-            if rejects.count > max_rejects {
-                abort = Some(Abort::File(format!(
-                    "{label}: line {}: {}{} — more than --max-rejects {max_rejects} bad rows; the file was rolled back",
-                    line_base + r.line,
-                    r.fault.column.map(|c| format!("column {c}: ")).unwrap_or_default(),
-                    r.fault.error
-                )));
-                return false;
+        }
+        if let Some(fatal) = enc.fatal {
+            verdict = Some(Verdict::Broken(fatal.shifted(line_base)));
+            return false;
+        }
+        line_base += enc.lines;
+        lines.rejected += enc.rejected_lines;
+        lines.blank += enc.blank_lines;
+        if verdict.is_none() && rejects.lines > max_rejects {
+            // The COPY stops now; the parse goes on to list every bad line.
+            verdict = Some(Verdict::TooManyRejects);
+            failing.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(out) = out.take() {
+                out.cancel();
             }
+            segments = None;
+            points = None;
+        }
+        if verdict.is_some() {
+            mapped.release(range);
+            return true;
         }
         if let Some(p) = points.as_mut() {
             if let Err(e) = p.push(&enc.rollup.pending) {
@@ -837,9 +926,11 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
                 }
             }
         }
-        line_base += enc.lines;
         rows += enc.rows;
-        match out.send(Bytes::from(enc.tuples), (enc.bytes as u64, enc.rows)) {
+        let Some(tx) = out.as_ref() else {
+            return false;
+        };
+        match tx.send(Bytes::from(enc.tuples), (enc.bytes as u64, enc.rows)) {
             Ok(true) => {}
             // The COPY side stopped; it reports why.
             Ok(false) => {
@@ -859,29 +950,38 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
     });
     // Parsing is done: the last segment of cell points goes to the writer
     // now, while the trips may still be queued for the COPY.
-    if abort.is_none() && !stopped {
+    if abort.is_none() && verdict.is_none() && !stopped {
         if let (Some((stx, _)), Some(p)) = (&segments, points.take()) {
             if stx.blocking_send(p).is_err() {
                 abort = Some(Abort::Env("the cell points writer stopped".into()));
             }
         }
     }
-    let rejected = rejects.count;
+    let abort = abort.or_else(|| {
+        verdict.map(|v| Abort::File(verdict_reason(&label, &v, &rejects, max_rejects)))
+    });
+    let rejected = rejects.lines;
     match abort {
         Some(abort) => {
             // The file fails: its backlog is not worth copying first.
-            out.cancel();
+            if let Some(out) = out.take() {
+                out.cancel();
+            }
             Err(Failure {
                 abort,
                 rejected,
                 rejects: Some(Box::new(rejects)),
             })
         }
-        None => Ok(Committed {
-            rows,
-            rejected,
-            rejects,
-            rollup,
-        }),
+        None => {
+            debug_assert_eq!(lines.rejected, rejected);
+            Ok(Committed {
+                rows,
+                rejected,
+                lines,
+                rejects,
+                rollup,
+            })
+        }
     }
 }

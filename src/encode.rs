@@ -7,7 +7,7 @@
 //! geometry goes as EWKB (little-endian point with SRID 4326).
 
 use crate::parse::{parse_trip, Header, RowError, RowFault};
-use crate::record::{next_record, Fields};
+use crate::record::{check_record, next_record, Fields, RecordError};
 use geo_types::Point;
 
 /// Columns in the order the tuples carry them.
@@ -156,23 +156,54 @@ impl NameCache {
     }
 }
 
+/// Bytes of a rejected record kept to show in the rejects file.
+pub const RAW_EXCERPT_BYTES: usize = 4096;
+
 /// A rejected row, positioned relative to its chunk until the in-order stage
 /// adds the chunk's starting line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reject {
+    /// Physical line the record starts on.
     pub line: u64,
+    /// Physical lines the record spans (each counts as a rejected line).
+    pub lines: u64,
     pub fault: RowFault,
+    /// The record's first [`RAW_EXCERPT_BYTES`] bytes.
     pub raw: Vec<u8>,
+    /// The record's length in bytes.
+    pub raw_len: usize,
 }
 
-/// What one chunk turned into.
+/// Does nothing but accept names: for a file that already failed, whose
+/// remaining chunks are parsed only to list their bad lines.
+pub struct NoDictionary;
+
+impl Dictionary for NoDictionary {
+    fn region_id(&self, _: &str) -> Result<i16, crate::dims::DimError> {
+        Ok(0)
+    }
+    fn datasource_id(&self, _: &str) -> Result<i16, crate::dims::DimError> {
+        Ok(0)
+    }
+}
+
+/// What one chunk turned into. Every physical line is accounted for:
+/// `lines == rows + rejected_lines + blank_lines` (the lines of a `fatal`
+/// record and after it are not counted: the file fails).
 #[derive(Debug, Default)]
 pub struct Encoded {
     pub tuples: Vec<u8>,
     pub rows: u64,
-    /// Physical lines in the chunk (to position the next chunk's rejects).
+    /// Physical lines in the chunk up to a `fatal` record (to position the
+    /// next chunk's rejects).
     pub lines: u64,
+    /// Physical lines of the rejected records.
+    pub rejected_lines: u64,
+    /// Lines with nothing on them (or only `\r`), skipped.
+    pub blank_lines: u64,
     pub rejects: Vec<Reject>,
+    /// A record that fails the whole file; encoding stopped there.
+    pub fatal: Option<RecordError>,
     /// Bytes of input the chunk covered.
     pub bytes: usize,
     /// Aggregates of the chunk's trips (when rollups are maintained).
@@ -180,8 +211,10 @@ pub struct Encoded {
 }
 
 /// Frames, validates and encodes every record of `chunk` (which starts and
-/// ends on record boundaries). Blank lines are skipped. Line numbers in the
-/// rejects are 1-based within the chunk.
+/// ends on record boundaries, or ends inside a record over
+/// `header.max_record_bytes`). Blank lines are skipped. Stops at the first
+/// record that fails the file ([`check_record`]). Line numbers in the rejects
+/// are 1-based within the chunk.
 pub fn encode_chunk(
     chunk: &[u8],
     header: &Header,
@@ -202,18 +235,23 @@ pub fn encode_chunk(
     let mut pos = 0;
     while let Some(span) = next_record(chunk, pos) {
         let line = out.lines + 1;
+        let record = &chunk[span.content.clone()];
+        if let Some(fatal) = check_record(
+            record,
+            span.unterminated_quote,
+            line,
+            header.max_record_bytes,
+        ) {
+            out.fatal = Some(fatal);
+            break;
+        }
         out.lines += span.lines;
         pos = span.next;
-        let record = &chunk[span.content.clone()];
         if record.is_empty() {
+            out.blank_lines += span.lines;
             continue;
         }
-        let fault = if span.unterminated_quote {
-            Some(RowFault {
-                column: None,
-                error: RowError::Csv(crate::record::FieldError::Unterminated { field: 0 }),
-            })
-        } else {
+        let fault = {
             match fields.split(record) {
                 Err(e) => Some(RowFault {
                     column: None,
@@ -255,11 +293,78 @@ pub fn encode_chunk(
             }
         };
         if let Some(fault) = fault {
+            out.rejected_lines += span.lines;
             out.rejects.push(Reject {
                 line,
+                lines: span.lines,
                 fault,
-                raw: record.to_vec(),
+                raw: record[..record.len().min(RAW_EXCERPT_BYTES)].to_vec(),
+                raw_len: record.len(),
             });
+        }
+    }
+    debug_assert_eq!(
+        out.lines,
+        out.rows + out.rejected_lines + out.blank_lines,
+        "every line of a chunk is a row, a rejected line or a blank line"
+    );
+    Ok(out)
+}
+
+/// Physical lines in `bytes`: its newlines, plus one for a last line
+/// without one. Independent of the framing, to check the accounting.
+pub fn physical_lines(bytes: &[u8]) -> u64 {
+    let newlines = memchr::memchr_iter(b'\n', bytes).count() as u64;
+    newlines + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
+}
+
+/// A whole file encoded chunk by chunk, as the loader's in-order stage
+/// folds the chunks (rejects placed at their file line, stop at the first
+/// fatal record): what tests and the fuzz target compare between chunk sizes.
+#[derive(Debug, Default, PartialEq)]
+pub struct FileOutcome {
+    pub tuples: Vec<u8>,
+    pub rows: u64,
+    /// (line, lines, fault) of every reject, in file order.
+    pub rejects: Vec<(u64, u64, RowFault)>,
+    pub rejected_lines: u64,
+    pub blank_lines: u64,
+    /// Lines counted up to a fatal record (all of them without one),
+    /// header included.
+    pub lines: u64,
+    pub fatal: Option<RecordError>,
+}
+
+/// Encodes `buf` (whose header is `header`) in chunks of about `target`
+/// bytes; `usize::MAX` is the sequential parse.
+pub fn encode_in_chunks(
+    buf: &[u8],
+    header: &Header,
+    target: usize,
+    dict: &dyn Dictionary,
+) -> Result<FileOutcome, crate::dims::DimError> {
+    let mut out = FileOutcome {
+        lines: header.lines_before_data,
+        ..FileOutcome::default()
+    };
+    let chunks = crate::chunk::Chunker::new(buf, header.data_start, target)
+        .max_record_bytes(header.max_record_bytes);
+    for r in chunks {
+        let enc = encode_chunk(&buf[r], header, 1, dict, None)?;
+        let base = out.lines;
+        out.tuples.extend_from_slice(&enc.tuples);
+        out.rows += enc.rows;
+        out.rejects.extend(
+            enc.rejects
+                .into_iter()
+                .map(|rj| (base + rj.line, rj.lines, rj.fault)),
+        );
+        out.rejected_lines += enc.rejected_lines;
+        out.blank_lines += enc.blank_lines;
+        out.lines += enc.lines;
+        if let Some(f) = enc.fatal {
+            out.fatal = Some(f.shifted(base));
+            break;
         }
     }
     Ok(out)
@@ -353,6 +458,82 @@ mod tests {
             assert_eq!(&t[6..8], &region.to_be_bytes(), "row {i}");
             assert_eq!(&t[12..14], &source.to_be_bytes(), "row {i}");
         }
+    }
+
+    fn encode_all(buf: &[u8], max: usize) -> (crate::parse::Header, Encoded) {
+        let mut header = crate::parse::parse_header(buf).unwrap();
+        header.max_record_bytes = max;
+        let dims = crate::dims::Dims::in_memory();
+        let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
+        (header, e)
+    }
+
+    const ROW: &str = "Turin,POINT (7.6 45.0),POINT (7.7 45.1),2018-05-29 11:00:00,cheap_mobile";
+
+    /// Rows + rejected lines + blank lines + header lines = physical lines,
+    /// with a rejected record over three lines counting three.
+    #[test]
+    fn every_line_is_accounted_for() {
+        let head = "region,origin_coord,destination_coord,datetime,datasource\n";
+        let text = format!("\n{head}{ROW}\n\r\n\n\"bad\nthree\nlines\",x\n{ROW}\nnot,a,row\n{ROW}");
+        let (header, e) = encode_all(text.as_bytes(), 1000);
+        assert_eq!(header.lines_before_data, 2);
+        assert_eq!((e.rows, e.rejected_lines, e.blank_lines), (3, 4, 2));
+        assert_eq!(
+            e.rejects
+                .iter()
+                .map(|r| (r.line, r.lines))
+                .collect::<Vec<_>>(),
+            [(4, 3), (8, 1)]
+        );
+        assert_eq!(
+            header.lines_before_data + e.rows + e.rejected_lines + e.blank_lines,
+            physical_lines(text.as_bytes())
+        );
+        assert_eq!(physical_lines(text.as_bytes()), 11);
+    }
+
+    /// A stray quote at the end of line 11 fails the file at that line, and
+    /// encoding stops there (nothing after it is rows or rejects).
+    #[test]
+    fn a_stray_quote_fails_the_file_at_its_line() {
+        let head = "region,origin_coord,destination_coord,datetime,datasource\n";
+        let mut text = head.to_string();
+        for i in 2..=1000 {
+            if i == 11 {
+                text.push_str(&ROW.replace("cheap_mobile", "funny_car\""));
+            } else {
+                text.push_str(ROW);
+            }
+            text.push('\n');
+        }
+        let (_, e) = encode_all(text.as_bytes(), 1 << 20);
+        assert_eq!(e.rows, 9);
+        assert!(e.rejects.is_empty());
+        let col = ROW.len() - "cheap_mobile".len() + "funny_car".len() + 1;
+        assert_eq!(
+            e.fatal,
+            Some(RecordError::UnclosedQuote {
+                line: 10,
+                column: col
+            })
+        );
+        // With the default limit the record is too long instead, same line.
+        let (_, e) = encode_all(text.as_bytes(), 65536);
+        assert_eq!(e.fatal.as_ref().map(|f| f.line()), Some(10));
+        assert!(
+            matches!(e.fatal, Some(RecordError::TooLong { open_quote: Some((10, c)), .. }) if c == col)
+        );
+    }
+
+    #[test]
+    fn rejects_keep_a_bounded_excerpt() {
+        let head = "region,origin_coord,destination_coord,datetime,datasource\n";
+        let text = format!("{head}{}\n", "x".repeat(20_000));
+        let (_, e) = encode_all(text.as_bytes(), 65536);
+        assert_eq!(e.rejects.len(), 1);
+        assert_eq!(e.rejects[0].raw.len(), RAW_EXCERPT_BYTES);
+        assert_eq!(e.rejects[0].raw_len, 20_000);
     }
 
     /// The chunk is checked for UTF-8 once: names with multi-byte characters,

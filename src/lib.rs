@@ -22,6 +22,7 @@ pub mod discover;
 pub mod embedded;
 pub mod encode;
 pub mod events;
+pub mod excerpt;
 pub mod gen;
 pub mod groups;
 pub mod ledger;

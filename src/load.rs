@@ -26,6 +26,7 @@ pub struct Settings {
     pub max_rejects: u64,
     /// Names new to the database a file may register (`--max-new-names`).
     pub max_new_names: u64,
+    pub max_record_bytes: usize,
     pub chunk_bytes: usize,
     pub points_segment_bytes: usize,
     pub backlog_bytes: u64,
@@ -160,6 +161,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         conninfo,
         dims,
         max_rejects: cfg.settings.max_rejects,
+        max_record_bytes: cfg.settings.max_record_bytes,
         chunk_bytes: cfg.settings.chunk_bytes,
         points_segment_bytes: cfg.settings.points_segment_bytes,
         backlog_bytes: cfg.settings.backlog_bytes,
@@ -239,9 +241,10 @@ pub fn one_line(r: &FileReport) -> String {
     let name = r.path.display();
     match &r.status {
         Status::Loaded => format!(
-            "{name}: loaded {} rows ({} rejected) in {:.2} s, {:.0} rows/s",
+            "{name}: loaded {} rows ({} lines rejected, {} blank) in {:.2} s, {:.0} rows/s",
             r.rows_loaded,
             r.rows_rejected,
+            r.blank_lines,
             r.seconds,
             r.rows_per_second()
         ),

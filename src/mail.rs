@@ -221,7 +221,7 @@ pub fn subject(reports: &[FileReport]) -> String {
     }
     let rejected: u64 = reports.iter().map(|r| r.rows_rejected).sum();
     if rejected > 0 {
-        s.push_str(&format!(", {rejected} rows rejected"));
+        s.push_str(&format!(", {rejected} lines rejected"));
     }
     s
 }
@@ -272,7 +272,7 @@ pub fn file_text(r: &FileReport) -> String {
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let mut s = format!(
-        "{name}\n  status:        {}\n  rows loaded:   {}\n  rows rejected: {}\n  duration:      {:.2} s\n  rows/s:        {:.0}\n",
+        "{name}\n  status:         {}\n  rows loaded:    {}\n  lines rejected: {}\n  duration:       {:.2} s\n  rows/s:         {:.0}\n",
         status_text(r),
         r.rows_loaded,
         r.rows_rejected,
@@ -280,7 +280,7 @@ pub fn file_text(r: &FileReport) -> String {
         r.rows_per_second()
     );
     if let Some(p) = &r.now_at {
-        s.push_str(&format!("  file now at:   {}\n", p.display()));
+        s.push_str(&format!("  file now at:    {}\n", p.display()));
     }
     let rejects = first_rejects(r, SHOWN_REJECTS);
     if !rejects.is_empty() {
@@ -295,7 +295,7 @@ pub fn file_text(r: &FileReport) -> String {
         }
     }
     if let Some(p) = &r.rejects_file {
-        s.push_str(&format!("  all rejects:   {}\n", p.display()));
+        s.push_str(&format!("  all rejects:    {}\n", p.display()));
     }
     s
 }
@@ -309,7 +309,7 @@ fn esc(s: &str) -> String {
 fn html(reports: &[FileReport]) -> String {
     let mut h = format!(
         "<html><body><h2>{}</h2><table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\
-         <tr><th>file</th><th>status</th><th>rows loaded</th><th>rows rejected</th><th>seconds</th><th>rows/s</th></tr>",
+         <tr><th>file</th><th>status</th><th>rows loaded</th><th>lines rejected</th><th>seconds</th><th>rows/s</th></tr>",
         esc(&subject(reports))
     );
     for r in reports {
@@ -374,12 +374,9 @@ pub fn text(reports: &[FileReport]) -> String {
 pub fn write_beside(reports: &[FileReport]) {
     for r in reports {
         let Some(at) = &r.now_at else { continue };
-        let p = crate::archive::sidecar(at, "report.txt");
-        if let Err(e) = std::fs::write(
-            &p,
-            format!("{}\n\n{}", subject(std::slice::from_ref(r)), file_text(r)),
-        ) {
-            tracing::warn!("cannot write {}: {e}", p.display());
+        let text = format!("{}\n\n{}", subject(std::slice::from_ref(r)), file_text(r));
+        if let Err(e) = crate::archive::write_sidecar(at, "report.txt", &text) {
+            tracing::warn!("cannot write the report beside {}: {e}", at.display());
         }
     }
 }
@@ -467,6 +464,8 @@ mod tests {
             status,
             rows_loaded: 10,
             rows_rejected: 0,
+            blank_lines: 0,
+            header_lines: 0,
             seconds: 1.0,
             now_at: None,
             rejects_file: None,

@@ -73,6 +73,9 @@ pub struct Header {
     pub data_start: usize,
     /// Physical lines before `data_start` (BOM, blank lines, header).
     pub lines_before_data: u64,
+    /// A longer record fails the file (`--max-record-bytes`; see
+    /// [`crate::record::check_record`]).
+    pub max_record_bytes: usize,
 }
 
 impl Header {
@@ -111,17 +114,18 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
     for i in 0..fields.len() {
         let name = std::str::from_utf8(fields.get(record, i))
             .map_err(|_| HeaderError::NotUtf8)?
-            .trim()
-            .to_string();
+            .trim();
         match Column::ALL
             .iter()
-            .find(|c| c.name().eq_ignore_ascii_case(&name))
+            .find(|c| c.name().eq_ignore_ascii_case(name))
         {
             Some(&c) if index[c as usize] != usize::MAX => {
-                return Err(HeaderError::DuplicateColumn { name })
+                return Err(HeaderError::DuplicateColumn {
+                    name: crate::excerpt::quoted(name),
+                })
             }
             Some(&c) => index[c as usize] = i,
-            None => ignored.push(name.clone()),
+            None => ignored.push(crate::excerpt::quoted(name)),
         }
         names.push(name);
     }
@@ -133,7 +137,10 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
     if !missing.is_empty() {
         return Err(HeaderError::MissingColumns {
             missing: missing.join(", "),
-            found: names.join(", "),
+            found: crate::excerpt::excerpt(
+                names.join(", ").as_bytes(),
+                crate::excerpt::MESSAGE_BYTES,
+            ),
         });
     }
     Ok(Header {
@@ -142,6 +149,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
         ignored,
         data_start: span.next,
         lines_before_data: lines,
+        max_record_bytes: crate::record::DEFAULT_MAX_RECORD_BYTES,
     })
 }
 
@@ -158,6 +166,8 @@ pub enum RowError {
     NotUtf8,
     #[error("value is longer than {max} bytes")]
     TooLong { max: usize },
+    #[error("value contains the control character {} at byte {at}; names must be printable text", crate::excerpt::excerpt(&[*byte], 8))]
+    ControlCharacter { byte: u8, at: usize },
     #[error("expected a WKT point like `POINT (14.42 50.08)`, found {0:?}")]
     NotAPoint(String),
     #[error("POINT EMPTY has no coordinates")]
@@ -244,7 +254,9 @@ pub fn parse_trip<'a>(
     })
 }
 
-/// A region or datasource name: trimmed, not empty.
+/// A region or datasource name: trimmed, not empty, no control characters
+/// (C0 or DEL: the server refuses a NUL, and the others would reach
+/// reports and terminals).
 pub fn parse_name(raw: &str) -> Result<&str, RowError> {
     let s = raw.trim();
     if s.is_empty() {
@@ -255,20 +267,18 @@ pub fn parse_name(raw: &str) -> Result<&str, RowError> {
             max: MAX_NAME_BYTES,
         });
     }
+    if let Some(at) = s.bytes().position(|b| b < 0x20 || b == 0x7F) {
+        return Err(RowError::ControlCharacter {
+            byte: s.as_bytes()[at],
+            at,
+        });
+    }
     Ok(s)
 }
 
+/// A value quoted in a reason: capped, control characters escaped.
 fn lossy(raw: &[u8]) -> String {
-    let s = String::from_utf8_lossy(raw);
-    if s.len() > 80 {
-        let mut end = 80;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &s[..end])
-    } else {
-        s.into_owned()
-    }
+    crate::excerpt::excerpt(raw, 80)
 }
 
 /// WKT `POINT (lon lat)`: any case, any ASCII spacing, optional space before `(`.
@@ -559,5 +569,39 @@ mod tests {
     fn names_are_trimmed_and_required() {
         assert_eq!(parse_name("  Prague ").unwrap(), "Prague");
         assert_eq!(parse_name("   "), Err(RowError::Empty));
+        assert_eq!(parse_name("Zürich").unwrap(), "Zürich");
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        assert_eq!(
+            parse_name("Pra\0gue"),
+            Err(RowError::ControlCharacter { byte: 0, at: 3 })
+        );
+        assert_eq!(
+            parse_name("a\x1b[31m"),
+            Err(RowError::ControlCharacter { byte: 0x1b, at: 1 })
+        );
+        assert_eq!(
+            parse_name("a\tb"),
+            Err(RowError::ControlCharacter { byte: 9, at: 1 })
+        );
+        assert_eq!(
+            parse_name("del\x7f"),
+            Err(RowError::ControlCharacter { byte: 0x7f, at: 3 })
+        );
+        let e = parse_name("Pra\0gue").unwrap_err().to_string();
+        assert!(e.contains("\\x00 at byte 3"), "{e}");
+    }
+
+    #[test]
+    fn raw_text_in_errors_is_capped_and_escaped() {
+        let long = format!("a\x1b{}", "b".repeat(5000));
+        let e = parse_header(format!("region,{long}\n").as_bytes()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.len() < 500, "{}", msg.len());
+        assert!(msg.contains("a\\x1Bbbb"), "{msg}");
+        let e = parse_point(&format!("\0{long}")).unwrap_err().to_string();
+        assert!(e.len() < 200 && e.contains("\\x00"), "{e}");
     }
 }

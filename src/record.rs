@@ -31,10 +31,12 @@ pub fn next_record(buf: &[u8], start: usize) -> Option<RecordSpan> {
     let mut newlines = 0u64;
     loop {
         let Some(off) = memchr2(b'"', b'\n', &buf[pos..]) else {
+            // A newline that is the buffer's last byte ends no further line.
+            let last_line = u64::from(buf[buf.len() - 1] != b'\n');
             return Some(RecordSpan {
                 content: start..buf.len(),
                 next: buf.len(),
-                lines: newlines + 1,
+                lines: newlines + last_line,
                 unterminated_quote: in_quote,
             });
         };
@@ -58,6 +60,137 @@ pub fn next_record(buf: &[u8], start: usize) -> Option<RecordSpan> {
         }
         pos = i + 1;
     }
+}
+
+/// Bytes a record may take unless configured (`--max-record-bytes`).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// A record whose framing cannot be trusted, which fails the whole file: a
+/// quoted field that never closes, or a record past the size limit (almost
+/// always a stray quote that swallowed the lines after it). Lines are 1-based
+/// and relative to the buffer the record was framed in until
+/// [`RecordError::shifted`] places them in the file; columns are 1-based bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// A quoted field runs to the end of the file.
+    UnclosedQuote { line: u64, column: usize },
+    /// The record starting at `line` is longer than `max` bytes; `open_quote`
+    /// is where the field that was still open `max` bytes in began.
+    TooLong {
+        line: u64,
+        max: usize,
+        open_quote: Option<(u64, usize)>,
+    },
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            RecordError::UnclosedQuote { line, column } => write!(
+                f,
+                "line {line}, column {column}: a quoted field opens here and is never closed (it runs to the end of the file); a quote inside a field must be doubled and the field quoted"
+            ),
+            RecordError::TooLong {
+                line,
+                max,
+                open_quote: Some((ql, qc)),
+            } => write!(
+                f,
+                "line {ql}, column {qc}: a quoted field opens here and is still open {max} bytes into the record that starts at line {line} (--max-record-bytes {max}); probably a stray quote: a quote inside a field must be doubled and the field quoted"
+            ),
+            RecordError::TooLong {
+                line,
+                max,
+                open_quote: None,
+            } => write!(
+                f,
+                "line {line}: the record is longer than --max-record-bytes {max} bytes"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+impl RecordError {
+    /// The same error with its lines moved down by `base` lines.
+    pub fn shifted(self, base: u64) -> Self {
+        match self {
+            RecordError::UnclosedQuote { line, column } => RecordError::UnclosedQuote {
+                line: line + base,
+                column,
+            },
+            RecordError::TooLong {
+                line,
+                max,
+                open_quote,
+            } => RecordError::TooLong {
+                line: line + base,
+                max,
+                open_quote: open_quote.map(|(l, c)| (l + base, c)),
+            },
+        }
+    }
+
+    /// The line to look at first: where the open quote is, else where the record starts.
+    pub fn line(&self) -> u64 {
+        match *self {
+            RecordError::UnclosedQuote { line, .. } => line,
+            RecordError::TooLong {
+                open_quote: Some((l, _)),
+                ..
+            } => l,
+            RecordError::TooLong { line, .. } => line,
+        }
+    }
+}
+
+/// Checks a framed record (`content` of a [`RecordSpan`] starting at physical
+/// `line`) against the two rules that fail a file. A record longer than `max`
+/// is judged on its first `max + 1` bytes only, so a chunk that ends inside
+/// an over-long record (see [`crate::chunk`]) gives the same error as the
+/// whole file.
+pub fn check_record(
+    record: &[u8],
+    unterminated_quote: bool,
+    line: u64,
+    max: usize,
+) -> Option<RecordError> {
+    if record.len() > max {
+        let prefix = &record[..max.saturating_add(1).min(record.len())];
+        let open_quote = open_quote(prefix).map(|at| position(prefix, at, line));
+        return Some(RecordError::TooLong {
+            line,
+            max,
+            open_quote,
+        });
+    }
+    if unterminated_quote {
+        let at = open_quote(record).unwrap_or(0);
+        let (line, column) = position(record, at, line);
+        return Some(RecordError::UnclosedQuote { line, column });
+    }
+    None
+}
+
+/// Offset of the quote that opened the field still open at the end of `bytes`.
+fn open_quote(bytes: &[u8]) -> Option<usize> {
+    let mut open = None;
+    for at in memchr::memchr_iter(b'"', bytes) {
+        open = match open {
+            None => Some(at),
+            Some(_) => None,
+        };
+    }
+    open
+}
+
+/// (line, 1-based byte column) of offset `at` in a record starting at `line`.
+fn position(record: &[u8], at: usize, line: u64) -> (u64, usize) {
+    let before = &record[..at];
+    let newlines = memchr::memchr_iter(b'\n', before).count() as u64;
+    let line_start = memchr::memrchr(b'\n', before).map_or(0, |i| i + 1);
+    (line + newlines, at - line_start + 1)
 }
 
 /// Why a record could not be split into fields.
@@ -251,6 +384,46 @@ mod tests {
         let r = next_record(buf, 0).unwrap();
         assert!(r.unterminated_quote);
         assert_eq!(r.next, buf.len());
+        // Two physical lines, the last newline ending the second.
+        assert_eq!(r.lines, 2);
+        let buf = b"a,\"b\nc";
+        assert_eq!(next_record(buf, 0).unwrap().lines, 2);
+    }
+
+    #[test]
+    fn runaway_records_name_the_opening_quote() {
+        let rec = b"x,y,funny_car\"\nz,w\nlast";
+        assert_eq!(
+            check_record(rec, true, 11, 1000),
+            Some(RecordError::UnclosedQuote {
+                line: 11,
+                column: 14
+            })
+        );
+        assert_eq!(check_record(rec, false, 11, rec.len()), None);
+        // Too long: judged on the first max + 1 bytes.
+        let e = check_record(rec, true, 11, 16).unwrap();
+        assert_eq!(
+            e,
+            RecordError::TooLong {
+                line: 11,
+                max: 16,
+                open_quote: Some((11, 14))
+            }
+        );
+        assert_eq!(check_record(&rec[..17], true, 11, 16), Some(e.clone()));
+        assert_eq!(e.clone().shifted(100).line(), 111);
+        assert!(e.to_string().starts_with("line 11, column 14:"), "{e}");
+        // A long line without quotes names its own line.
+        let e = check_record(&[b'a'; 50], false, 3, 10).unwrap();
+        assert_eq!(e.line(), 3);
+        assert!(e.to_string().contains("--max-record-bytes 10"), "{e}");
+        // The quote may open on a later line of a multi-line record.
+        let rec = b"\"a\nb\",c\nd,\"e";
+        assert_eq!(
+            check_record(rec, true, 5, 1000),
+            Some(RecordError::UnclosedQuote { line: 7, column: 3 })
+        );
     }
 
     #[test]

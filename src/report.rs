@@ -33,7 +33,12 @@ pub struct FileReport {
     pub size: u64,
     pub status: Status,
     pub rows_loaded: u64,
+    /// Rejected physical lines (a record over 3 lines counts 3).
     pub rows_rejected: u64,
+    /// Blank lines skipped, and lines up to and including the header: with
+    /// the two counts above, every physical line of a committed file.
+    pub blank_lines: u64,
+    pub header_lines: u64,
     pub seconds: f64,
     /// Where the file is now (archived path, or where it was left).
     pub now_at: Option<PathBuf>,
@@ -237,7 +242,7 @@ pub fn summary_table(reports: &[FileReport]) -> String {
         "file".into(),
         "status".into(),
         "rows loaded".into(),
-        "rejected".into(),
+        "lines rejected".into(),
         "seconds".into(),
         "rows/s".into(),
     ]];
@@ -290,7 +295,7 @@ pub fn summary_table(reports: &[FileReport]) -> String {
         }
         if let Some(rej) = &r.rejects_file {
             out.push_str(&format!(
-                "{}: {} rejected rows written to {}\n",
+                "{}: {} rejected lines listed in {}\n",
                 r.path.display(),
                 r.rows_rejected,
                 rej.display()

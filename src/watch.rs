@@ -421,6 +421,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         conninfo: conninfo.clone(),
         dims,
         max_rejects: cfg.settings.max_rejects,
+        max_record_bytes: cfg.settings.max_record_bytes,
         chunk_bytes: cfg.settings.chunk_bytes,
         points_segment_bytes: cfg.settings.points_segment_bytes,
         backlog_bytes: cfg.settings.backlog_bytes,

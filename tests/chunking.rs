@@ -1,12 +1,15 @@
 //! Property tests of the pure core: a chunked parse equals the sequential parse
 //! for any chunk size, on CSV with quoted commas, quotes, newlines and CRLF;
 //! both agree with the `csv` crate; and chunked encoding gives the same COPY
-//! bytes and the same reject line numbers as encoding the file in one piece.
+//! bytes and the same reject line numbers as encoding the file in one piece;
+//! and damaged files (stray quotes, control bytes, invalid UTF-8, truncation,
+//! CR-only line ends, very long lines) parse the same in any chunking and
+//! account for every physical line.
 
 use proptest::prelude::*;
 use tripload::chunk;
 use tripload::dims::Dims;
-use tripload::encode::encode_chunk;
+use tripload::encode::{encode_chunk, encode_in_chunks, physical_lines};
 use tripload::parse::parse_header;
 use tripload::record::{next_record, Fields};
 
@@ -145,4 +148,154 @@ fn header_is_consumed_exactly_once() {
         .map(|r| encode_chunk(&buf[r], &header, 1, &dims, None).unwrap().rows)
         .sum();
     assert_eq!(rows, 5000);
+}
+
+/// One way to damage a valid file.
+#[derive(Debug, Clone)]
+enum Damage {
+    InsertQuote(usize),
+    RemoveQuoteOrByte(usize),
+    InsertControl(usize, u8),
+    InsertInvalidUtf8(usize, u8),
+    Truncate(usize),
+    CrOnlyLineEnds(usize, usize),
+    LongLine(usize, usize, bool),
+    BlankLines(usize, bool),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    let at = any::<usize>();
+    prop_oneof![
+        at.prop_map(Damage::InsertQuote),
+        at.prop_map(Damage::RemoveQuoteOrByte),
+        (at, prop_oneof![0u8..0x20, Just(0x7f)]).prop_map(|(a, b)| Damage::InsertControl(a, b)),
+        (at, 0x80u8..=0xff).prop_map(|(a, b)| Damage::InsertInvalidUtf8(a, b)),
+        at.prop_map(Damage::Truncate),
+        (at, 0usize..2000).prop_map(|(a, n)| Damage::CrOnlyLineEnds(a, n)),
+        (at, 100usize..80_000, any::<bool>()).prop_map(|(a, n, q)| Damage::LongLine(a, n, q)),
+        (at, any::<bool>()).prop_map(|(a, crlf)| Damage::BlankLines(a, crlf)),
+    ]
+}
+
+/// Applies `d` past the header (so the file still has one).
+fn apply(buf: &mut Vec<u8>, body: usize, d: &Damage) {
+    let pos = |a: usize, len: usize| body + a % (len - body + 1);
+    match *d {
+        Damage::InsertQuote(a) => buf.insert(pos(a, buf.len()), b'"'),
+        Damage::RemoveQuoteOrByte(a) => {
+            if buf.len() > body {
+                let p = pos(a, buf.len() - 1);
+                let q = buf[p..]
+                    .iter()
+                    .position(|&b| b == b'"')
+                    .map_or(p, |i| p + i);
+                buf.remove(q);
+            }
+        }
+        Damage::InsertControl(a, b) | Damage::InsertInvalidUtf8(a, b) => {
+            buf.insert(pos(a, buf.len()), b)
+        }
+        Damage::Truncate(a) => buf.truncate(pos(a, buf.len())),
+        Damage::CrOnlyLineEnds(a, n) => {
+            let p = pos(a, buf.len());
+            let end = (p + n).min(buf.len());
+            for b in buf[p..end].iter_mut() {
+                if *b == b'\n' {
+                    *b = b'\r';
+                }
+            }
+        }
+        Damage::LongLine(a, n, quoted) => {
+            let p = pos(a, buf.len());
+            let mut long = vec![b'x'; n];
+            if quoted {
+                long[n / 2] = b'"';
+            }
+            long.push(b'\n');
+            buf.splice(p..p, long);
+        }
+        Damage::BlankLines(a, crlf) => {
+            let p = pos(a, buf.len());
+            let blank: &[u8] = if crlf { b"\r\n\r\n" } else { b"\n\n" };
+            buf.splice(p..p, blank.iter().copied());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Whatever the damage: no panic; chunked encoding equals sequential
+    /// encoding (rows, tuples, rejects with their lines, the fatal error and
+    /// its line) for several chunk sizes; and every physical line is a row,
+    /// a rejected line, a blank line or the header (up to a fatal record).
+    #[test]
+    fn damaged_files_parse_the_same_in_chunks_and_account_for_every_line(
+        rows in 1u64..60,
+        seed in 0u64..1000,
+        damages in prop::collection::vec(damage(), 1..6),
+        max_record in prop_oneof![Just(65536usize), 64usize..3000],
+        target in 1usize..5000,
+    ) {
+        let mut buf = tripload::gen::trips_csv(rows, seed);
+        let body = parse_header(&buf).unwrap().data_start;
+        for d in &damages {
+            apply(&mut buf, body, d);
+        }
+        let Ok(mut header) = parse_header(&buf) else {
+            return Ok(());
+        };
+        header.max_record_bytes = max_record;
+        let dims = Dims::in_memory();
+        let sequential = encode_in_chunks(&buf, &header, usize::MAX, &dims).unwrap();
+        for t in [1, 7, 64, target] {
+            let chunked = encode_in_chunks(&buf, &header, t, &dims).unwrap();
+            prop_assert_eq!(&chunked, &sequential, "chunk target {}", t);
+        }
+        let s = &sequential;
+        prop_assert_eq!(
+            s.lines,
+            header.lines_before_data + s.rows + s.rejected_lines + s.blank_lines
+        );
+        prop_assert_eq!(
+            s.rejected_lines,
+            s.rejects.iter().map(|r| r.1).sum::<u64>()
+        );
+        let physical = physical_lines(&buf);
+        match &s.fatal {
+            None => prop_assert_eq!(s.lines, physical),
+            Some(f) => {
+                prop_assert!(f.line() <= physical && f.line() > s.lines, "{f} of {physical} lines, {} counted", s.lines);
+            }
+        }
+    }
+}
+
+/// The issue's file: 1,000 rows whose line 11 ends in `funny_car"`. Every
+/// chunk size finds the same fatal error at line 11, and no chunk scans more
+/// than the record limit past its target.
+#[test]
+fn a_stray_quote_is_the_same_fatal_error_in_any_chunking() {
+    let clean = tripload::gen::trips_csv(999, 7);
+    let text = String::from_utf8(clean).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[10].push_str("funny_car\"");
+    let buf = (lines.join("\n") + "\n").into_bytes();
+    let header = parse_header(&buf).unwrap();
+    let dims = Dims::in_memory();
+    let sequential = encode_in_chunks(&buf, &header, usize::MAX, &dims).unwrap();
+    let fatal = sequential.fatal.clone().expect("a fatal error");
+    assert_eq!(fatal.line(), 11, "{fatal}");
+    assert_eq!(sequential.rows, 9);
+    for target in [1, 100, 4096, 1 << 20] {
+        let chunked = encode_in_chunks(&buf, &header, target, &dims).unwrap();
+        assert_eq!(chunked, sequential, "target {target}");
+    }
+    // The chunker stops within the limit of the target instead of at the end.
+    let first = chunk::Chunker::new(&buf, header.data_start, 2000)
+        .max_record_bytes(header.max_record_bytes)
+        .next()
+        .unwrap();
+    assert!(first.end <= header.data_start + 2000 + header.max_record_bytes + 1);
+    assert!(first.end < buf.len());
 }

@@ -143,7 +143,7 @@ fn load_mails_one_report_per_run_with_the_figures() {
     use mailparse::MailHeaderMap;
     assert_eq!(
         m.headers.get_first_value("Subject").unwrap(),
-        "[tripload] 2 files loaded, 1 failed, 1 rows rejected"
+        "[tripload] 2 files loaded, 1 failed, 1 lines rejected"
     );
     assert_eq!(
         m.headers.get_first_value("From").unwrap(),
@@ -153,13 +153,13 @@ fn load_mails_one_report_per_run_with_the_figures() {
     assert!(m.ctype.mimetype.starts_with("multipart/alternative"));
     assert!(
         text.contains(
-            "a-sample.csv\n  status:        loaded\n  rows loaded:   100\n  rows rejected: 0"
+            "a-sample.csv\n  status:         loaded\n  rows loaded:    100\n  lines rejected: 0"
         ),
         "{text}"
     );
     assert!(
         text.contains(
-            "b-dirty.csv\n  status:        loaded\n  rows loaded:   1\n  rows rejected: 1"
+            "b-dirty.csv\n  status:         loaded\n  rows loaded:    1\n  lines rejected: 1"
         ),
         "{text}"
     );
@@ -169,7 +169,7 @@ fn load_mails_one_report_per_run_with_the_figures() {
     );
     assert!(text.contains("b-dirty.csv.rejects.csv"), "{text}");
     assert!(
-        text.contains("c-broken.csv\n  status:        FAILED: ")
+        text.contains("c-broken.csv\n  status:         FAILED: ")
             && text.contains("missing required column(s)"),
         "{text}"
     );
@@ -275,11 +275,11 @@ fn watch_mails_one_report_per_file() {
     );
     let texts: String = mails.iter().map(|m| parts(m).1).collect();
     assert!(
-        texts.contains("w1.csv\n  status:        loaded\n  rows loaded:   1000"),
+        texts.contains("w1.csv\n  status:         loaded\n  rows loaded:    1000"),
         "{texts}"
     );
     assert!(
-        texts.contains("w2.csv\n  status:        loaded\n  rows loaded:   1000"),
+        texts.contains("w2.csv\n  status:         loaded\n  rows loaded:    1000"),
         "{texts}"
     );
 }
