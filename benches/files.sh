@@ -40,7 +40,9 @@ load_layout() {
   if [ "$layout" = one ]; then
     cp "$CSV" "$dir/landing/all.csv"
   else
-    HEADER=$(head -1 "$CSV") tail -n +2 "$CSV" |
+    HEADER=$(head -1 "$CSV")
+    export HEADER
+    tail -n +2 "$CSV" |
       split -l $(( (ROWS + FILES - 1) / FILES )) -d -a 5 --additional-suffix=.csv \
         --filter='{ printf "%s\n" "$HEADER"; cat; } > "$FILE"' - "$dir/landing/part-"
   fi
@@ -49,6 +51,12 @@ load_layout() {
   TRIPLOAD_PG_DIR="$OUT/pg-$layout" "$TL" load "$dir/landing" --quiet --jobs 2 --processed-dir "$dir/processed" | tail -1
   e=$(date +%s.%N)
   rm -rf "$dir"
+  local have
+  have=$(q "$layout" -c 'SELECT coalesce(sum(rows_loaded), 0) FROM load_files')
+  if [ "$have" != "$ROWS" ]; then
+    echo "the $layout layout holds $have trips, not $ROWS" >&2
+    exit 1
+  fi
   q "$layout" -c "VACUUM ANALYZE"
   echo "loaded in $(calc "$e - $s") s"
 }

@@ -14,12 +14,13 @@
 //! with `file_id` 0 ([`COMPACTED`]), which hold the sum of every compacted
 //! file, exactly as one large file would write them:
 //! - cell points: per (side, cell), the files' rows and the compacted rows
-//!   that end in or after the files' first week are read back
-//!   ([`points::decode_row`]), sorted and written again as full rows
-//!   ([`points::encode_rows`]). The compacted rows of a cell stay one sorted
-//!   run cut every [`points::MAX_PER_ROW`] points, as one file writes it:
-//!   the rows left alone are full and hold only earlier weeks, so the run
-//!   rewritten after them starts at a multiple of the row size. With files
+//!   that end in or after the files' first week, or are not full (the
+//!   cell's last row), are read back ([`points::decode_row`]), sorted and
+//!   written again as full rows ([`points::encode_rows`]). The compacted
+//!   rows of a cell stay one sorted run cut every [`points::MAX_PER_ROW`]
+//!   points, as one file writes it: the rows left alone are full and hold
+//!   only earlier weeks, so the run rewritten after them starts at a
+//!   multiple of the row size. With files
 //!   in time order (watch mode) only the tail of each cell is rewritten;
 //! - `rollup_cell_week`: one row per (side, cell) with the summed weeks;
 //! - `rollup_region_week` and `rollup_region_source`: summed per key (the
@@ -58,6 +59,10 @@ pub const SMALL_FILE_TRIPS: u64 = 1_000_000;
 
 /// The compaction's advisory lock (session level): (class, key).
 pub const LOCK: (i32, i32) = (29811, 0);
+
+/// Bytes of `lons` in a full row: a compacted row shorter than this is
+/// the last of its cell, and is always rewritten with the cell's new points.
+const FULL_ROW_BYTES: i32 = 8 * points::MAX_PER_ROW as i32;
 
 /// Files merged per round; rounds repeat while files are listed.
 const FILES_PER_ROUND: i64 = 4096;
@@ -264,9 +269,10 @@ async fn move_cells(
               USING unnest($2::\"char\"[], $3::int4[], $4::int4[], $5::int4[]) AS c(side, ix, iy, w0)
               WHERE p.side = c.side AND p.ix = c.ix AND p.iy = c.iy
                 AND (p.file_id = ANY($1)
-                     OR (p.file_id = 0 AND p.weeks[cardinality(p.weeks)] >= c.w0))
+                     OR (p.file_id = 0 AND (p.weeks[cardinality(p.weeks)] >= c.w0
+                                            OR length(p.lons) < $6)))
              RETURNING p.side, p.ix, p.iy, p.weeks, p.ends, p.lons, p.lats_sorted, p.lat_pos",
-            &[&files, &sides, &ixs, &iys, &w0s],
+            &[&files, &sides, &ixs, &iys, &w0s, &FULL_ROW_BYTES],
         )
         .await
         .map_err(query_err("reading the cell points to compact"))?;
