@@ -1,10 +1,12 @@
 # Shared by the bench scripts (sourced from the repository root).
 
-# Installs what is missing, builds the release binary, sets $TL.
+# Installs what is missing, builds the release binary, sets $TL (a $TL set
+# by the caller is used as it is, unbuilt).
 bench_build() {
   scripts/setup.sh
+  if [ -n "${TL:-}" ]; then return; fi
   cargo build --release --quiet
-  TL="$PWD/target/release/tripload"
+  TL="${CARGO_TARGET_DIR:-$PWD/target}/release/tripload"
 }
 
 # The embedded database in $TRIPLOAD_PG_DIR: started, migrated, $URL set.
@@ -16,14 +18,9 @@ bench_db() {
 
 psql_() { psql "$URL" -v ON_ERROR_STOP=1 -Atq "$@"; }
 
-# Empties every table a load writes. Each file's cell points are tables of
-# their own (children of rollup_cell_points): dropped, not just emptied.
+# Empties every table a load writes.
 empty_db() {
-  psql_ -c "DO \$\$ DECLARE t regclass; BEGIN
-      FOR t IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'rollup_cell_points'::regclass LOOP
-        EXECUTE 'DROP TABLE ' || t;
-      END LOOP; END \$\$" \
-    -c "TRUNCATE trips, load_files, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points, cell_points_pending"
+  psql_ -c "TRUNCATE trips, load_files, rollup_region_week, rollup_region_source, rollup_cell_week, rollup_cell_points, cell_points_pending, rollup_uncompacted"
 }
 calc() { awk "BEGIN { print $* }"; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -111,7 +111,7 @@ psql_ -F ' | ' -c "SELECT '| ' || x.name, pg_size_pretty(x.bytes) || ' |' FROM (
   ('rollup_region_week', pg_total_relation_size('rollup_region_week')),
   ('rollup_region_source', pg_total_relation_size('rollup_region_source')),
   ('rollup_cell_week', pg_total_relation_size('rollup_cell_week')),
-  ('rollup_cell_points (its per-file tables)', (SELECT sum(pg_total_relation_size(c)) FROM (SELECT 'rollup_cell_points'::regclass AS c UNION ALL SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'rollup_cell_points'::regclass) t)::bigint)) AS x(name, bytes)" | sed 's/$//' >>"$OUT_MD.tmp"
+  ('rollup_cell_points', pg_total_relation_size('rollup_cell_points'))) AS x(name, bytes)" | sed 's/$//' >>"$OUT_MD.tmp"
 md
 fi
 

@@ -213,8 +213,9 @@ BEGIN
                 FROM rollup_cell_points p
                 WHERE p.side = s
                   -- Cell points commit before their file does (src/points_writer.rs):
-                  -- they count once the file's ledger row is visible.
-                  AND EXISTS (SELECT 1 FROM load_files f WHERE f.file_id = p.file_id)
+                  -- they count once the file's ledger row is visible. Rows
+                  -- with file_id 0 are compacted rows of committed files.
+                  AND (p.file_id = 0 OR EXISTS (SELECT 1 FROM load_files f WHERE f.file_id = p.file_id))
                   AND ((p.ix BETWEEN cx0 AND sx0 - 1 AND p.iy BETWEEN cy0 AND cy1)
                     OR (p.ix BETWEEN sx1 + 1 AND cx1 AND p.iy BETWEEN cy0 AND cy1)
                     OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN cy0 AND in_y0 - 1)

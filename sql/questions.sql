@@ -1,5 +1,6 @@
 -- The two questions, answered from the rollups (fast on 100M rows: they read
--- one small row per file, region and datasource, not the trips).
+-- one small row per region and datasource for each large file and one for
+-- all compacted small files, not the trips).
 -- Run: psql "$(tripload db url)" -f sql/questions.sql
 
 -- 1. From the two most commonly appearing regions, which is the latest datasource?

@@ -400,6 +400,9 @@ pub enum DbCommand {
         #[arg(long, required = true)]
         spatial: bool,
     },
+    /// Merge the rollup rows of small files (loaded since the last
+    /// compaction) into compacted rows; loads and watch do this by themselves.
+    Compact,
 }
 
 #[derive(Debug, Args)]
@@ -648,6 +651,18 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
                 "spatial indexes on trips(origin) and trips(destination) ready in {:.1} s",
                 start.elapsed().as_secs_f64()
             );
+        }
+        DbCommand::Compact => {
+            let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
+            let start = std::time::Instant::now();
+            let c = crate::compact::compact(
+                &conninfo,
+                crate::compact::Policy::All,
+                crate::compact::Wait::Yes,
+            )
+            .await?
+            .unwrap_or_default();
+            println!("{c} in {:.1} s", start.elapsed().as_secs_f64());
         }
         DbCommand::Url { tcp: false } => {
             let conninfo = target.resolve().await?;

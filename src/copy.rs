@@ -679,6 +679,20 @@ async fn load_inner(
         if let Err(abort) = write_rollups(&tx, file_id, r).await {
             return Err(fail_with(abort, done));
         }
+        if done.rows < crate::compact::SMALL_FILE_TRIPS {
+            if let Err(e) = tx
+                .execute(
+                    "INSERT INTO rollup_uncompacted (file_id) VALUES ($1)",
+                    &[&file_id],
+                )
+                .await
+            {
+                return Err(fail_with(
+                    classify(e, "listing the file for compaction"),
+                    done,
+                ));
+            }
+        }
     }
     tracing::debug!(
         "{name}: trips copied in {:.2} s, last cell points in {:.2} s, rollups in {:.2} s",
@@ -695,6 +709,9 @@ async fn load_inner(
     }
     if let Err(e) = tx.commit().await {
         return Err(fail_with(classify(e, "COMMIT"), done));
+    }
+    if ctx.grid.is_some() && done.rows < crate::compact::SMALL_FILE_TRIPS {
+        crate::compact::after_commit(&ctx.conninfo);
     }
     done.rows = copied;
     Ok(done)

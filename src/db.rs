@@ -532,6 +532,11 @@ const LATER: &[Migration] = &[
         name: "event retention and watch attempts",
         sql: include_str!("../sql/011_events_retention.sql"),
     },
+    Migration {
+        version: 12,
+        name: "cell points in one table; compaction of small files",
+        sql: include_str!("../sql/012_cell_points_one_table.sql"),
+    },
 ];
 /// Query functions: replaced on every migrate, so they follow the binary.
 const FUNCTIONS: &str = include_str!("../sql/005_queries.sql");
@@ -576,6 +581,8 @@ pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLa
             major: major.get(..2).unwrap_or("15").to_string(),
         });
     }
+    // Before the migration's one transaction, which could not lock them all.
+    crate::points_writer::absorb_segment_tables(client).await?;
     let tx = client
         .transaction()
         .await

@@ -6,7 +6,7 @@
 //! (on the rayon pool, in order via [`ordered`], with the [`rollup`]s and the
 //! [`points`] of each chunk) → [`backlog`] → [`copy`] (one transaction, with
 //! the [`ledger`]; the cell points through [`points_writer`]) → [`archive`] →
-//! [`report`]. [`load`] runs it for many
+//! [`report`]; [`compact`] merges the rollups of small files. [`load`] runs it for many
 //! files; [`session`] gives a local load its own, lower CPU priority;
 //! [`db`] and [`embedded`] provide the database. The pure core
 //! (`chunk`, `record`, `parse`, `encode`, `rollup`, `points`) takes bytes and returns values.
@@ -15,6 +15,7 @@ pub mod archive;
 pub mod backlog;
 pub mod chunk;
 pub mod cli;
+pub mod compact;
 pub mod copy;
 pub mod db;
 pub mod dims;

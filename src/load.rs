@@ -212,6 +212,23 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
             e.one_line()
         );
     }
+    // Small files' rollups merged before the process ends (the background
+    // compactor only merges what is worth it while files keep coming).
+    if ctx.grid.is_some() {
+        match crate::compact::compact(
+            &ctx.conninfo,
+            crate::compact::Policy::All,
+            crate::compact::Wait::Yes,
+        )
+        .await
+        {
+            Ok(Some(c)) if c.files > 0 => tracing::info!("{c}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "compaction failed (the next load or `tripload db compact` retries): {e}"
+            ),
+        }
+    }
     // Let the last events reach the store before the process ends.
     if !ctx.events.flush(FLUSH_WITHIN).await {
         tracing::warn!("some ingestion events could not be stored before exiting");

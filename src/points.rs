@@ -9,6 +9,10 @@
 //! cell is two binary searches over at most [`MAX_PER_ROW`] sorted keys in
 //! one heap row (`cell_point_keys_le`/`_lt` in `sql/005_queries.sql`).
 //!
+//! A file's rows carry its `file_id`; [`crate::compact`] reads the rows of
+//! small files back ([`decode_row`]) and merges them into full rows with
+//! `file_id` 0.
+//!
 //! Each row holds up to [`MAX_PER_ROW`] points of one (side, cell) in week
 //! segments (`weeks`, `ends`); within a segment the keys of `lons` ascend and
 //! those of `lats_sorted` ascend (for cells cut by a horizontal edge), and the
@@ -87,6 +91,83 @@ pub fn key(x: f64) -> [u8; 8] {
     let b = (x + 0.0).to_bits();
     let k = if b >> 63 == 1 { !b } else { b | (1 << 63) };
     k.to_be_bytes()
+}
+
+/// The coordinate a [`key`] holds (`-0.0` comes back as `0.0`).
+pub fn from_key(k: [u8; 8]) -> f64 {
+    let k = u64::from_be_bytes(k);
+    f64::from_bits(if k >> 63 == 1 { k ^ (1 << 63) } else { !k })
+}
+
+/// A stored row that does not hold what [`encode_rows`] writes.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed cell points row (side {side}, cell {ix},{iy}): {why}")]
+pub struct RowError {
+    pub side: u8,
+    pub ix: i32,
+    pub iy: i32,
+    pub why: &'static str,
+}
+
+/// One stored row of `rollup_cell_points`, as read back (binary results).
+#[derive(Debug, Clone, Copy)]
+pub struct StoredRow<'a> {
+    pub side: u8,
+    pub ix: i32,
+    pub iy: i32,
+    pub weeks: &'a [i32],
+    pub ends: &'a [i32],
+    pub lons: &'a [u8],
+    pub lats_sorted: &'a [u8],
+    pub lat_pos: &'a [u8],
+}
+
+/// Appends the points of a stored row to `out`: the inverse of
+/// [`encode_rows`] (each longitude with the latitude `lat_pos` pairs it
+/// with, in the week of its segment). Checks the row's shape, so that a
+/// damaged row is an error, not a panic or a wrong point.
+pub fn decode_row(r: StoredRow<'_>, out: &mut Vec<Pt>) -> Result<(), RowError> {
+    let bad = |why| RowError {
+        side: r.side,
+        ix: r.ix,
+        iy: r.iy,
+        why,
+    };
+    let n = r.lons.len() / 8;
+    if r.lons.len() % 8 != 0 || r.lats_sorted.len() != r.lons.len() || r.lat_pos.len() != n {
+        return Err(bad("key and position lengths differ"));
+    }
+    if r.weeks.len() != r.ends.len() || r.ends.last().map_or(n != 0, |&e| e as usize != n) {
+        return Err(bad("segment ends do not match the keys"));
+    }
+    let k = |b: &[u8], i: usize| -> [u8; 8] {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[8 * i..8 * i + 8]);
+        a
+    };
+    let mut from = 0usize;
+    for (&week, &end) in r.weeks.iter().zip(r.ends) {
+        let end = usize::try_from(end).map_err(|_| bad("negative segment end"))?;
+        if end < from || end > n {
+            return Err(bad("segment ends out of order"));
+        }
+        for i in from..end {
+            let j = r.lat_pos[i] as usize;
+            if j >= n {
+                return Err(bad("latitude position out of range"));
+            }
+            out.push(Pt {
+                side: r.side,
+                ix: r.ix,
+                iy: r.iy,
+                week,
+                lon: from_key(k(r.lons, i)),
+                lat: from_key(k(r.lats_sorted, j)),
+            });
+        }
+        from = end;
+    }
+    Ok(())
 }
 
 impl Pt {
@@ -485,12 +566,6 @@ mod tests {
         assert!(sql.contains(&format!("cell_point_search(op, -1, 128, {MAX_PER_ROW})")));
     }
 
-    /// The inverse of [`key`] (`-0.0` comes back as `0.0`).
-    fn from_key(k: [u8; 8]) -> f64 {
-        let k = u64::from_be_bytes(k);
-        f64::from_bits(if k >> 63 == 1 { k ^ (1 << 63) } else { !k })
-    }
-
     #[test]
     fn keys_compare_as_the_floats_do() {
         let mut vals = vec![
@@ -623,6 +698,78 @@ mod tests {
         assert_eq!([pairs(&rows[2]), pairs(&rows[3])].concat(), want);
         assert_eq!(rows[2].6[0], 0.05 - 29.0 * 1e-6);
         assert_eq!(rows[3].6[0], 0.05 - (MAX_PER_ROW + 4) as f64 * 1e-6);
+    }
+
+    /// Stored rows decode to exactly the points they were encoded from (the
+    /// compaction reads rows back this way), and damaged rows are errors.
+    #[test]
+    fn rows_decode_to_the_points_they_were_encoded_from() {
+        let mut pts: Vec<Pt> = (0..3000)
+            .map(|i: i32| {
+                let lon = ((i * 7919) % 401 - 200) as f64 * 1e-4;
+                let lat = if i % 97 == 0 {
+                    -0.0
+                } else {
+                    ((i * 104_729) % 89) as f64 * 1e-3 - 0.04
+                };
+                let week = (i * 13) % 9 * 7 - 14;
+                pt(
+                    if i % 3 == 0 { b'o' } else { b'd' },
+                    lon.floor() as i32,
+                    (i % 4) - 2,
+                    week,
+                    lon,
+                    lat,
+                )
+            })
+            .collect();
+        let lens = group_by_cell(&mut pts);
+        assert!(lens.len() > 4);
+        let mut out = Vec::new();
+        encode_rows(7, &pts, &mut out);
+        let mut back = Vec::new();
+        for r in decode(&out) {
+            let keys = |v: &[f64]| v.iter().flat_map(|&x| key(x)).collect::<Vec<u8>>();
+            let (lons, lats) = (keys(&r.5), keys(&r.6));
+            let row = StoredRow {
+                side: r.0,
+                ix: r.1,
+                iy: r.2,
+                weeks: &r.3,
+                ends: &r.4,
+                lons: &lons,
+                lats_sorted: &lats,
+                lat_pos: &r.7,
+            };
+            decode_row(row, &mut back).unwrap();
+            // Damage: a short position run, an end past the keys.
+            assert!(decode_row(
+                StoredRow {
+                    lat_pos: &r.7[1..],
+                    ..row
+                },
+                &mut Vec::new()
+            )
+            .is_err());
+            let mut ends = r.4.clone();
+            *ends.last_mut().unwrap() += 1;
+            assert!(decode_row(StoredRow { ends: &ends, ..row }, &mut Vec::new()).is_err());
+        }
+        let bits = |v: &[Pt]| -> Vec<(u8, i32, i32, i32, u64, u64)> {
+            v.iter()
+                .map(|p| {
+                    (
+                        p.side,
+                        p.ix,
+                        p.iy,
+                        p.week,
+                        (p.lon + 0.0).to_bits(),
+                        (p.lat + 0.0).to_bits(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(bits(&back), bits(&pts));
     }
 
     #[test]

@@ -1,12 +1,17 @@
-//! The second connection that writes a file's cell points, in segments of
-//! the file (`--points-segment-mib`), each segment its own COPY. With the
-//! default (4 GiB) a product-sized file is one segment, written once its last
-//! chunk is parsed: parsing runs ahead of the trips' COPY (see
-//! [`crate::backlog`]), so this happens while the file's own backend is still
-//! copying the trips; smaller
+//! The second connection that writes a file's cell points into
+//! `rollup_cell_points`, in segments of the file (`--points-segment-mib`),
+//! each segment one COPY (its own transaction). With the default (4 GiB) a
+//! product-sized file is one segment, written once its last chunk is parsed:
+//! parsing runs ahead of the trips' COPY (see [`crate::backlog`]), so this
+//! happens while the file's own backend is still copying the trips; smaller
 //! segments overlap more of the trips' COPY but multiply the (cell, week)
 //! fragments that a bounding-box query reads (see [`SEGMENT_MIB`]). Segments
 //! keep the temporary spill bounded for files larger than that.
+//!
+//! Every file writes into the one table (no table per file or segment: the
+//! number of relations, and of locks a query takes, does not grow with the
+//! files), and a file's rows are found by the `file_id` index, to delete
+//! them or (for small files) to merge them ([`crate::compact`]).
 //!
 //! Those rows commit before the file's transaction does, so three rules keep
 //! them exactly as consistent as rows of that transaction
@@ -92,10 +97,8 @@ impl Writer {
         let (tx, mut rx) = mpsc::channel::<Spill>(1);
         let task = tokio::spawn(async move {
             let mut cells = CellWeeks::default();
-            let mut seg = 0u32;
             while let Some(spill) = rx.recv().await {
-                let segment = copy_segment(&client, file_id, seg, spill).await?;
-                seg += 1;
+                let segment = copy_segment(&client, file_id, spill).await?;
                 // A move for the first segment; later ones fold ~10^5 cells each.
                 rollup::merge_cell_weeks(&mut cells, segment);
             }
@@ -195,25 +198,13 @@ fn start_producer(file_id: i32, spill: Spill) -> Producer {
 async fn copy_segment(
     client: &Client,
     file_id: i32,
-    seg: u32,
     spill: Spill,
 ) -> Result<CellWeeks, WriteError> {
     let what = "COPY rollup_cell_points";
-    let table = segment_table(file_id, seg);
-    client
-        .batch_execute(&format!(
-            "BEGIN;
-             DROP TABLE IF EXISTS {table};
-             CREATE TABLE {table} (LIKE rollup_cell_points INCLUDING STORAGE,
-                                   CHECK (file_id = {file_id}))
-                 WITH (toast_tuple_target = 8160);"
-        ))
-        .await
-        .map_err(db_err("creating the segment's cell points table"))?;
     let Producer { task, rx } = start_producer(file_id, spill);
     let sink = client
         .copy_in::<_, Bytes>(&format!(
-            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            "COPY rollup_cell_points ({}) FROM STDIN (FORMAT binary)",
             points::COPY_COLUMNS
         ))
         .await
@@ -241,34 +232,60 @@ async fn copy_segment(
         .await
         .map_err(db_err(what))?;
     sink.as_mut().finish().await.map_err(db_err(what))?;
-    // Indexed after the COPY (one sort, no per-row index inserts) and
-    // analyzed so that queries plan it well at once; attached last: the
-    // parent's lock (SHARE UPDATE EXCLUSIVE, which readers do not wait for)
-    // is held only from here to the COMMIT.
-    client
-        .batch_execute(&format!(
-            "CREATE INDEX ON {table} (side, ix, iy);
-             ANALYZE {table};
-             ALTER TABLE {table} INHERIT rollup_cell_points;
-             COMMIT;"
-        ))
-        .await
-        .map_err(db_err("attaching the segment's cell points"))?;
     Ok(cells)
 }
 
-/// The table of one segment of a file's cell points, a child (inheritance)
-/// of `rollup_cell_points`.
-///
-/// Why a table per segment: created in the transaction that fills it, it is
-/// written without WAL when the server runs with `wal_level = minimal` (the
-/// embedded server does; the data files are synced at COMMIT instead). The
-/// cell points' WAL otherwise contends with the trips' COPY for the WAL
-/// write lock: a 15M-row file's load took about 1.1-1.3 s longer (alternating
-/// runs, docs/benchmarks.md, eighth session). Queries read the parent, which
-/// includes its children; a failed file's children are dropped whole.
-pub fn segment_table(file_id: i32, seg: u32) -> String {
-    format!("rollup_cell_points_{file_id}_{seg}")
+/// Children of `rollup_cell_points` moved and dropped per transaction.
+const ABSORB_BATCH: i64 = 200;
+
+/// Moves the rows of the per-segment child tables that older loaders created
+/// (`rollup_cell_points_<file>_<n>`, inheriting from `rollup_cell_points`)
+/// into the table itself and drops them, [`ABSORB_BATCH`] per transaction:
+/// dropping a child locks it, its index and its TOAST table until COMMIT, so
+/// thousands of them in one transaction would exhaust the lock table.
+/// Serialized with migrations by their lock. Returns the tables dropped.
+pub async fn absorb_segment_tables(client: &mut Client) -> Result<u64, DbError> {
+    let mut dropped = 0;
+    loop {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(query_err("starting to move old cell points tables"))?;
+        let n: i64 = tx
+            .query_one(
+                "WITH lock AS (SELECT pg_advisory_xact_lock(hashtext('tripload-migrate')))
+                 SELECT count(*) FROM lock, pg_inherits
+                  WHERE to_regclass('rollup_cell_points') IS NOT NULL
+                    AND inhparent = to_regclass('rollup_cell_points')",
+                &[],
+            )
+            .await
+            .map_err(query_err("counting old cell points tables"))?
+            .get(0);
+        if n == 0 {
+            return Ok(dropped);
+        }
+        tx.batch_execute(&format!(
+            "DO $$
+             DECLARE child regclass;
+             BEGIN
+                 FOR child IN SELECT inhrelid::regclass FROM pg_inherits
+                              WHERE inhparent = 'rollup_cell_points'::regclass
+                              ORDER BY inhrelid LIMIT {ABSORB_BATCH} LOOP
+                     EXECUTE format('INSERT INTO rollup_cell_points ({cols}) SELECT {cols} FROM ONLY %s', child);
+                     EXECUTE format('DROP TABLE %s', child);
+                 END LOOP;
+             END $$;",
+            cols = points::COPY_COLUMNS
+        ))
+        .await
+        .map_err(query_err("moving old cell points tables into rollup_cell_points"))?;
+        tx.commit()
+            .await
+            .map_err(query_err("committing the move of old cell points tables"))?;
+        dropped += n.min(ABSORB_BATCH) as u64;
+        tracing::info!("moved {dropped} per-segment cell points tables into rollup_cell_points");
+    }
 }
 
 /// Deletes the cell points of `file_id` unless the file committed, once no
@@ -312,29 +329,10 @@ async fn delete_uncommitted(
     let mut deleted = 0;
     if !committed {
         // Holding the file's lock exclusively, no segment of it is being
-        // written: every table of its segments is attached or gone.
-        let tables = tx
-            .query(
-                "SELECT c.oid::regclass::text
-                   FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                  WHERE i.inhparent = 'rollup_cell_points'::regclass
-                    AND c.relname LIKE $1",
-                &[&format!("rollup\\_cell\\_points\\_{file_id}\\_%")],
-            )
-            .await?;
-        for t in tables {
-            let name: String = t.get(0);
-            let rows: i64 = tx
-                .query_one(&format!("SELECT count(*) FROM {name}"), &[])
-                .await?
-                .get(0);
-            tx.batch_execute(&format!("DROP TABLE {name}")).await?;
-            deleted += rows as u64;
-        }
-        // Rows of the layout before per-segment tables.
-        deleted += tx
+        // written: each has committed or is gone.
+        deleted = tx
             .execute(
-                "DELETE FROM ONLY rollup_cell_points WHERE file_id = $1",
+                "DELETE FROM rollup_cell_points WHERE file_id = $1",
                 &[&file_id],
             )
             .await?;

@@ -13,7 +13,9 @@
 //!   wholly inside a bounding box; the cells its edge crosses are counted
 //!   from the exact coordinates kept by [`crate::points`]).
 //!
-//! Keys carry the file id, so concurrent files never touch the same rows.
+//! Keys carry the file id, so concurrent files never touch the same rows;
+//! the rows of small files are later merged into rows with file id 0 by
+//! [`crate::compact`].
 //! Every map is bounded by regions × datasources × cells × weeks, never by
 //! the number of rows.
 
@@ -349,24 +351,30 @@ impl Rollup {
     /// Call [`Rollup::fold`] first: pending trips are not in these rows.
     pub fn cell_week_rows(&self, file_id: i32) -> String {
         debug_assert!(self.pending.is_empty(), "fold() before writing");
-        let mut out = String::new();
-        for (&(side, ix, iy), counts) in &self.cell_week {
-            let weeks = counts.weeks();
-            if weeks.is_empty() {
-                continue;
-            }
-            let _ = write!(out, "{file_id}\t{}\t{ix}\t{iy}\t{{", side as char);
-            for (i, (w, _)) in weeks.iter().enumerate() {
-                let _ = write!(out, "{}{w}", if i > 0 { "," } else { "" });
-            }
-            out.push_str("}\t{");
-            for (i, (_, n)) in weeks.iter().enumerate() {
-                let _ = write!(out, "{}{n}", if i > 0 { "," } else { "" });
-            }
-            out.push_str("}\n");
-        }
-        out
+        cell_week_rows(&self.cell_week, file_id)
     }
+}
+
+/// `rollup_cell_week (file_id, side, ix, iy, weeks, trips)` rows of `cells`
+/// (see [`Rollup::cell_week_rows`]).
+pub fn cell_week_rows(cells: &CellWeeks, file_id: i32) -> String {
+    let mut out = String::new();
+    for (&(side, ix, iy), counts) in cells {
+        let weeks = counts.weeks();
+        if weeks.is_empty() {
+            continue;
+        }
+        let _ = write!(out, "{file_id}\t{}\t{ix}\t{iy}\t{{", side as char);
+        for (i, (w, _)) in weeks.iter().enumerate() {
+            let _ = write!(out, "{}{w}", if i > 0 { "," } else { "" });
+        }
+        out.push_str("}\t{");
+        for (i, (_, n)) in weeks.iter().enumerate() {
+            let _ = write!(out, "{}{n}", if i > 0 { "," } else { "" });
+        }
+        out.push_str("}\n");
+    }
+    out
 }
 
 #[cfg(test)]

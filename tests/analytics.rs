@@ -217,9 +217,9 @@ fn the_two_questions_on_the_sample() {
     assert_eq!(top, [("Turin".to_string(), 38), ("Prague".to_string(), 34)]);
 }
 
-/// Every point of rollup_cell_points with its week:
-/// (file_id, side, ix, iy, week, x, y).
-const POINTS: &str = "SELECT p.file_id, p.side, p.ix, p.iy, u.w AS week, q.x, q.y
+/// Every point of rollup_cell_points with its week, whatever file (or
+/// compaction, file_id 0) wrote it: (side, ix, iy, week, x, y).
+const POINTS: &str = "SELECT p.side, p.ix, p.iy, u.w AS week, q.x, q.y
     FROM rollup_cell_points p, unnest(p.weeks, p.ends) WITH ORDINALITY AS u(w, e, k),
          generate_series(coalesce(p.ends[u.k - 1], 0) + 1, u.e) AS i,
          LATERAL (SELECT cell_point_coord(substring(p.lons FROM (i - 1) * 8 + 1 FOR 8)) AS x,
@@ -288,17 +288,27 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
         db2.trips()
     );
     assert_eq!(
-        db2.count("SELECT count(*) FROM rollup_region_week WHERE file_id NOT IN (SELECT file_id FROM load_files)"),
+        db2.count("SELECT count(*) FROM rollup_region_week WHERE file_id <> 0 AND file_id NOT IN (SELECT file_id FROM load_files)"),
         0
     );
     assert_eq!(
-        db2.count("SELECT count(*) FROM rollup_cell_points WHERE file_id NOT IN (SELECT file_id FROM load_files)"),
+        db2.count("SELECT count(*) FROM rollup_cell_points WHERE file_id <> 0 AND file_id NOT IN (SELECT file_id FROM load_files)"),
         0
     );
+    // The small files were compacted at the end of each load: their rows are
+    // file 0's, and no file is left listed.
+    assert!(db2.count("SELECT count(*) FROM rollup_cell_points WHERE file_id = 0") > 0);
+    assert_eq!(
+        db2.count("SELECT count(*) FROM rollup_cell_points WHERE file_id <> 0"),
+        0
+    );
+    assert_eq!(db2.count("SELECT count(*) FROM rollup_uncompacted"), 0);
     check_cell_points(&db2);
 
     // The migration's backfill (for trips loaded before cell points existed)
-    // writes exactly the loader's rows.
+    // writes exactly the loader's rows: once compacted (listing files whose
+    // other rollups are already merged is harmless), the rows that the loads
+    // and their compactions left.
     let rows = |db: &TestDb| -> Vec<String> {
         db.query("SELECT concat_ws(' ', file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos) FROM rollup_cell_points ORDER BY 1")
             .iter()
@@ -310,7 +320,14 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
     db2.query("DELETE FROM tripload_schema WHERE version = 6");
     let out = tripload(&w2, &db2, &["db", "migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let compact = |db: &TestDb, w: &Work| {
+        db.query("INSERT INTO rollup_uncompacted SELECT file_id FROM load_files");
+        let out = tripload(w, db, &["db", "compact"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    compact(&db2, &w2);
     assert_eq!(rows(&db2), loaded);
+    assert_eq!(rollup_state(&db2), s2);
 
     // A database migrated by an older binary has the older layout (a third
     // float8 array, no lat_pos): migration 7 rebuilds it from trips.
@@ -323,6 +340,7 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
     db2.query("DELETE FROM tripload_schema WHERE version = 7");
     let out = tripload(&w2, &db2, &["db", "migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    compact(&db2, &w2);
     assert_eq!(rows(&db2), loaded);
     check_cell_points(&db2);
 
@@ -353,15 +371,16 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
     check_cell_points(&db2);
 }
 
-/// rollup_cell_week holds, per file, one row per (side, cell) whose counts
-/// per week are exactly the trips' (counted from trips alone).
+/// rollup_cell_week holds, per file (or compaction, file 0), one row per
+/// (side, cell), and its counts per week summed over files are exactly the
+/// trips' (counted from trips alone).
 fn check_cell_weeks(db: &TestDb) {
-    let from_trips = "SELECT t.file_id, s.side, floor(ST_X(s.p) / 0.01)::int, floor(ST_Y(s.p) / 0.01)::int,
+    let from_trips = "SELECT s.side, floor(ST_X(s.p) / 0.01)::int, floor(ST_Y(s.p) / 0.01)::int,
                              date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date - date '1970-01-01', count(*)
                       FROM trips t, LATERAL (VALUES ('o'::\"char\", t.origin), ('d'::\"char\", t.destination)) AS s(side, p)
-                      GROUP BY 1, 2, 3, 4, 5";
-    let from_rollup =
-        "SELECT file_id, side, ix, iy, w, n FROM rollup_cell_week, unnest(weeks, trips) AS u(w, n)";
+                      GROUP BY 1, 2, 3, 4";
+    let from_rollup = "SELECT side, ix, iy, w, sum(n)::bigint
+                       FROM rollup_cell_week, unnest(weeks, trips) AS u(w, n) GROUP BY 1, 2, 3, 4";
     for (a, b) in [(from_trips, from_rollup), (from_rollup, from_trips)] {
         assert_eq!(
             db.count(&format!("SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) d")),
@@ -378,7 +397,7 @@ fn check_cell_weeks(db: &TestDb) {
 /// coordinates, each once, in the right cell and week, sorted as the query
 /// functions need.
 fn check_cell_points(db: &TestDb) {
-    let from_trips = "SELECT t.file_id, s.side, floor(ST_X(s.p) / 0.01)::int AS ix, floor(ST_Y(s.p) / 0.01)::int AS iy,
+    let from_trips = "SELECT s.side, floor(ST_X(s.p) / 0.01)::int AS ix, floor(ST_Y(s.p) / 0.01)::int AS iy,
                              date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date - date '1970-01-01' AS week,
                              ST_X(s.p) AS x, ST_Y(s.p) AS y
                       FROM trips t, LATERAL (VALUES ('o'::\"char\", t.origin), ('d'::\"char\", t.destination)) AS s(side, p)";
@@ -881,29 +900,42 @@ fn cell_points_written_in_segments_leave_nothing_when_the_file_fails() {
     );
 
     w.land("good.csv", &good);
-    let out = tripload(&w, &db, &["load", "landing", "--points-segment-mib", "1"]);
+    let out = tripload_cmd(&w, &db, &["load", "landing", "--points-segment-mib", "1"])
+        .env("TRIPLOAD_LOG", "tripload=debug")
+        .output()
+        .expect("run tripload");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(db.count("SELECT count(*) FROM cell_points_pending"), 0);
-    // One table per segment (written without WAL under wal_level=minimal),
-    // each holding only its file's points; the parent holds none.
-    let segments = db.count(segment_tables);
-    assert!(segments > 1, "{segments} segment tables");
-    assert_eq!(db.count("SELECT count(*) FROM ONLY rollup_cell_points"), 0);
-    assert_eq!(
-        db.count("SELECT count(DISTINCT tableoid) FROM rollup_cell_points"),
-        segments
-    );
+    // Every segment wrote into the one table: no table of its own.
+    assert_eq!(db.count(segment_tables), 0);
     check_cell_weeks(&db);
     check_cell_points(&db);
     let one = fresh_db();
     let w1 = Work::new();
     load(&w1, &one, &[("good.csv", good)]);
     assert_eq!(rollup_state(&db), rollup_state(&one));
-    // More rows than in one piece: each segment's cells end in a partial row.
+    // Each segment's cells ended in a partial row; compaction (a small file)
+    // merged them into the rows that one piece gives.
+    let compacted: u64 = stderr(&out)
+        .split("compacted the rollups of 1 small files (")
+        .nth(1)
+        .and_then(|t| t.split(" cells, ").nth(1))
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no compaction in the log:\n{}", stderr(&out)));
+    let rows = |db: &TestDb| db.count("SELECT count(*) FROM rollup_cell_points");
     assert!(
-        db.count("SELECT count(*) FROM rollup_cell_points")
-            > one.count("SELECT count(*) FROM rollup_cell_points")
+        compacted as i64 > rows(&one),
+        "{compacted} rows written in segments"
     );
+    assert_eq!(rows(&db), rows(&one));
+    let raw = |db: &TestDb| -> Vec<String> {
+        db.query("SELECT concat_ws(' ', file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos) FROM rollup_cell_points ORDER BY 1")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(raw(&db), raw(&one));
     for b in [
         [14.37, 50.0, 14.52, 50.13],
         [14.4312, 50.0405, 14.4987, 50.0789],
@@ -928,7 +960,12 @@ fn cell_points_of_unfinished_loads_are_ignored_then_swept() {
         "INSERT INTO rollup_cell_points SELECT 9999, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos FROM rollup_cell_points",
     );
     db.query("INSERT INTO cell_points_pending (file_id) VALUES (9999)");
-    // And a committed file whose pending row outlived it.
+    // And a committed file whose pending row outlived it, with rows of its
+    // own (the compacted rows, handed to it: the same points, still counted
+    // once).
+    db.query(&format!(
+        "UPDATE rollup_cell_points SET file_id = {committed} WHERE file_id = 0"
+    ));
     db.query(&format!(
         "INSERT INTO cell_points_pending (file_id) VALUES ({committed})"
     ));
@@ -1050,4 +1087,120 @@ fn trips_queued_on_disk_load_the_same_as_trips_that_wait() {
     check_cell_weeks(&runs[0].2);
     check_cell_points(&runs[0].2);
     check_bbox(&runs[0].2, [14.37, 50.0, 14.52, 50.13], None, None);
+}
+
+/// The same trips as one file and as 40 small files loaded together (two
+/// at a time): compaction leaves byte for byte the rollup rows of the one
+/// file, so bounding boxes read as few rows; the answers are exact.
+#[test]
+fn small_files_compact_into_the_rows_of_one_file() {
+    let csv = tripload::gen::trips_csv(40_000, 51);
+    let text = String::from_utf8(csv.clone()).expect("utf-8");
+    let (header, body) = text.split_once('\n').expect("header");
+    let lines: Vec<&str> = body.lines().collect();
+    let many = fresh_db();
+    let w = Work::new();
+    for (i, part) in lines.chunks(1_000).enumerate() {
+        w.land(
+            &format!("part-{i:03}.csv"),
+            format!("{header}\n{}\n", part.join("\n")).as_bytes(),
+        );
+    }
+    let out = tripload(&w, &many, &["load", "landing", "--jobs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(many.count("SELECT count(*) FROM load_files"), 40);
+    let (one, _w1) = loaded(&[("all.csv", csv)]);
+    assert_eq!(many.trips(), one.trips());
+    let raw = |db: &TestDb, table: &str, cols: &str| -> Vec<String> {
+        db.query(&format!(
+            "SELECT concat_ws(' ', {cols}) FROM {table} ORDER BY 1"
+        ))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    for (table, cols) in [
+        (
+            "rollup_cell_points",
+            "file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos",
+        ),
+        ("rollup_cell_week", "file_id, side, ix, iy, weeks, trips"),
+        ("rollup_region_week", "file_id, region_id, week, trips"),
+        (
+            "rollup_region_source",
+            "file_id, region_id, datasource_id, trips, last_at",
+        ),
+    ] {
+        let (a, b) = (raw(&many, table, cols), raw(&one, table, cols));
+        assert!(a.len() > 5, "{table}");
+        assert_eq!(a, b, "{table}");
+    }
+    assert_eq!(many.count("SELECT count(*) FROM rollup_uncompacted"), 0);
+    check_cell_weeks(&many);
+    check_cell_points(&many);
+    for b in [
+        [14.37, 50.0, 14.52, 50.13],
+        [14.4312, 50.0405, 14.4987, 50.0789],
+    ] {
+        check_bbox(&many, b, None, None);
+    }
+    for r in ["Prague", "Milan"] {
+        assert_eq!(
+            rows(&many, &format!("SELECT * FROM weekly_trips_region('{r}')")),
+            brute(
+                &many,
+                &format!("region_id = (SELECT id FROM regions WHERE name = '{r}')"),
+                None,
+                None
+            )
+        );
+    }
+}
+
+/// A database written by loaders that kept each segment of a file in a
+/// table of its own (children of rollup_cell_points, more of them than the
+/// migration moves per transaction): migrating moves every row into the one
+/// table and drops the children; the answers do not change.
+#[test]
+fn per_segment_tables_of_older_loaders_move_into_one_table() {
+    let (db, w) = generated_db();
+    let rows = |db: &TestDb| -> Vec<String> {
+        db.query("SELECT concat_ws(' ', file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos) FROM rollup_cell_points ORDER BY 1")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let before = rows(&db);
+    let children = 450;
+    db.query(&format!(
+        "DO $$
+         BEGIN
+             FOR n IN 0..{children} - 1 LOOP
+                 EXECUTE format('CREATE TABLE rollup_cell_points_7_%s (LIKE rollup_cell_points INCLUDING STORAGE)', n);
+                 EXECUTE format('INSERT INTO rollup_cell_points_7_%1$s
+                                 SELECT file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos
+                                 FROM (SELECT p.*, row_number() OVER (ORDER BY ctid) AS k FROM ONLY rollup_cell_points p) p
+                                 WHERE k %% {children} = %1$s', n);
+                 EXECUTE format('ALTER TABLE rollup_cell_points_7_%s INHERIT rollup_cell_points', n);
+             END LOOP;
+         END $$"
+    ));
+    db.query("DELETE FROM ONLY rollup_cell_points");
+    let segment_tables =
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'rollup_cell_points'::regclass";
+    assert_eq!(db.count(segment_tables), children);
+    assert_eq!(rows(&db), before);
+    db.query("DELETE FROM tripload_schema WHERE version = 12");
+    let out = tripload(&w, &db, &["db", "migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.count(segment_tables), 0);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'rollup\\_cell\\_points\\_7\\_%'"
+        ),
+        0
+    );
+    assert_eq!(rows(&db), before);
+    check_cell_points(&db);
+    check_bbox(&db, [14.37, 50.0, 14.52, 50.13], None, None);
 }
