@@ -181,7 +181,7 @@ fn load_mails_one_report_per_run_with_the_figures() {
     // And on disk beside each archived file.
     assert!(w
         .read("processed/a-sample.csv.report.txt")
-        .contains("rows loaded:   100"));
+        .contains("rows loaded:    100"));
     assert!(w.read("failed/c-broken.csv.report.txt").contains("FAILED"));
 }
 
@@ -222,7 +222,7 @@ fn smtp_down_does_not_fail_the_load() {
     );
     assert!(w
         .read("processed/a.csv.report.txt")
-        .contains("rows loaded:   100"));
+        .contains("rows loaded:    100"));
 }
 
 #[test]

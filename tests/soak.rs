@@ -86,6 +86,10 @@ fn two_thousand_small_files_through_watch_keep_the_catalog_flat() {
     .stderr(Stdio::null())
     .spawn()
     .expect("start watcher");
+    // The watcher creates the schema as it starts.
+    wait_for("the schema", 120, || {
+        db.count("SELECT count(*) FROM pg_class WHERE relname = 'load_files'") == 1
+    });
     let loaded = || db.count("SELECT count(*) FROM load_files");
 
     land(&w, 0, FIRST);

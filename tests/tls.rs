@@ -213,7 +213,10 @@ fn verifies_the_server_certificate_as_libpq_does() {
     let old = std::fs::read_to_string(&hba).unwrap();
     std::fs::write(
         &hba,
-        format!("host {} all 127.0.0.1/32 trust\n{old}", open_db.name),
+        format!(
+            "host {} all 127.0.0.1/32 scram-sha-256\n{old}",
+            open_db.name
+        ),
     )
     .unwrap();
     db.query("SELECT pg_reload_conf()");
@@ -247,8 +250,9 @@ fn verifies_the_server_certificate_as_libpq_does() {
             .output()
             .unwrap()
     };
+    let password = cluster_password();
     let kv = |host: &str, dbname: &str, tls: String| {
-        format!("host={host} port={port} user={user} dbname={dbname} {tls}")
+        format!("host={host} port={port} user={user} password={password} dbname={dbname} {tls}")
     };
     let root = |mode: &str, ca: &Path| format!("sslmode={mode} sslrootcert='{}'", ca.display());
 
@@ -256,7 +260,7 @@ fn verifies_the_server_certificate_as_libpq_does() {
     let out = run(kv("localhost", &db.name, root("verify-full", &ca)));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let url = format!(
-        "postgresql://{user}@localhost:{port}/{}?sslmode=verify-full&sslrootcert={}",
+        "postgresql://{user}:{password}@localhost:{port}/{}?sslmode=verify-full&sslrootcert={}",
         db.name,
         ca.display()
     );
