@@ -392,24 +392,13 @@ async fn load_in_transaction(
     progress: &Arc<FileProgress>,
     start: Instant,
 ) -> Result<Committed, Failure> {
-    let mut points_of = None;
-    let mut dims_of = None;
-    let result = load_inner(
-        ctx,
-        opened,
-        path,
-        name,
-        progress,
-        start,
-        &mut points_of,
-        &mut dims_of,
-    )
-    .await;
-    if let (Err(_), Some(file_id)) = (&result, points_of) {
+    let mut left = LeftBehind::default();
+    let result = load_inner(ctx, opened, path, name, progress, start, &mut left).await;
+    if let (Err(_), Some(file_id)) = (&result, left.points_of) {
         points_writer::cleanup(&ctx.conninfo, file_id).await;
     }
     // Names the failed file registered go (once no other file is loading).
-    if let (Err(_), Some(dims)) = (&result, dims_of) {
+    if let (Err(_), Some(dims)) = (&result, left.dims_of) {
         if dims.registered() > 0 {
             if let Err(e) = crate::dims::reclaim(&ctx.conninfo, 20).await {
                 tracing::warn!(
@@ -422,6 +411,15 @@ async fn load_in_transaction(
     result
 }
 
+/// What a file that does not commit may leave behind for cleanup: the file id
+/// whose cell points the second connection wrote, and the dictionary through
+/// which it registered new names.
+#[derive(Default)]
+struct LeftBehind {
+    points_of: Option<i32>,
+    dims_of: Option<Arc<Dims>>,
+}
+
 async fn load_inner(
     ctx: &LoadContext,
     opened: &Arc<map::Opened>,
@@ -429,8 +427,7 @@ async fn load_inner(
     name: &str,
     progress: &Arc<FileProgress>,
     start: Instant,
-    points_of: &mut Option<i32>,
-    dims_of: &mut Option<Arc<Dims>>,
+    left: &mut LeftBehind,
 ) -> Result<Committed, Failure> {
     let fail = |abort| Failure {
         abort,
@@ -504,10 +501,10 @@ async fn load_inner(
         .begin_file(&tx, file_id)
         .await
         .map_err(|e| fail(e.into()))?;
-    *dims_of = Some(Arc::clone(&file_dims));
+    left.dims_of = Some(Arc::clone(&file_dims));
     let mut writer = match ctx.grid {
         Some(_) => {
-            *points_of = Some(file_id);
+            left.points_of = Some(file_id);
             Some(
                 Writer::start(&ctx.conninfo, file_id)
                     .await

@@ -134,7 +134,10 @@ pub fn decode_row(r: StoredRow<'_>, out: &mut Vec<Pt>) -> Result<(), RowError> {
         why,
     };
     let n = r.lons.len() / 8;
-    if r.lons.len() % 8 != 0 || r.lats_sorted.len() != r.lons.len() || r.lat_pos.len() != n {
+    if !r.lons.len().is_multiple_of(8)
+        || r.lats_sorted.len() != r.lons.len()
+        || r.lat_pos.len() != n
+    {
         return Err(bad("key and position lengths differ"));
     }
     if r.weeks.len() != r.ends.len() || r.ends.last().map_or(n != 0, |&e| e as usize != n) {
