@@ -6,11 +6,11 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use tripload::chunk;
-use tripload::dims::Dims;
-use tripload::encode::encode_chunk;
-use tripload::parse::{parse_header, parse_trip};
-use tripload::record::{next_record, Fields};
+use tripload::db::dims::Dims;
+use tripload::kernel::chunk;
+use tripload::kernel::encode::encode_chunk;
+use tripload::kernel::parse::{parse_header, parse_trip};
+use tripload::kernel::record::{next_record, Fields};
 
 const ROWS: u64 = 400_000;
 
@@ -80,7 +80,7 @@ fn bench_encode(c: &mut Criterion) {
     // The loader's real shape: 4 MiB chunks, each encoded (without, then with
     // the rollups, whose per-chunk aggregates are folded into the file's), so
     // the two functions' ratio is the rollups' CPU cost.
-    let grid = tripload::rollup::Grid::default();
+    let grid = tripload::analytics::rollup::Grid::default();
     let chunks = chunk::split(body, 0, 4 << 20);
     let mut g = c.benchmark_group("encode_4MiB_chunks");
     g.throughput(Throughput::Bytes(body.len() as u64));
@@ -96,7 +96,7 @@ fn bench_encode(c: &mut Criterion) {
     });
     g.bench_function("with_rollups", |b| {
         b.iter(|| {
-            let mut all = tripload::rollup::Rollup::default();
+            let mut all = tripload::analytics::rollup::Rollup::default();
             let mut n = 0;
             for r in &chunks {
                 if let Ok(e) =
@@ -114,12 +114,12 @@ fn bench_encode(c: &mut Criterion) {
 
 /// The per-chunk rollups of the generated data in 4 MiB chunks, as the
 /// workers produce them.
-fn chunk_rollups() -> Vec<tripload::rollup::Rollup> {
+fn chunk_rollups() -> Vec<tripload::analytics::rollup::Rollup> {
     let buf = data();
     let header = parse_header(&buf).expect("generated header");
     let body = &buf[header.data_start..];
     let dims = Dims::in_memory();
-    let grid = tripload::rollup::Grid::default();
+    let grid = tripload::analytics::rollup::Grid::default();
     chunk::split(body, 0, 4 << 20)
         .into_iter()
         .filter_map(|r| encode_chunk(&body[r], &header, 1, &dims, Some(&grid)).ok())
@@ -136,7 +136,7 @@ fn bench_rollup_merge(c: &mut Criterion) {
         b.iter_batched(
             || parts.clone(),
             |parts| {
-                let mut all = tripload::rollup::Rollup::default();
+                let mut all = tripload::analytics::rollup::Rollup::default();
                 for p in parts {
                     all.merge(p);
                 }
@@ -154,7 +154,7 @@ fn bench_rollup_merge(c: &mut Criterion) {
 /// whole set by `points::cmp` (what `group_by_cell` replaced). One core
 /// unless RAYON_NUM_THREADS allows more (the per-cell sorts use the pool).
 fn bench_cell_points(c: &mut Criterion) {
-    let pts: Vec<tripload::points::Pt> = chunk_rollups()
+    let pts: Vec<tripload::analytics::points::Pt> = chunk_rollups()
         .into_iter()
         .flat_map(|r| r.pending)
         .collect();
@@ -164,11 +164,11 @@ fn bench_cell_points(c: &mut Criterion) {
         b.iter_batched(
             || pts.clone(),
             |mut pts| {
-                let lens = tripload::points::group_by_cell(&mut pts);
+                let lens = tripload::analytics::points::group_by_cell(&mut pts);
                 let mut out = Vec::with_capacity(pts.len() * 24);
                 let mut at = 0;
                 for n in lens {
-                    tripload::points::encode_rows(1, &pts[at..at + n], &mut out);
+                    tripload::analytics::points::encode_rows(1, &pts[at..at + n], &mut out);
                     at += n;
                 }
                 out.len()
@@ -179,7 +179,7 @@ fn bench_cell_points(c: &mut Criterion) {
     g.bench_function("group_by_cell", |b| {
         b.iter_batched(
             || pts.clone(),
-            |mut pts| tripload::points::group_by_cell(&mut pts).len(),
+            |mut pts| tripload::analytics::points::group_by_cell(&mut pts).len(),
             criterion::BatchSize::LargeInput,
         )
     });
@@ -187,18 +187,18 @@ fn bench_cell_points(c: &mut Criterion) {
         b.iter_batched(
             || pts.clone(),
             |mut pts| {
-                pts.sort_unstable_by(tripload::points::cmp);
+                pts.sort_unstable_by(tripload::analytics::points::cmp);
                 pts.len()
             },
             criterion::BatchSize::LargeInput,
         )
     });
     let mut sorted = pts.clone();
-    sorted.sort_unstable_by(tripload::points::cmp);
+    sorted.sort_unstable_by(tripload::analytics::points::cmp);
     g.bench_function("encode", |b| {
         b.iter(|| {
             let mut out = Vec::with_capacity(sorted.len() * 24);
-            tripload::points::encode_rows(1, &sorted, &mut out);
+            tripload::analytics::points::encode_rows(1, &sorted, &mut out);
             out.len()
         })
     });

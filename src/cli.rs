@@ -2,7 +2,7 @@
 //! work, and the mapping of outcomes to exit codes.
 
 use crate::db::Target;
-use crate::load::{LoadConfig, SetupError};
+use crate::ingest::load::{LoadConfig, SetupError};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -136,19 +136,19 @@ pub struct WeeklyArgs {
     #[arg(long)]
     pub region: Option<String>,
     /// Bounding box MINLON,MINLAT,MAXLON,MAXLAT (WGS84, edges inclusive).
-    #[arg(long, value_parser = crate::weekly::parse_bbox, allow_hyphen_values = true)]
+    #[arg(long, value_parser = crate::analytics::weekly::parse_bbox, allow_hyphen_values = true)]
     pub bbox: Option<[f64; 4]>,
     /// Which end of the trip must lie in a bounding box.
-    #[arg(long, value_enum, default_value_t = crate::weekly::By::Origin)]
-    pub by: crate::weekly::By,
+    #[arg(long, value_enum, default_value_t = crate::analytics::weekly::By::Origin)]
+    pub by: crate::analytics::weekly::By,
     /// First day of the window (its week is included), YYYY-MM-DD.
     #[arg(long)]
     pub from: Option<chrono::NaiveDate>,
     /// Last day of the window (its week is included), YYYY-MM-DD.
     #[arg(long)]
     pub to: Option<chrono::NaiveDate>,
-    #[arg(long, value_enum, default_value_t = crate::weekly::Format::Table)]
-    pub format: crate::weekly::Format,
+    #[arg(long, value_enum, default_value_t = crate::analytics::weekly::Format::Table)]
+    pub format: crate::analytics::weekly::Format,
 }
 
 #[derive(Debug, Args)]
@@ -157,11 +157,11 @@ pub struct GroupsArgs {
     #[arg(long)]
     pub region: Option<String>,
     /// Only trips in this bounding box MINLON,MINLAT,MAXLON,MAXLAT (see --by).
-    #[arg(long, value_parser = crate::weekly::parse_bbox, allow_hyphen_values = true)]
+    #[arg(long, value_parser = crate::analytics::weekly::parse_bbox, allow_hyphen_values = true)]
     pub bbox: Option<[f64; 4]>,
     /// Which end of the trip must lie in --bbox.
-    #[arg(long, value_enum, default_value_t = crate::weekly::By::Origin)]
-    pub by: crate::weekly::By,
+    #[arg(long, value_enum, default_value_t = crate::analytics::weekly::By::Origin)]
+    pub by: crate::analytics::weekly::By,
     /// Grid cell size in degrees [default: the database grid, 0.01].
     #[arg(long, value_parser = parse_cell_deg)]
     pub cell_deg: Option<f64>,
@@ -171,8 +171,8 @@ pub struct GroupsArgs {
     /// How many groups to list.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..))]
     pub top: i32,
-    #[arg(long, value_enum, default_value_t = crate::weekly::Format::Table)]
-    pub format: crate::weekly::Format,
+    #[arg(long, value_enum, default_value_t = crate::analytics::weekly::Format::Table)]
+    pub format: crate::analytics::weekly::Format,
 }
 
 fn parse_cell_deg(s: &str) -> Result<f64, String> {
@@ -248,13 +248,13 @@ pub struct LoadOptions {
     /// Region and datasource names new to the database that one file may
     /// bring. Over it the file fails (to failed/) and the names it brought are
     /// deleted: ids are smallints, so names are a scarce resource.
-    #[arg(long, env = "TRIPLOAD_MAX_NEW_NAMES", default_value_t = crate::dims::MAX_NEW_NAMES)]
+    #[arg(long, env = "TRIPLOAD_MAX_NEW_NAMES", default_value_t = crate::db::dims::MAX_NEW_NAMES)]
     pub max_new_names: u64,
     /// Longest record (bytes, quoted newlines included) before the file is
     /// failed as unreadable: a longer record is almost always a stray quote
     /// that swallowed the lines after it. The error names the line and
     /// column where the open quote began.
-    #[arg(long, env = "TRIPLOAD_MAX_RECORD_BYTES", default_value_t = crate::record::DEFAULT_MAX_RECORD_BYTES as u64, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
+    #[arg(long, env = "TRIPLOAD_MAX_RECORD_BYTES", default_value_t = crate::kernel::record::DEFAULT_MAX_RECORD_BYTES as u64, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
     pub max_record_bytes: u64,
     /// Where loaded files go (default: processed/ beside the file's directory).
     #[arg(long, env = "TRIPLOAD_PROCESSED_DIR")]
@@ -269,14 +269,14 @@ pub struct LoadOptions {
     /// many MiB of input at a time (the temporary spill in $TMPDIR holds about
     /// half a segment's size). Each segment is its own set of rows, so
     /// smaller segments make bounding-box queries slower (~2x at 256).
-    #[arg(long, default_value_t = crate::points_writer::SEGMENT_MIB, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, default_value_t = crate::analytics::points_writer::SEGMENT_MIB, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub points_segment_mib: u64,
     /// MiB of encoded trips that may wait in a temporary file in $TMPDIR
     /// when parsing runs ahead of the database (about 0.8 MiB per MiB of
     /// input), so that a file's cell points are written while its trips are
     /// still being copied. 0 keeps the queue in memory only: parsing then
     /// waits for the COPY and the cell points come after it (slower).
-    #[arg(long, env = "TRIPLOAD_BACKLOG_MIB", default_value_t = crate::backlog::DISK_MIB)]
+    #[arg(long, env = "TRIPLOAD_BACKLOG_MIB", default_value_t = crate::ingest::backlog::DISK_MIB)]
     pub backlog_mib: u64,
     /// TimescaleDB chunk interval, used when the hypertable is first created.
     #[arg(long, env = "TRIPLOAD_CHUNK_INTERVAL", default_value = "7 days")]
@@ -327,12 +327,12 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// The checked settings (a message saying what is wrong otherwise).
-    fn settings(self) -> Result<crate::load::Settings, String> {
+    fn settings(self) -> Result<crate::ingest::load::Settings, String> {
         if self.jobs == 0 || self.threads == Some(0) {
             return Err("--jobs and --threads must be at least 1".into());
         }
         let mail = self.mail()?;
-        Ok(crate::load::Settings {
+        Ok(crate::ingest::load::Settings {
             jobs: self.jobs,
             max_rejects: self.max_rejects,
             max_new_names: self.max_new_names,
@@ -352,7 +352,7 @@ impl LoadOptions {
     }
 
     /// The checked mail configuration, if reports are to be mailed.
-    fn mail(&self) -> Result<Option<crate::mail::MailConfig>, String> {
+    fn mail(&self) -> Result<Option<crate::notify::mail::MailConfig>, String> {
         let Some(url) = self.smtp_url.as_ref().filter(|u| !u.trim().is_empty()) else {
             return Ok(None);
         };
@@ -361,7 +361,7 @@ impl LoadOptions {
                 "--smtp-url is set but --report-to is not: say who gets the reports".into(),
             );
         }
-        let cfg = crate::mail::MailConfig {
+        let cfg = crate::notify::mail::MailConfig {
             smtp_url: url.clone(),
             to: self.report_to.clone(),
             from: self.report_from.clone(),
@@ -432,7 +432,7 @@ pub fn main() -> ExitCode {
             Target::Embedded { .. } => true,
             Target::Url(u) => crate::db::is_local(&u),
         };
-        if let Some(code) = crate::session::enter(nice, local) {
+        if let Some(code) = crate::ingest::session::enter(nice, local) {
             return code;
         }
     }
@@ -477,7 +477,7 @@ async fn run(cli: Cli) -> u8 {
                     return EXIT_SETUP;
                 }
             };
-            let cfg = crate::watch::WatchConfig {
+            let cfg = crate::ingest::watch::WatchConfig {
                 target,
                 landing: w.landing,
                 quiet_period: std::time::Duration::from_secs_f64(w.quiet_period),
@@ -485,7 +485,7 @@ async fn run(cli: Cli) -> u8 {
                 max_attempts: w.max_attempts,
                 settings,
             };
-            match crate::watch::run(cfg).await {
+            match crate::ingest::watch::run(cfg).await {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -506,10 +506,10 @@ async fn run(cli: Cli) -> u8 {
                 paths: l.paths,
                 settings,
             };
-            match crate::load::run(cfg).await {
+            match crate::ingest::load::run(cfg).await {
                 Ok(reports) => {
                     if !reports.is_empty() {
-                        print!("{}", crate::report::summary_table(&reports));
+                        print!("{}", crate::notify::report::summary_table(&reports));
                     }
                     if reports.iter().all(|r| r.ok()) {
                         EXIT_OK
@@ -535,11 +535,11 @@ async fn run(cli: Cli) -> u8 {
         },
         Command::Status(s) => {
             let result = async {
-                let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
+                let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
                 if s.follow {
-                    crate::status::follow(&conninfo, s.limit, s.json, s.max_events).await
+                    crate::notify::status::follow(&conninfo, s.limit, s.json, s.max_events).await
                 } else {
-                    crate::status::show(&conninfo, s.limit, s.json).await
+                    crate::notify::status::show(&conninfo, s.limit, s.json).await
                 }
             }
             .await;
@@ -553,18 +553,21 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Weekly(wk) => {
             let area = match (wk.region, wk.bbox) {
-                (Some(r), _) => crate::weekly::Area::Region(r),
-                (None, Some(b)) => crate::weekly::Area::BBox(b),
+                (Some(r), _) => crate::analytics::weekly::Area::Region(r),
+                (None, Some(b)) => crate::analytics::weekly::Area::BBox(b),
                 (None, None) => return EXIT_SETUP,
             };
             let result = async {
-                let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
-                crate::weekly::weeks(&conninfo, &area, wk.by, wk.from, wk.to).await
+                let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+                crate::analytics::weekly::weeks(&conninfo, &area, wk.by, wk.from, wk.to).await
             }
             .await;
             match result {
                 Ok(weeks) => {
-                    print!("{}", crate::weekly::render(&area, wk.by, &weeks, wk.format));
+                    print!(
+                        "{}",
+                        crate::analytics::weekly::render(&area, wk.by, &weeks, wk.format)
+                    );
                     EXIT_OK
                 }
                 Err(e) => {
@@ -574,7 +577,7 @@ async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Groups(gr) => {
-            let q = crate::groups::Query {
+            let q = crate::analytics::groups::Query {
                 region: gr.region,
                 bbox: gr.bbox,
                 by: gr.by,
@@ -583,13 +586,16 @@ async fn run(cli: Cli) -> u8 {
                 top: gr.top,
             };
             let result = async {
-                let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
-                crate::groups::groups(&conninfo, &q).await
+                let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+                crate::analytics::groups::groups(&conninfo, &q).await
             }
             .await;
             match result {
                 Ok((cell, groups)) => {
-                    print!("{}", crate::groups::render(&q, cell, &groups, gr.format));
+                    print!(
+                        "{}",
+                        crate::analytics::groups::render(&q, cell, &groups, gr.format)
+                    );
                     EXIT_OK
                 }
                 Err(e) => {
@@ -619,7 +625,7 @@ async fn run(cli: Cli) -> u8 {
 async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
     match cmd {
         DbCommand::Migrate { chunk_interval } => {
-            let (conninfo, _) = crate::load::prepare(&target, &chunk_interval).await?;
+            let (conninfo, _) = crate::ingest::load::prepare(&target, &chunk_interval).await?;
             println!("schema is up to date at {}", crate::db::describe(&conninfo));
         }
         DbCommand::Start => {
@@ -637,7 +643,7 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
             println!("{}", if stopped { "stopped" } else { "not running" });
         }
         DbCommand::Index { .. } => {
-            let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
+            let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
             let client = crate::db::connect(&conninfo).await?;
             let start = std::time::Instant::now();
             client
@@ -653,12 +659,12 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
             );
         }
         DbCommand::Compact => {
-            let (conninfo, _) = crate::load::prepare(&target, "7 days").await?;
+            let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
             let start = std::time::Instant::now();
-            let c = crate::compact::compact(
+            let c = crate::analytics::compact::compact(
                 &conninfo,
-                crate::compact::Policy::All,
-                crate::compact::Wait::Yes,
+                crate::analytics::compact::Policy::All,
+                crate::analytics::compact::Wait::Yes,
             )
             .await?
             .unwrap_or_default();

@@ -439,7 +439,7 @@ fn check_cell_points(db: &TestDb) {
                            LATERAL (SELECT coalesce(p.ends[u.k - 1], 0) + 1 AS a) s
                            WHERE ARRAY(SELECT get_byte(p.lat_pos, i - 1) + 1 FROM generate_series(s.a, u.e) i ORDER BY 1)
                                  <> ARRAY(SELECT generate_series(s.a, u.e)))"
-                .replace("{max}", &tripload::points::MAX_PER_ROW.to_string())
+                .replace("{max}", &tripload::analytics::points::MAX_PER_ROW.to_string())
         ),
         0
     );
@@ -584,7 +584,7 @@ fn box_edges_on_grid_lines_count_exactly() {
 fn cell_points_of_a_file_spilled_to_disk_are_complete() {
     let rows = 420_000;
     let csv = tripload::gen::trips_csv(rows, 77);
-    assert!(csv.len() as u64 * 4 / 3 > tripload::points::PARTITION_BYTES);
+    assert!(csv.len() as u64 * 4 / 3 > tripload::analytics::points::PARTITION_BYTES);
     let (db, _w) = loaded(&[("big.csv", csv)]);
     assert_eq!(db.trips(), rows as i64);
     check_cell_weeks(&db);
@@ -595,7 +595,7 @@ fn cell_points_of_a_file_spilled_to_disk_are_complete() {
     assert!(
         db.count(&format!(
             "SELECT count(*) FROM rollup_cell_points WHERE length(lons) = {}",
-            8 * tripload::points::MAX_PER_ROW
+            8 * tripload::analytics::points::MAX_PER_ROW
         )) > 0
     );
     assert_eq!(

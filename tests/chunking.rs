@@ -7,11 +7,11 @@
 //! account for every physical line.
 
 use proptest::prelude::*;
-use tripload::chunk;
-use tripload::dims::Dims;
-use tripload::encode::{encode_chunk, encode_in_chunks, physical_lines};
-use tripload::parse::parse_header;
-use tripload::record::{next_record, Fields};
+use tripload::db::dims::Dims;
+use tripload::kernel::chunk;
+use tripload::kernel::encode::{encode_chunk, encode_in_chunks, physical_lines};
+use tripload::kernel::parse::parse_header;
+use tripload::kernel::record::{next_record, Fields};
 
 /// (line, fields) of every non-blank record, splitting at chunk boundaries.
 fn parse_chunked(buf: &[u8], target: usize) -> Vec<(u64, Vec<Vec<u8>>)> {

@@ -87,11 +87,11 @@ fn status_reads_a_range_of_the_primary_key_not_the_whole_table() {
     db.query("ANALYZE ingestion_events");
     let newest = db.count("SELECT max(id) FROM ingestion_events");
     let limit = 20;
-    let sql = tripload::status::RECENT_SQL
+    let sql = tripload::notify::status::RECENT_SQL
         .replace("$1", &limit.to_string())
         .replace(
             "$2",
-            &(newest - tripload::status::window(limit)).to_string(),
+            &(newest - tripload::notify::status::window(limit)).to_string(),
         );
     let plan: Vec<String> = db
         .query(&format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"))
@@ -109,7 +109,7 @@ fn status_reads_a_range_of_the_primary_key_not_the_whole_table() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|r| r.parse().ok())
         .unwrap_or_else(|| panic!("{plan}"));
-    assert!(scanned <= tripload::status::window(limit), "{plan}");
+    assert!(scanned <= tripload::notify::status::window(limit), "{plan}");
     // And the command answers from that window.
     let out = tripload(&w, &db, &["status", "--limit", "2", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));

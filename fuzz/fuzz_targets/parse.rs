@@ -8,9 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tripload::dims::Dims;
-use tripload::encode::{encode_in_chunks, physical_lines};
-use tripload::parse::parse_header;
+use tripload::db::dims::Dims;
+use tripload::kernel::encode::{encode_in_chunks, physical_lines};
+use tripload::kernel::parse::parse_header;
 
 const HEADER: &[u8] = b"region,origin_coord,destination_coord,datetime,datasource\n";
 
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         None => assert_eq!(s.lines, physical),
         Some(f) => assert!(f.line() > s.lines && f.line() <= physical, "{f}"),
     }
-    let e = tripload::excerpt::excerpt(body, 100);
+    let e = tripload::kernel::excerpt::excerpt(body, 100);
     assert!(e.len() <= 100 + 40, "{}", e.len());
     assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
 });

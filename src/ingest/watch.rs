@@ -10,13 +10,13 @@
 //! on this host are released at start. Each claimed file goes through the
 //! same one-transaction load as `tripload load`.
 
-use crate::copy::{load_file, LoadContext};
 use crate::db::{self, Target};
-use crate::discover::is_ignored;
-use crate::events::{Event, Kind, Publisher};
-use crate::load::{database_dims, hostname, prepare, SetupError};
-use crate::map::{identity, FileId, Identity};
-use crate::report::{FileReport, Progress, Status};
+use crate::ingest::copy::{load_file, LoadContext};
+use crate::ingest::discover::is_ignored;
+use crate::ingest::load::{database_dims, hostname, prepare, SetupError};
+use crate::ingest::map::{identity, FileId, Identity};
+use crate::notify::events::{Event, Kind, Publisher};
+use crate::notify::report::{FileReport, Progress, Status};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ pub struct WatchConfig {
     pub target: Target,
     pub landing: PathBuf,
     pub quiet_period: Duration,
-    pub settings: crate::load::Settings,
+    pub settings: crate::ingest::load::Settings,
     /// Zero: a report per file; otherwise one digest per period.
     pub report_every: Duration,
     /// Environment failures in a row after which a file is quarantined.
@@ -89,7 +89,7 @@ fn release_stale(processing: &Path, landing: &Path, events: &Publisher) {
         // such a claim is from an earlier process that had the same pid — the
         // rule in a container, where the watcher is always pid 1.
         if h == host && (pid == std::process::id() || !alive(pid)) {
-            match crate::archive::move_into_as(&e.path(), landing, orig) {
+            match crate::ingest::archive::move_into_as(&e.path(), landing, orig) {
                 Ok(_) => {
                     let mut ev = Event::new(Kind::Released, orig);
                     ev.reason = Some(format!("claimed by process {pid}, which is gone"));
@@ -118,7 +118,7 @@ impl Refusal {
             .unwrap_or_default();
         let mut ev = Event::new(Kind::Refused, &name);
         ev.reason = Some(
-            crate::map::MapError::NotRegular {
+            crate::ingest::map::MapError::NotRegular {
                 path: self.path.clone(),
                 kind: self.kind,
             }
@@ -213,7 +213,7 @@ impl Queue {
     fn refuse(&mut self, p: PathBuf, m: &std::fs::Metadata) -> Option<Refusal> {
         self.pending.remove(&p);
         self.ready.retain(|r| r != &p);
-        let kind = crate::map::kind_name(m.file_type());
+        let kind = crate::ingest::map::kind_name(m.file_type());
         self.refused
             .insert((p.clone(), FileId::of(m)))
             .then_some(Refusal { path: p, kind })
@@ -374,7 +374,7 @@ impl Attempts {
 /// Moves a file that failed `history.len()` times in a row to `failed/`, with
 /// the history in `<file>.error.txt`.
 fn quarantine(c: &Claimed, failed_dir: &Path, history: &[String]) -> Result<PathBuf, String> {
-    let dest = crate::archive::move_read_file_into_as(&c.path, c.id, failed_dir, &c.name)
+    let dest = crate::ingest::archive::move_read_file_into_as(&c.path, c.id, failed_dir, &c.name)
         .map_err(|e| e.to_string())?;
     let mut text = format!(
         "file: {}\nquarantined: {}\nits load failed {} times in a row for reasons other than its content, while the database was reachable:\n",
@@ -388,7 +388,7 @@ fn quarantine(c: &Claimed, failed_dir: &Path, history: &[String]) -> Result<Path
         text.push('\n');
     }
     text.push_str("nothing from this file was committed. once the cause is fixed, move the file back to the landing directory.\n");
-    if let Err(e) = crate::archive::write_error(&dest, &text) {
+    if let Err(e) = crate::ingest::archive::write_error(&dest, &text) {
         tracing::error!("{}: could not write the error file: {e}", dest.display());
     }
     Ok(dest)
@@ -413,8 +413,8 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         .map_err(|e| SetupError::Io(format!("cannot create {}: {e}", processing.display())))?;
 
     let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
-    crate::points_writer::sweep(&mut client).await?;
-    crate::load::set_threads(cfg.settings.threads, cfg.settings.nice, &conninfo);
+    crate::analytics::points_writer::sweep(&mut client).await?;
+    crate::ingest::load::set_threads(cfg.settings.threads, cfg.settings.nice, &conninfo);
     let dims = Arc::new(database_dims(&conninfo, cfg.settings.max_new_names).await?);
     let (events, _events_task) = Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
@@ -604,12 +604,12 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                         backoff = Duration::ZERO;
                     }
                 }
-                progress.line(&crate::load::one_line(&report));
+                progress.line(&crate::ingest::load::one_line(&report));
                 if let Some(mail) = cfg.settings.mail.clone() {
                     if !matches!(report.status, Status::Error { .. }) {
                         if cfg.report_every.is_zero() {
                             mails.spawn(async move {
-                                crate::mail::deliver(&mail, std::slice::from_ref(&report)).await;
+                                crate::notify::mail::deliver(&mail, std::slice::from_ref(&report)).await;
                             });
                         } else {
                             digest.push(report);
@@ -626,7 +626,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                     let (conninfo, days) = (conninfo.clone(), cfg.settings.events_retention_days);
                     pruning.spawn(async move {
                         match db::connect(&conninfo).await {
-                            Ok(c) => crate::load::prune_events(&c, days).await,
+                            Ok(c) => crate::ingest::load::prune_events(&c, days).await,
                             Err(e) => tracing::warn!("cannot prune old events: {e}"),
                         }
                     });
@@ -641,7 +641,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                 digest_due = None;
                 if let Some(mail) = cfg.settings.mail.clone() {
                     let batch = std::mem::take(&mut digest);
-                    mails.spawn(async move { crate::mail::deliver(&mail, &batch).await; });
+                    mails.spawn(async move { crate::notify::mail::deliver(&mail, &batch).await; });
                 }
             },
             _ = term.recv() => stopping = signal(stopping, &in_flight_paths, &landing),
@@ -652,12 +652,12 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     pruning.abort_all();
     // The last events (the final ones of the files just finished) go to the
     // store before the process ends, within a bound.
-    if !events.flush(crate::load::FLUSH_WITHIN).await {
+    if !events.flush(crate::ingest::load::FLUSH_WITHIN).await {
         tracing::warn!("some ingestion events could not be stored before exiting");
     }
     if let (Some(mail), false) = (cfg.settings.mail.clone(), digest.is_empty()) {
         mails.spawn(async move {
-            crate::mail::deliver(&mail, &digest).await;
+            crate::notify::mail::deliver(&mail, &digest).await;
         });
     }
     // Give queued reports a bounded time to go out (they are on disk anyway).
@@ -704,7 +704,7 @@ fn claim(path: &Path, processing: &Path, queue: &mut Queue, events: &Publisher) 
 
 /// Puts a claimed file back in landing for another try (event `released`).
 fn release(c: &Claimed, landing: &Path, reason: &str, queue: &mut Queue, events: &Publisher) {
-    match crate::archive::move_read_file_into_as(&c.path, c.id, landing, &c.name) {
+    match crate::ingest::archive::move_read_file_into_as(&c.path, c.id, landing, &c.name) {
         Ok(back) => {
             let mut ev = Event::new(Kind::Released, &c.name);
             ev.reason = Some(reason.to_string());
@@ -718,10 +718,10 @@ fn release(c: &Claimed, landing: &Path, reason: &str, queue: &mut Queue, events:
 /// Moves a claimed entry that turned out not to be a regular file into
 /// `failed/` (renaming a link moves the link, never its target).
 fn set_aside(c: &Claimed, failed_dir: &Path, reason: &str) {
-    match crate::archive::move_into_as(&c.path, failed_dir, &c.name) {
+    match crate::ingest::archive::move_into_as(&c.path, failed_dir, &c.name) {
         Ok(dest) => {
             let text = format!("file: {}\nrefused: {reason}\nit was not read.\n", c.name);
-            if let Err(e) = crate::archive::write_error(&dest, &text) {
+            if let Err(e) = crate::ingest::archive::write_error(&dest, &text) {
                 tracing::error!("{}: could not write the error file: {e}", dest.display());
             }
         }
@@ -738,7 +738,7 @@ fn signal(stopping: bool, in_flight: &Mutex<HashSet<(PathBuf, String)>>, landing
     }
     if let Ok(set) = in_flight.lock() {
         for (claimed, name) in set.iter() {
-            let _ = crate::archive::move_into_as(claimed, landing, name);
+            let _ = crate::ingest::archive::move_into_as(claimed, landing, name);
         }
     }
     eprintln!("aborted: files in flight were rolled back and returned to the landing directory");

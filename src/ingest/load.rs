@@ -2,10 +2,10 @@
 //! dimension dictionaries), load up to `--jobs` files at a time, summarize.
 //! One file's failure is reported and the run goes on.
 
-use crate::copy::{load_file, LoadContext};
+use crate::db::dims::DimStore;
 use crate::db::{self, Target};
-use crate::dims::DimStore;
-use crate::report::{FileReport, Progress};
+use crate::ingest::copy::{load_file, LoadContext};
+use crate::notify::report::{FileReport, Progress};
 use futures_util::StreamExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub struct Settings {
     /// Nice value for this process's threads when the database is local.
     pub nice: i32,
     pub quiet: bool,
-    pub mail: Option<crate::mail::MailConfig>,
+    pub mail: Option<crate::notify::mail::MailConfig>,
     /// Days `ingestion_events` keeps (0: for ever); pruned by the loader.
     pub events_retention_days: u32,
 }
@@ -46,7 +46,7 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error(transparent)]
-    Discover(#[from] crate::discover::DiscoverError),
+    Discover(#[from] crate::ingest::discover::DiscoverError),
     #[error(transparent)]
     Db(#[from] db::DbError),
     #[error("{0}")]
@@ -84,7 +84,7 @@ pub fn set_threads(threads: Option<usize>, nice: i32, conninfo: &str) {
 /// CPU is left. At equal priority they take turns with that backend and
 /// delay it (15M rows with all rollups: 35.7 / 40.2 s at nice 10 against
 /// 38.0 / 41.9 s at 0, runs alternated). Against the server's own session
-/// this only works through the session's autogroup; see [`crate::session`].
+/// this only works through the session's autogroup; see [`crate::ingest::session`].
 fn lower_priority(nice: i32) {
     let tasks = match std::fs::read_dir("/proc/self/task") {
         Ok(t) => t,
@@ -124,7 +124,7 @@ pub async fn prepare(
     let layout = db::migrate(&mut client, chunk_interval).await?;
     tracing::debug!("schema ready ({layout:?}) at {}", db::describe(&conninfo));
     // Names left by files that did not commit (a crash, an outage).
-    crate::dims::reclaim(&conninfo, 1).await?;
+    crate::db::dims::reclaim(&conninfo, 1).await?;
     Ok((conninfo, client))
 }
 
@@ -132,12 +132,12 @@ pub async fn prepare(
 /// names through a dedicated autocommit connection, at most `max_new_names`
 /// per file.
 pub async fn database_dims(conninfo: &str, max_new_names: u64) -> Result<DimStore, db::DbError> {
-    crate::dims::from_database(conninfo, max_new_names).await
+    crate::db::dims::from_database(conninfo, max_new_names).await
 }
 
 /// Loads every file; returns one report per file.
 pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
-    let files = crate::discover::discover(&cfg.paths)?;
+    let files = crate::ingest::discover::discover(&cfg.paths)?;
     let progress = Arc::new(Progress::new(cfg.settings.quiet));
     if files.is_empty() {
         progress.line(&format!(
@@ -151,12 +151,12 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         return Ok(Vec::new());
     }
     let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
-    crate::points_writer::sweep(&mut client).await?;
+    crate::analytics::points_writer::sweep(&mut client).await?;
     prune_events(&client, cfg.settings.events_retention_days).await;
     set_threads(cfg.settings.threads, cfg.settings.nice, &conninfo);
     let dims = Arc::new(database_dims(&conninfo, cfg.settings.max_new_names).await?);
     let (events, events_task) =
-        crate::events::Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
+        crate::notify::events::Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
         conninfo,
         dims,
@@ -206,7 +206,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         .collect::<Vec<_>>()
         .await;
     // Names of this run's failed files that could not go while others loaded.
-    if let Err(e) = crate::dims::reclaim(&ctx.conninfo, 1).await {
+    if let Err(e) = crate::db::dims::reclaim(&ctx.conninfo, 1).await {
         tracing::warn!(
             "could not delete the names of failed files: {}",
             e.one_line()
@@ -215,10 +215,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     // Small files' rollups merged before the process ends (the background
     // compactor only merges what is worth it while files keep coming).
     if ctx.grid.is_some() {
-        match crate::compact::compact(
+        match crate::analytics::compact::compact(
             &ctx.conninfo,
-            crate::compact::Policy::All,
-            crate::compact::Wait::Yes,
+            crate::analytics::compact::Policy::All,
+            crate::analytics::compact::Wait::Yes,
         )
         .await
         {
@@ -236,7 +236,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     drop(ctx);
     let _ = tokio::time::timeout(FLUSH_WITHIN, events_task).await;
     if let Some(mail) = &cfg.settings.mail {
-        crate::mail::deliver(mail, &reports).await;
+        crate::notify::mail::deliver(mail, &reports).await;
     }
     Ok(reports)
 }
@@ -246,7 +246,7 @@ pub const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// Drops events past the retention period; a failure is logged, never fatal.
 pub async fn prune_events(client: &Client, days: u32) {
-    match crate::events::prune(client, days).await {
+    match crate::notify::events::prune(client, days).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("pruned {n} ingestion events older than {days} days"),
         Err(e) => tracing::warn!("{e}"),
@@ -254,7 +254,7 @@ pub async fn prune_events(client: &Client, days: u32) {
 }
 
 pub fn one_line(r: &FileReport) -> String {
-    use crate::report::Status;
+    use crate::notify::report::Status;
     let name = r.path.display();
     match &r.status {
         Status::Loaded => format!(

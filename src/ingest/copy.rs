@@ -2,21 +2,21 @@
 //! COPY of every encoded chunk in file order, ledger counts, COMMIT — then the
 //! file is archived. Any failure before COMMIT rolls the whole file back.
 
-use crate::archive::{self, RejectWriter};
-use crate::backlog;
-use crate::chunk::Chunker;
+use crate::analytics::points::{self, Spill};
+use crate::analytics::points_writer::{self, WriteError, Writer};
+use crate::analytics::rollup::Rollup;
+use crate::db::dims::{DimError, DimStore, Dims};
+use crate::db::ledger;
 use crate::db::{self, DbError, Fault};
-use crate::dims::{DimError, DimStore, Dims};
-use crate::encode::{encode_chunk, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
-use crate::events::{Event, Kind, Publisher};
-use crate::ledger;
-use crate::map::{self, Mapped};
-use crate::ordered;
-use crate::parse::{self, Header};
-use crate::points::{self, Spill};
-use crate::points_writer::{self, WriteError, Writer};
-use crate::report::{FileProgress, FileReport, Status};
-use crate::rollup::Rollup;
+use crate::ingest::archive::{self, RejectWriter};
+use crate::ingest::backlog;
+use crate::ingest::map::{self, Mapped};
+use crate::ingest::ordered;
+use crate::kernel::chunk::Chunker;
+use crate::kernel::encode::{encode_chunk, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
+use crate::kernel::parse::{self, Header};
+use crate::notify::events::{Event, Kind, Publisher};
+use crate::notify::report::{FileProgress, FileReport, Status};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ pub struct LoadContext {
     pub loaded_by: String,
     pub events: Publisher,
     /// Maintain the rollups (grid read from the database) in each file's transaction.
-    pub grid: Option<crate::rollup::Grid>,
+    pub grid: Option<crate::analytics::rollup::Grid>,
     /// Input bytes per segment of cell points (see [`points_writer`]).
     pub points_segment_bytes: usize,
     /// Bytes of encoded trips that may wait on disk (see [`backlog`]).
@@ -313,7 +313,7 @@ pub async fn load_file(
                 Ok(dest) => {
                     let text = format!(
                         "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
-                        crate::excerpt::quoted(&path.display().to_string()),
+                        crate::kernel::excerpt::quoted(&path.display().to_string()),
                         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
                         if rejected > 0 {
                             "the bad lines are listed in the .rejects.csv file beside this one.\nfix them (or raise --max-rejects) and move the file back to the landing directory.\n"
@@ -400,7 +400,7 @@ async fn load_in_transaction(
     // Names the failed file registered go (once no other file is loading).
     if let (Err(_), Some(dims)) = (&result, left.dims_of) {
         if dims.registered() > 0 {
-            if let Err(e) = crate::dims::reclaim(&ctx.conninfo, 20).await {
+            if let Err(e) = crate::db::dims::reclaim(&ctx.conninfo, 20).await {
                 tracing::warn!(
                     "{name}: could not delete the names it registered: {}",
                     e.one_line()
@@ -463,9 +463,9 @@ async fn load_inner(
         tracing::warn!(
             "{}: ignoring extra column(s): {}",
             path.display(),
-            crate::excerpt::excerpt(
+            crate::kernel::excerpt::excerpt(
                 header.ignored.join(", ").as_bytes(),
-                crate::excerpt::MESSAGE_BYTES
+                crate::kernel::excerpt::MESSAGE_BYTES
             )
         );
     }
@@ -676,7 +676,7 @@ async fn load_inner(
         if let Err(abort) = write_rollups(&tx, file_id, r).await {
             return Err(fail_with(abort, done));
         }
-        if done.rows < crate::compact::SMALL_FILE_TRIPS {
+        if done.rows < crate::analytics::compact::SMALL_FILE_TRIPS {
             if let Err(e) = tx
                 .execute(
                     "INSERT INTO rollup_uncompacted (file_id) VALUES ($1)",
@@ -707,8 +707,8 @@ async fn load_inner(
     if let Err(e) = tx.commit().await {
         return Err(fail_with(classify(e, "COMMIT"), done));
     }
-    if ctx.grid.is_some() && done.rows < crate::compact::SMALL_FILE_TRIPS {
-        crate::compact::after_commit(&ctx.conninfo);
+    if ctx.grid.is_some() && done.rows < crate::analytics::compact::SMALL_FILE_TRIPS {
+        crate::analytics::compact::after_commit(&ctx.conninfo);
     }
     done.rows = copied;
     Ok(done)
@@ -724,7 +724,7 @@ struct EncodeStage {
     depth: usize,
     file_id: i32,
     label: String,
-    grid: Option<crate::rollup::Grid>,
+    grid: Option<crate::analytics::rollup::Grid>,
     /// Encoded trips with the input bytes and rows they stand for.
     out: backlog::Sender<(u64, u64)>,
     /// Where full segments of cell points go, and their size in input bytes.
@@ -732,17 +732,17 @@ struct EncodeStage {
 }
 
 /// Encoded trips of one file as they wait on disk: only the bytes that vary
-/// from row to row ([`crate::encode::pack_tuples`]).
+/// from row to row ([`crate::kernel::encode::pack_tuples`]).
 struct PackedTrips {
     file_id: i32,
 }
 
 impl backlog::DiskForm for PackedTrips {
     fn pack(&self, buf: &[u8], out: &mut Vec<u8>) {
-        crate::encode::pack_tuples(buf, out);
+        crate::kernel::encode::pack_tuples(buf, out);
     }
     fn unpack(&self, packed: &[u8], out: &mut Vec<u8>) {
-        crate::encode::unpack_tuples(packed, self.file_id, out);
+        crate::kernel::encode::unpack_tuples(packed, self.file_id, out);
     }
 }
 
@@ -759,8 +759,8 @@ struct Lines {
 enum Verdict {
     /// More bad lines than `--max-rejects`: parsing goes on to list them all.
     TooManyRejects,
-    /// A record that fails the file ([`crate::record::RecordError`]): parsing stops.
-    Broken(crate::record::RecordError),
+    /// A record that fails the file ([`crate::kernel::record::RecordError`]): parsing stops.
+    Broken(crate::kernel::record::RecordError),
 }
 
 /// The failure reason for a file that parsed to a [`Verdict`].
@@ -812,7 +812,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
     let mut segments = segments;
     let file_bytes = mapped.bytes().len();
     let segment_bytes = segments.as_ref().map(|(_, seg)| *seg);
-    let spill_for = |consumed: usize, grid: crate::rollup::Grid| {
+    let spill_for = |consumed: usize, grid: crate::analytics::rollup::Grid| {
         let bytes = match segment_bytes {
             Some(seg) => (file_bytes - consumed.min(file_bytes)).min(seg),
             None => file_bytes,
@@ -861,10 +861,10 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         let mapped = Arc::clone(&mapped);
         let header = Arc::clone(&header);
         let failing = Arc::clone(&failing);
-        move |r: std::ops::Range<usize>| -> Result<crate::encode::Encoded, DimError> {
-            let dict: &dyn crate::encode::Dictionary =
+        move |r: std::ops::Range<usize>| -> Result<crate::kernel::encode::Encoded, DimError> {
+            let dict: &dyn crate::kernel::encode::Dictionary =
                 if failing.load(std::sync::atomic::Ordering::Relaxed) {
-                    &crate::encode::NoDictionary
+                    &crate::kernel::encode::NoDictionary
                 } else {
                     &*dims
                 };

@@ -1,6 +1,10 @@
 //! Database access: which database to use, connecting with errors that say
 //! what to do, and the versioned, idempotent schema migrations in `sql/`.
 
+pub mod dims;
+pub mod ledger;
+pub mod pgtls;
+
 use crate::embedded::Embedded;
 use std::path::{Path, PathBuf};
 use tokio_postgres::Client;
@@ -16,7 +20,7 @@ pub enum DbError {
     #[error("invalid database connection string: {0}\n  hint: use e.g. postgresql://user:password@host:5432/dbname or 'host=/path/to/socket user=me dbname=trips'")]
     BadUrl(String),
     #[error("invalid TLS settings in the database connection string: {0}\n  hint: see sslmode and sslrootcert in the README's TLS section")]
-    Tls(#[from] crate::pgtls::SpecError),
+    Tls(#[from] crate::db::pgtls::SpecError),
     #[error("PostGIS is not installed on the PostgreSQL server at {target}\n  hint: install it on the server, e.g. `apt-get install -y postgresql-{major}-postgis-3`, then run the command again")]
     NoPostgis { target: String, major: String },
     #[error("{context}: {}\n  hint: {}", error_text(.source), advice(.source))]
@@ -279,7 +283,7 @@ pub fn is_local(conninfo: &str) -> bool {
 
 /// The tokio-postgres view of a connection string (TLS settings taken out).
 fn parse_config(conninfo: &str) -> Option<tokio_postgres::Config> {
-    let spec = crate::pgtls::ConnSpec::parse(conninfo).ok()?;
+    let spec = crate::db::pgtls::ConnSpec::parse(conninfo).ok()?;
     spec.rest.parse().ok()
 }
 
@@ -288,7 +292,7 @@ pub type Connection = tokio_postgres::Connection<
     tokio_postgres::Socket,
     <Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
 >;
-pub use crate::pgtls::Tls;
+pub use crate::db::pgtls::Tls;
 
 /// Connects and drives the connection on the runtime.
 pub async fn connect(conninfo: &str) -> Result<Client, DbError> {
@@ -301,12 +305,12 @@ pub async fn connect(conninfo: &str) -> Result<Client, DbError> {
     Ok(client)
 }
 
-/// Connects with libpq's `sslmode` rules (see [`crate::pgtls`]): `prefer`
+/// Connects with libpq's `sslmode` rules (see [`crate::db::pgtls`]): `prefer`
 /// falls back to an unencrypted session when TLS fails or the server turns
 /// the TLS session away, `allow` tries TLS when the server turns the
 /// unencrypted one away; the other modes make one attempt.
 pub async fn open(conninfo: &str) -> Result<(Client, Connection), DbError> {
-    use crate::pgtls::{ConnSpec, SslMode};
+    use crate::db::pgtls::{ConnSpec, SslMode};
     use tokio_postgres::config::SslMode as Wire;
     let spec = ConnSpec::parse(conninfo)?;
     let mut cfg: tokio_postgres::Config = spec
@@ -394,7 +398,7 @@ fn handshake_started(tls: &Tls) -> bool {
 /// SQLSTATE, the TLS handshake's error, or the socket's.
 fn connect_error(
     conninfo: &str,
-    spec: &crate::pgtls::ConnSpec,
+    spec: &crate::db::pgtls::ConnSpec,
     has_password: bool,
     e: &tokio_postgres::Error,
     tls: &Tls,
@@ -407,8 +411,8 @@ fn connect_error(
         .map(|s| (s.started, s.error.clone()))
         .unwrap_or_default();
     let roots = match spec.roots() {
-        Some(crate::pgtls::Roots::File(p)) => format!("sslrootcert {}", p.display()),
-        Some(crate::pgtls::Roots::System) => "the system's roots".into(),
+        Some(crate::db::pgtls::Roots::File(p)) => format!("sslrootcert {}", p.display()),
+        Some(crate::db::pgtls::Roots::System) => "the system's roots".into(),
         None => "no root".into(),
     };
     let hint: String = if let Some(code) = e.code() {
@@ -484,65 +488,65 @@ struct Migration {
 const CORE: Migration = Migration {
     version: 1,
     name: "core",
-    sql: include_str!("../sql/001_core.sql"),
+    sql: include_str!("../../sql/001_core.sql"),
 };
 /// Plain SQL migrations applied after the time layout, in order.
 const LATER: &[Migration] = &[
     Migration {
         version: 3,
         name: "ingestion events",
-        sql: include_str!("../sql/003_events.sql"),
+        sql: include_str!("../../sql/003_events.sql"),
     },
     Migration {
         version: 4,
         name: "rollups",
-        sql: include_str!("../sql/004_rollups.sql"),
+        sql: include_str!("../../sql/004_rollups.sql"),
     },
     Migration {
         version: 6,
         name: "cell points",
-        sql: include_str!("../sql/006_cell_points.sql"),
+        sql: include_str!("../../sql/006_cell_points.sql"),
     },
     // Drops cell points of the older layout, then (re)creates and backfills.
     Migration {
         version: 7,
         name: "cell points with latitude positions",
         sql: concat!(
-            include_str!("../sql/007_cell_points_lat_pos.sql"),
-            include_str!("../sql/006_cell_points.sql")
+            include_str!("../../sql/007_cell_points_lat_pos.sql"),
+            include_str!("../../sql/006_cell_points.sql")
         ),
     },
     Migration {
         version: 8,
         name: "cell points written beside the file's transaction",
-        sql: include_str!("../sql/008_cell_points_pending.sql"),
+        sql: include_str!("../../sql/008_cell_points_pending.sql"),
     },
     Migration {
         version: 9,
         name: "cell points as order-preserving keys",
-        sql: include_str!("../sql/009_cell_points_keys.sql"),
+        sql: include_str!("../../sql/009_cell_points_keys.sql"),
     },
     Migration {
         version: 10,
         name: "names of files that did not commit are pending and reclaimable",
-        sql: include_str!("../sql/010_dim_names_pending.sql"),
+        sql: include_str!("../../sql/010_dim_names_pending.sql"),
     },
     Migration {
         version: 11,
         name: "event retention and watch attempts",
-        sql: include_str!("../sql/011_events_retention.sql"),
+        sql: include_str!("../../sql/011_events_retention.sql"),
     },
     Migration {
         version: 12,
         name: "cell points in one table; compaction of small files",
-        sql: include_str!("../sql/012_cell_points_one_table.sql"),
+        sql: include_str!("../../sql/012_cell_points_one_table.sql"),
     },
 ];
 /// Query functions: replaced on every migrate, so they follow the binary.
-const FUNCTIONS: &str = include_str!("../sql/005_queries.sql");
+const FUNCTIONS: &str = include_str!("../../sql/005_queries.sql");
 
 /// The grid the rollups use (fixed when the schema was created).
-pub async fn grid(client: &Client) -> Result<crate::rollup::Grid, DbError> {
+pub async fn grid(client: &Client) -> Result<crate::analytics::rollup::Grid, DbError> {
     let row = client
         .query_one(
             "SELECT coalesce(tripload_setting('grid_deg'), 0.01), coalesce(tripload_setting('tod_bucket_seconds'), 3600)",
@@ -550,13 +554,13 @@ pub async fn grid(client: &Client) -> Result<crate::rollup::Grid, DbError> {
         )
         .await
         .map_err(query_err("reading the grid settings"))?;
-    Ok(crate::rollup::Grid {
+    Ok(crate::analytics::rollup::Grid {
         deg: row.get(0),
         bucket_secs: row.get::<_, f64>(1) as i64,
     })
 }
-const LAYOUT_TIMESCALE: &str = include_str!("../sql/002_time_layout_timescaledb.sql");
-const LAYOUT_PLAIN: &str = include_str!("../sql/002_time_layout_plain.sql");
+const LAYOUT_TIMESCALE: &str = include_str!("../../sql/002_time_layout_timescaledb.sql");
+const LAYOUT_PLAIN: &str = include_str!("../../sql/002_time_layout_plain.sql");
 
 /// Applies pending migrations; safe to run concurrently from several loaders.
 /// `chunk_interval` (e.g. "7 days") is used when the hypertable is created.
@@ -582,7 +586,7 @@ pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLa
         });
     }
     // Before the migration's one transaction, which could not lock them all.
-    crate::points_writer::absorb_segment_tables(client).await?;
+    crate::analytics::points_writer::absorb_segment_tables(client).await?;
     let tx = client
         .transaction()
         .await

@@ -11,15 +11,15 @@
 //! - per region and datasource: counts and latest datetime (the bonus questions);
 //! - per side (origin/destination), cell and week: trip counts (the cells
 //!   wholly inside a bounding box; the cells its edge crosses are counted
-//!   from the exact coordinates kept by [`crate::points`]).
+//!   from the exact coordinates kept by [`crate::analytics::points`]).
 //!
 //! Keys carry the file id, so concurrent files never touch the same rows;
 //! the rows of small files are later merged into rows with file id 0 by
-//! [`crate::compact`].
+//! [`crate::analytics::compact`].
 //! Every map is bounded by regions × datasources × cells × weeks, never by
 //! the number of rows.
 
-use crate::points::Pt;
+use crate::analytics::points::Pt;
 use rustc_hash::FxHashMap as HashMap;
 use std::fmt::Write as _;
 
@@ -177,7 +177,7 @@ impl PartialEq for WeekCounts {
 pub type CellWeeks = HashMap<(u8, i32, i32), WeekCounts>;
 
 /// Adds to `cells` the points of `pts` grouped as
-/// [`crate::points::Scratch::group`] returns them (each cell contiguous,
+/// [`crate::analytics::points::Scratch::group`] returns them (each cell contiguous,
 /// sorted by week within it; `lens` the cells' lengths): one map lookup per
 /// cell and one count per week, instead of a lookup per point.
 pub fn count_grouped(cells: &mut CellWeeks, pts: &[Pt], lens: &[usize]) {
@@ -220,7 +220,7 @@ pub struct Rollup {
     /// only appends (a chunk spreads its trips over thousands of cells, so
     /// counting them per chunk costs a cache miss and an allocation per
     /// trip). The loader sends them, with their coordinates, to the file's
-    /// [`crate::points::Spill`], and its cell points writer counts them once
+    /// [`crate::analytics::points::Spill`], and its cell points writer counts them once
     /// it has sorted them by cell and week ([`count_grouped`]); [`Rollup::merge`]
     /// counts them here, for callers without that writer.
     pub pending: Vec<Pt>,
@@ -384,8 +384,8 @@ mod tests {
     #[test]
     fn weeks_start_on_monday_utc() {
         // 2018-05-28 was a Monday; 2018-06-03 a Sunday.
-        let monday = crate::parse::parse_datetime(b"2018-05-28 00:00:00").unwrap();
-        let sunday = crate::parse::parse_datetime(b"2018-06-03 23:59:59").unwrap();
+        let monday = crate::kernel::parse::parse_datetime(b"2018-05-28 00:00:00").unwrap();
+        let sunday = crate::kernel::parse::parse_datetime(b"2018-06-03 23:59:59").unwrap();
         assert_eq!(week_of(monday), week_of(sunday));
         assert_eq!(day(week_of(sunday)), "2018-05-28");
         assert_eq!(day(week_of(monday - 1)), "2018-05-21");
@@ -398,7 +398,7 @@ mod tests {
         assert_eq!(g.cell(14.4973), 1449);
         assert_eq!(g.cell(-0.001), -1);
         assert_eq!(
-            g.bucket(crate::parse::parse_datetime(b"2018-05-28 09:03:40").unwrap()),
+            g.bucket(crate::kernel::parse::parse_datetime(b"2018-05-28 09:03:40").unwrap()),
             9
         );
     }
@@ -500,7 +500,7 @@ mod tests {
             bounds.extend([0, pts.len()]);
             bounds.sort_unstable();
             let mut total = CellWeeks::default();
-            let mut scratch = crate::points::Scratch::default();
+            let mut scratch = crate::analytics::points::Scratch::default();
             for seg in bounds.windows(2) {
                 let mut cells = CellWeeks::default();
                 let (grouped, lens) = scratch.group(&pts[seg[0]..seg[1]]);

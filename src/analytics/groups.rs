@@ -2,8 +2,8 @@
 //! destination cell and time-of-day bucket — largest first, through the SQL
 //! function `trip_groups` (`sql/005_queries.sql`), printed as a table, JSON or CSV.
 
+use crate::analytics::weekly::{By, Format};
 use crate::db::{self, query_err, DbError};
-use crate::weekly::{By, Format};
 
 /// What to group and how.
 #[derive(Debug, Clone)]
@@ -131,7 +131,7 @@ pub fn render(q: &Query, cell: f64, groups: &[Group], format: Format) -> String 
                 .collect();
             let mut rows = vec![header.map(String::from)];
             rows.extend(body);
-            for line in crate::report::aligned(&rows, |j| j == 0) {
+            for line in crate::notify::report::aligned(&rows, |j| j == 0) {
                 s.push_str(&line);
             }
             if groups.is_empty() {

@@ -2,7 +2,7 @@
 //! `rollup_cell_points`, in segments of the file (`--points-segment-mib`),
 //! each segment one COPY (its own transaction). With the default (4 GiB) a
 //! product-sized file is one segment, written once its last chunk is parsed:
-//! parsing runs ahead of the trips' COPY (see [`crate::backlog`]), so this
+//! parsing runs ahead of the trips' COPY (see [`crate::ingest::backlog`]), so this
 //! happens while the file's own backend is still copying the trips; smaller
 //! segments overlap more of the trips' COPY but multiply the (cell, week)
 //! fragments that a bounding-box query reads (see [`SEGMENT_MIB`]). Segments
@@ -11,7 +11,7 @@
 //! Every file writes into the one table (no table per file or segment: the
 //! number of relations, and of locks a query takes, does not grow with the
 //! files), and a file's rows are found by the `file_id` index, to delete
-//! them or (for small files) to merge them ([`crate::compact`]).
+//! them or (for small files) to merge them ([`crate::analytics::compact`]).
 //!
 //! Those rows commit before the file's transaction does, so three rules keep
 //! them exactly as consistent as rows of that transaction
@@ -27,10 +27,10 @@
 //!   segment that was going to commit has, then re-check the ledger in a new
 //!   snapshot: a committed file's cell points are never deleted.
 
+use crate::analytics::points::{self, Spill};
+use crate::analytics::rollup::{self, CellWeeks};
 use crate::db::{self, query_err, DbError};
-use crate::encode::{COPY_HEADER, COPY_TRAILER};
-use crate::points::{self, Spill};
-use crate::rollup::{self, CellWeeks};
+use crate::kernel::encode::{COPY_HEADER, COPY_TRAILER};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
@@ -214,7 +214,7 @@ async fn copy_segment(
         .await
         .map_err(db_err(what))?;
     // Closes rx when the COPY fails, which stops the producer.
-    let copy_error = crate::copy::forward(&mut sink, rx).await;
+    let copy_error = crate::ingest::copy::forward(&mut sink, rx).await;
     let cells = match task.await {
         Err(e) => return Err(WriteError::Task(e.to_string())),
         Ok(Err(source)) => {

@@ -19,7 +19,7 @@
 //! file's fault ([`DimError::TooManyNew`]).
 
 use crate::db::{self, query_err, DbError, Fault};
-use crate::encode::Dictionary;
+use crate::kernel::encode::Dictionary;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI16, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

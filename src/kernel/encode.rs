@@ -6,8 +6,8 @@
 //! for each field an i32 length and the value in the type's `recv` format;
 //! geometry goes as EWKB (little-endian point with SRID 4326).
 
-use crate::parse::{parse_trip, Header, RowError, RowFault};
-use crate::record::{check_record, next_record, Fields, RecordError};
+use crate::kernel::parse::{parse_trip, Header, RowError, RowFault};
+use crate::kernel::record::{check_record, next_record, Fields, RecordError};
 use geo_types::Point;
 
 /// Columns in the order the tuples carry them.
@@ -69,7 +69,7 @@ const VARYING: [(usize, usize); 5] = [(6, 2), (12, 2), (27, 16), (56, 16), (76, 
 
 /// Packs whole tuples made by [`encode_trip`] into [`PACKED_BYTES`] each,
 /// appended to `out`: what waits on disk for the COPY (see
-/// [`crate::backlog`]) takes less than half the bytes, and every byte there
+/// [`crate::ingest::backlog`]) takes less than half the bytes, and every byte there
 /// is a page the kernel must find, fill and read back.
 pub fn pack_tuples(tuples: &[u8], out: &mut Vec<u8>) {
     debug_assert_eq!(tuples.len() % TUPLE_BYTES, 0);
@@ -110,8 +110,8 @@ pub fn unpack_tuples(packed: &[u8], file_id: i32, out: &mut Vec<u8>) {
 
 /// Resolves dimension names to the smallint ids stored in `trips`.
 pub trait Dictionary: Sync {
-    fn region_id(&self, name: &str) -> Result<i16, crate::dims::DimError>;
-    fn datasource_id(&self, name: &str) -> Result<i16, crate::dims::DimError>;
+    fn region_id(&self, name: &str) -> Result<i16, crate::db::dims::DimError>;
+    fn datasource_id(&self, name: &str) -> Result<i16, crate::db::dims::DimError>;
 }
 
 /// The names a chunk has already resolved, looked up before the shared
@@ -131,8 +131,8 @@ impl NameCache {
     fn get(
         cache: &mut Vec<(String, i16)>,
         name: &str,
-        resolve: impl FnOnce(&str) -> Result<i16, crate::dims::DimError>,
-    ) -> Result<i16, crate::dims::DimError> {
+        resolve: impl FnOnce(&str) -> Result<i16, crate::db::dims::DimError>,
+    ) -> Result<i16, crate::db::dims::DimError> {
         if let Some(&(_, id)) = cache.iter().find(|(n, _)| *n == name) {
             return Ok(id);
         }
@@ -143,7 +143,11 @@ impl NameCache {
         Ok(id)
     }
 
-    fn region(&mut self, name: &str, dict: &dyn Dictionary) -> Result<i16, crate::dims::DimError> {
+    fn region(
+        &mut self,
+        name: &str,
+        dict: &dyn Dictionary,
+    ) -> Result<i16, crate::db::dims::DimError> {
         Self::get(&mut self.regions, name, |n| dict.region_id(n))
     }
 
@@ -151,7 +155,7 @@ impl NameCache {
         &mut self,
         name: &str,
         dict: &dyn Dictionary,
-    ) -> Result<i16, crate::dims::DimError> {
+    ) -> Result<i16, crate::db::dims::DimError> {
         Self::get(&mut self.sources, name, |n| dict.datasource_id(n))
     }
 }
@@ -179,10 +183,10 @@ pub struct Reject {
 pub struct NoDictionary;
 
 impl Dictionary for NoDictionary {
-    fn region_id(&self, _: &str) -> Result<i16, crate::dims::DimError> {
+    fn region_id(&self, _: &str) -> Result<i16, crate::db::dims::DimError> {
         Ok(0)
     }
-    fn datasource_id(&self, _: &str) -> Result<i16, crate::dims::DimError> {
+    fn datasource_id(&self, _: &str) -> Result<i16, crate::db::dims::DimError> {
         Ok(0)
     }
 }
@@ -207,7 +211,7 @@ pub struct Encoded {
     /// Bytes of input the chunk covered.
     pub bytes: usize,
     /// Aggregates of the chunk's trips (when rollups are maintained).
-    pub rollup: crate::rollup::Rollup,
+    pub rollup: crate::analytics::rollup::Rollup,
 }
 
 /// Frames, validates and encodes every record of `chunk` (which starts and
@@ -220,8 +224,8 @@ pub fn encode_chunk(
     header: &Header,
     file_id: i32,
     dict: &dyn Dictionary,
-    grid: Option<&crate::rollup::Grid>,
-) -> Result<Encoded, crate::dims::DimError> {
+    grid: Option<&crate::analytics::rollup::Grid>,
+) -> Result<Encoded, crate::db::dims::DimError> {
     let mut out = Encoded {
         tuples: Vec::with_capacity(chunk.len() / 100 * TUPLE_BYTES + TUPLE_BYTES),
         bytes: chunk.len(),
@@ -342,12 +346,12 @@ pub fn encode_in_chunks(
     header: &Header,
     target: usize,
     dict: &dyn Dictionary,
-) -> Result<FileOutcome, crate::dims::DimError> {
+) -> Result<FileOutcome, crate::db::dims::DimError> {
     let mut out = FileOutcome {
         lines: header.lines_before_data,
         ..FileOutcome::default()
     };
-    let chunks = crate::chunk::Chunker::new(buf, header.data_start, target)
+    let chunks = crate::kernel::chunk::Chunker::new(buf, header.data_start, target)
         .max_record_bytes(header.max_record_bytes);
     for r in chunks {
         let enc = encode_chunk(&buf[r], header, 1, dict, None)?;
@@ -447,8 +451,8 @@ mod tests {
             ));
         }
         let buf = csv.into_bytes();
-        let header = crate::parse::parse_header(&buf).unwrap();
-        let dims = crate::dims::Dims::in_memory();
+        let header = crate::kernel::parse::parse_header(&buf).unwrap();
+        let dims = crate::db::dims::Dims::in_memory();
         let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
         assert_eq!(e.rows, 200);
         assert!(e.rejects.is_empty());
@@ -460,10 +464,10 @@ mod tests {
         }
     }
 
-    fn encode_all(buf: &[u8], max: usize) -> (crate::parse::Header, Encoded) {
-        let mut header = crate::parse::parse_header(buf).unwrap();
+    fn encode_all(buf: &[u8], max: usize) -> (crate::kernel::parse::Header, Encoded) {
+        let mut header = crate::kernel::parse::parse_header(buf).unwrap();
         header.max_record_bytes = max;
-        let dims = crate::dims::Dims::in_memory();
+        let dims = crate::db::dims::Dims::in_memory();
         let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
         (header, e)
     }
@@ -561,8 +565,8 @@ mod tests {
                     b"Turin,POINT (7.6 45.0),POINT (7.7 45.1),2018-05-29 11:00:00,x\xff\n",
                 );
             }
-            let header = crate::parse::parse_header(&buf).unwrap();
-            let dims = crate::dims::Dims::in_memory();
+            let header = crate::kernel::parse::parse_header(&buf).unwrap();
+            let dims = crate::db::dims::Dims::in_memory();
             let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
             assert_eq!(e.rows, 3, "with a non-UTF-8 row: {bad}");
             for (t, (region, source)) in e.tuples.chunks(TUPLE_BYTES).zip(names) {
@@ -577,7 +581,7 @@ mod tests {
                 assert_eq!(e.rejects[0].line, 4);
                 assert_eq!(
                     e.rejects[0].fault.column,
-                    Some(crate::parse::Column::Datasource)
+                    Some(crate::kernel::parse::Column::Datasource)
                 );
                 assert_eq!(e.rejects[0].fault.error, RowError::NotUtf8);
             } else {

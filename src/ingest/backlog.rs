@@ -21,7 +21,7 @@
 //! only through a host fault, about 2.5 s of CPU per GB (a 2 GB `dd` into
 //! new pages: 5.4 s; into pages freed a moment before: 0.5 s). Two things
 //! keep that down: buffers go to disk in a packed form ([`DiskForm`]; for
-//! trips less than half the bytes, [`crate::encode::pack_tuples`]), and
+//! trips less than half the bytes, [`crate::kernel::encode::pack_tuples`]), and
 //! what the consumer has read is punched out of the file at once, so its
 //! pages are free again while they are still cheap to reuse, by the
 //! server's growing table among others.

@@ -92,7 +92,7 @@ impl Event {
             event,
             file: file.to_string(),
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            host: crate::load::hostname(),
+            host: crate::ingest::load::hostname(),
             pid: std::process::id(),
             size_bytes: None,
             bytes_done: None,

@@ -5,7 +5,7 @@
 //! path still names that same file (device and inode): whatever replaced it
 //! meanwhile stays where it is.
 
-use crate::encode::Reject;
+use crate::kernel::encode::Reject;
 use std::fs::File;
 use std::io::BufWriter;
 use std::os::unix::fs::OpenOptionsExt;
@@ -41,11 +41,11 @@ pub enum MoveError {
 /// two system calls.)
 pub fn move_read_file_into_as(
     file: &Path,
-    id: crate::map::FileId,
+    id: crate::ingest::map::FileId,
     dir: &Path,
     name: &str,
 ) -> Result<PathBuf, MoveError> {
-    if !crate::map::same_file(file, id) {
+    if !crate::ingest::map::same_file(file, id) {
         return Err(MoveError::Replaced {
             path: file.to_path_buf(),
         });
@@ -155,8 +155,8 @@ pub fn mode_like(input: &Path) -> u32 {
 
 /// Writes rejects as CSV (`file,line,column,reason,raw`) while the file loads;
 /// created lazily so clean files leave no empty rejects file. The raw column
-/// is an escaped excerpt ([`crate::excerpt`]) of the record's first
-/// [`crate::encode::RAW_EXCERPT_BYTES`]; the file stops growing at `cap`
+/// is an escaped excerpt ([`crate::kernel::excerpt`]) of the record's first
+/// [`crate::kernel::encode::RAW_EXCERPT_BYTES`]; the file stops growing at `cap`
 /// bytes. It is written under a unique temporary name and takes the input's
 /// permissions (at most).
 pub struct RejectWriter {
@@ -242,7 +242,8 @@ impl RejectWriter {
         if self.written >= self.cap {
             return Ok(());
         }
-        let mut raw = crate::excerpt::excerpt(&r.raw, crate::encode::RAW_EXCERPT_BYTES);
+        let mut raw =
+            crate::kernel::excerpt::excerpt(&r.raw, crate::kernel::encode::RAW_EXCERPT_BYTES);
         if r.raw_len > r.raw.len() && !raw.ends_with(" bytes in all]") {
             raw.push_str(&format!("…[{} bytes in all]", r.raw_len));
         }
@@ -344,9 +345,9 @@ mod tests {
         Reject {
             line,
             lines: 1,
-            fault: crate::parse::RowFault {
-                column: Some(crate::parse::Column::Region),
-                error: crate::parse::RowError::Empty,
+            fault: crate::kernel::parse::RowFault {
+                column: Some(crate::kernel::parse::Column::Region),
+                error: crate::kernel::parse::RowError::Empty,
             },
             raw: raw.to_vec(),
             raw_len: raw.len(),

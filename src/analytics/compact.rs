@@ -39,10 +39,10 @@
 //! recomputed from its trips, from the compacted rows under the same lock:
 //! see docs/architecture.md, "Compaction".
 
+use crate::analytics::points::{self, Pt, StoredRow};
+use crate::analytics::rollup::{self, CellWeeks};
 use crate::db::{self, query_err, DbError};
-use crate::encode::{COPY_HEADER, COPY_TRAILER};
-use crate::points::{self, Pt, StoredRow};
-use crate::rollup::{self, CellWeeks};
+use crate::kernel::encode::{COPY_HEADER, COPY_TRAILER};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use std::sync::{Arc, OnceLock};

@@ -106,7 +106,7 @@ impl Progress {
             rows: AtomicU64::new(0),
             start: Instant::now(),
             last_log: Mutex::new(Instant::now()),
-            events: crate::events::Publisher::disabled(),
+            events: crate::notify::events::Publisher::disabled(),
             last_event: Mutex::new(Instant::now()),
         }
     }
@@ -122,7 +122,7 @@ pub struct FileProgress {
     rows: AtomicU64,
     start: Instant,
     last_log: Mutex<Instant>,
-    events: crate::events::Publisher,
+    events: crate::notify::events::Publisher,
     last_event: Mutex<Instant>,
 }
 
@@ -142,7 +142,7 @@ fn event_every() -> Duration {
 
 impl FileProgress {
     /// Also publish `progress` events for this file.
-    pub fn with_events(mut self, events: crate::events::Publisher) -> Self {
+    pub fn with_events(mut self, events: crate::notify::events::Publisher) -> Self {
         self.events = events;
         self
     }
@@ -153,7 +153,10 @@ impl FileProgress {
         if let Ok(mut last) = self.last_event.lock() {
             if last.elapsed() >= event_every() {
                 *last = Instant::now();
-                let mut e = crate::events::Event::new(crate::events::Kind::Progress, &self.name);
+                let mut e = crate::notify::events::Event::new(
+                    crate::notify::events::Kind::Progress,
+                    &self.name,
+                );
                 e.size_bytes = Some(self.size);
                 e.bytes_done = Some(b);
                 e.rows = Some(r);

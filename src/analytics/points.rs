@@ -9,7 +9,7 @@
 //! cell is two binary searches over at most [`MAX_PER_ROW`] sorted keys in
 //! one heap row (`cell_point_keys_le`/`_lt` in `sql/005_queries.sql`).
 //!
-//! A file's rows carry its `file_id`; [`crate::compact`] reads the rows of
+//! A file's rows carry its `file_id`; [`crate::analytics::compact`] reads the rows of
 //! small files back ([`decode_row`]) and merges them into full rows with
 //! `file_id` 0.
 //!
@@ -32,7 +32,7 @@
 //! partition whatever the file size. After the trips' COPY each partition is sorted and encoded as
 //! binary COPY rows. Everything here but [`Spill`] is pure.
 
-use crate::rollup::{Grid, DESTINATION, ORIGIN};
+use crate::analytics::rollup::{Grid, DESTINATION, ORIGIN};
 use std::cmp::Ordering;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
@@ -54,7 +54,7 @@ pub struct Pt {
 /// in the low bit; the cell is computed again from the coordinates when it
 /// is read back (the same [`Grid`], the same numbers, the same cell). Every
 /// byte spilled is a page of memory the kernel must find (see
-/// [`crate::backlog`] on what new pages cost); the full 32-byte point
+/// [`crate::ingest::backlog`] on what new pages cost); the full 32-byte point
 /// spilled 1.6x as much.
 const PT_BYTES: usize = 20;
 
@@ -565,7 +565,7 @@ mod tests {
 
     #[test]
     fn the_sql_searches_cover_a_full_row() {
-        let sql = include_str!("../sql/005_queries.sql");
+        let sql = include_str!("../../sql/005_queries.sql");
         assert!(sql.contains(&format!("cell_point_search(op, -1, 128, {MAX_PER_ROW})")));
     }
 

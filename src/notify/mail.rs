@@ -3,7 +3,7 @@
 //! (`<file>.report.txt`), and a mail server that is down or refuses us is
 //! logged and retried, never failing or blocking a load.
 
-use crate::report::{FileReport, Status};
+use crate::notify::report::{FileReport, Status};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::time::Duration;
@@ -362,7 +362,7 @@ pub fn write_beside(reports: &[FileReport]) {
     for r in reports {
         let Some(at) = &r.now_at else { continue };
         let text = format!("{}\n\n{}", subject(std::slice::from_ref(r)), file_text(r));
-        if let Err(e) = crate::archive::write_sidecar(at, "report.txt", &text) {
+        if let Err(e) = crate::ingest::archive::write_sidecar(at, "report.txt", &text) {
             tracing::warn!("cannot write the report beside {}: {e}", at.display());
         }
     }

@@ -3,7 +3,7 @@
 //! from the event table.
 
 use crate::db::{self, query_err, DbError};
-use crate::events::{Event, CHANNEL};
+use crate::notify::events::{Event, CHANNEL};
 use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 

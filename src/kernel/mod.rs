@@ -1,0 +1,15 @@
+//! The pure kernel: bytes in, values out, no I/O and no database.
+//!
+//! ```text
+//! file bytes ──chunk──▶ chunks on record boundaries
+//!            ──record─▶ records (RFC 4180 framing, fields)
+//!            ──parse──▶ typed trips, or a rejected line with its reason
+//!            ──encode─▶ binary COPY buffers (+ the chunk's rollup partials)
+//! ```
+//! [`excerpt`] bounds and escapes any raw input shown to people.
+
+pub mod chunk;
+pub mod encode;
+pub mod excerpt;
+pub mod parse;
+pub mod record;
