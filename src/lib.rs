@@ -3,7 +3,7 @@
 //! weekly averages for a region or a bounding box.
 //!
 //! Folders by domain; dependencies point one way
-//! (`cli` → `ingest`/`analytics`/`notify` → `db` → `kernel`):
+//! (`cmd` → `ingest`/`analytics`/`notify` → `db` → `kernel`):
 //!
 //! - [`kernel`]: the pure core — chunk, record, parse, encode (bytes in, values out).
 //! - [`ingest`]: discover → map → kernel → backlog → copy (the file's
@@ -16,7 +16,7 @@
 //!   database URL is given.
 
 pub mod analytics;
-pub mod cli;
+pub mod cmd;
 pub mod db;
 pub mod embedded;
 pub mod gen;

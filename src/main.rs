@@ -1,6 +1,8 @@
 //! The `tripload` binary: parse the command line once, run, map the outcome
 //! to an exit code (see `tripload --help`).
 
+use clap::Parser;
+
 fn main() -> std::process::ExitCode {
-    tripload::cli::main()
+    tripload::cmd::run(tripload::cmd::Cli::parse())
 }

@@ -420,7 +420,7 @@ fn env_flags(help: &str) -> BTreeMap<String, (String, bool)> {
 /// The command line as the binary will parse it (no `--help`): a missing
 /// subcommand or argument, or a value its flag rejects, is an error here.
 fn parses(args: &[String]) -> Result<(), String> {
-    tripload::cli::Cli::try_parse_from(
+    tripload::cmd::Cli::try_parse_from(
         std::iter::once("tripload".to_string()).chain(args.iter().cloned()),
     )
     .map(|_| ())
@@ -476,9 +476,9 @@ fn check_command(label: &str, args: &[String], problems: &mut Vec<String>) -> Op
 
 /// The reason tripload reads a variable that is not a clap `[env: ...]`.
 fn read_outside_clap(name: &str) -> Option<&'static str> {
-    // The log filter: EnvFilter::try_from_env("TRIPLOAD_LOG") in src/cli.rs.
-    (name == "TRIPLOAD_LOG" && read("src/cli.rs").contains("try_from_env(\"TRIPLOAD_LOG\")"))
-        .then_some("the log filter (src/cli.rs)")
+    // The log filter: EnvFilter::try_from_env("TRIPLOAD_LOG") in src/cmd/mod.rs.
+    (name == "TRIPLOAD_LOG" && read("src/cmd/mod.rs").contains("try_from_env(\"TRIPLOAD_LOG\")"))
+        .then_some("the log filter (src/cmd/mod.rs)")
 }
 
 /// A service that runs the image built from the Dockerfile.

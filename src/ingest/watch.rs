@@ -394,9 +394,13 @@ fn quarantine(c: &Claimed, failed_dir: &Path, history: &[String]) -> Result<Path
     Ok(dest)
 }
 
+/// Exit code of a watcher aborted by a second SIGINT/SIGTERM: files in
+/// flight were rolled back and returned to landing.
+pub const EXIT_ABORTED: u8 = 130;
+
 /// Runs until SIGINT/SIGTERM. A first signal stops claiming and lets the files
 /// in flight finish, then stores the last events; a second returns them to
-/// landing and exits at once with [`crate::cli::EXIT_ABORTED`] (the database
+/// landing and exits at once with [`EXIT_ABORTED`] (the database
 /// rolls back their open transactions).
 pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     let landing = cfg.landing.clone();
@@ -730,7 +734,7 @@ fn set_aside(c: &Claimed, failed_dir: &Path, reason: &str) {
 }
 
 /// First signal: stop claiming. Second: return claimed files and exit now
-/// with [`crate::cli::EXIT_ABORTED`].
+/// with [`EXIT_ABORTED`].
 fn signal(stopping: bool, in_flight: &Mutex<HashSet<(PathBuf, String)>>, landing: &Path) -> bool {
     if !stopping {
         eprintln!("stopping: no new files are taken; waiting for the files in flight (signal again to abort them)");
@@ -742,7 +746,7 @@ fn signal(stopping: bool, in_flight: &Mutex<HashSet<(PathBuf, String)>>, landing
         }
     }
     eprintln!("aborted: files in flight were rolled back and returned to the landing directory");
-    std::process::exit(i32::from(crate::cli::EXIT_ABORTED))
+    std::process::exit(i32::from(EXIT_ABORTED))
 }
 
 #[cfg(test)]

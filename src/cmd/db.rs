@@ -1,0 +1,118 @@
+//! `tripload db`: migrate the schema, start/stop the embedded server, print
+//! its URL, build the optional spatial indexes, compact the rollups.
+
+use super::{EXIT_OK, EXIT_SETUP};
+use crate::db::Target;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create or upgrade the schema (also done automatically before a load).
+    Migrate {
+        /// TimescaleDB chunk interval for a new hypertable.
+        #[arg(long, default_value = "7 days")]
+        chunk_interval: String,
+    },
+    /// Start the embedded PostgreSQL server (initialising it on first use).
+    Start,
+    /// Stop the embedded PostgreSQL server.
+    Stop,
+    /// Print the connection string of the database in use (for psql). For
+    /// the embedded database: its Unix socket, no password needed.
+    Url {
+        /// Embedded database: print a TCP URL instead (the server must listen
+        /// there, see --pg-tcp); it names the password file (passfile=),
+        /// never the password.
+        #[arg(long)]
+        tcp: bool,
+    },
+    /// Build indexes after loading: --spatial adds GiST indexes on origin and
+    /// destination for ad-hoc spatial SQL (they slow later loads: drop them
+    /// before a large load).
+    Index {
+        #[arg(long, required = true)]
+        spatial: bool,
+    },
+    /// Merge the rollup rows of small files (loaded since the last
+    /// compaction) into compacted rows; loads and watch do this by themselves.
+    Compact,
+}
+
+pub async fn run(cmd: DbCommand, target: Target) -> u8 {
+    match db_command(cmd, target).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_SETUP
+        }
+    }
+}
+
+async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Migrate { chunk_interval } => {
+            let (conninfo, _) = crate::ingest::load::prepare(&target, &chunk_interval).await?;
+            println!("schema is up to date at {}", crate::db::describe(&conninfo));
+        }
+        DbCommand::Start => {
+            let conninfo = target.resolve().await?;
+            println!("{conninfo}");
+        }
+        DbCommand::Stop => {
+            let Some(dir) = target.embedded_dir() else {
+                anyhow::bail!("DATABASE_URL is set: tripload only stops its own embedded server");
+            };
+            let dir = dir.to_path_buf();
+            let stopped =
+                tokio::task::spawn_blocking(move || crate::embedded::Embedded::stop(&dir))
+                    .await??;
+            println!("{}", if stopped { "stopped" } else { "not running" });
+        }
+        DbCommand::Index { .. } => {
+            let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+            let client = crate::db::connect(&conninfo).await?;
+            let start = std::time::Instant::now();
+            client
+                .batch_execute(
+                    "CREATE INDEX IF NOT EXISTS trips_origin_gist ON trips USING gist (origin);
+                     CREATE INDEX IF NOT EXISTS trips_destination_gist ON trips USING gist (destination);
+                     ANALYZE trips;",
+                )
+                .await?;
+            println!(
+                "spatial indexes on trips(origin) and trips(destination) ready in {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        DbCommand::Compact => {
+            let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+            let start = std::time::Instant::now();
+            let c = crate::analytics::compact::compact(
+                &conninfo,
+                crate::analytics::compact::Policy::All,
+                crate::analytics::compact::Wait::Yes,
+            )
+            .await?
+            .unwrap_or_default();
+            println!("{c} in {:.1} s", start.elapsed().as_secs_f64());
+        }
+        DbCommand::Url { tcp: false } => {
+            let conninfo = target.resolve().await?;
+            println!("{conninfo}");
+        }
+        DbCommand::Url { tcp: true } => {
+            let Target::Embedded { dir, tcp } = &target else {
+                anyhow::bail!("--tcp is for the embedded database; DATABASE_URL is set");
+            };
+            let emb = crate::db::start_embedded(dir, *tcp).await?;
+            let Some(url) = emb.tcp_url(crate::db::EMBEDDED_DB) else {
+                anyhow::bail!(
+                    "the embedded server does not listen on TCP; start it with --pg-tcp \
+                     (or TRIPLOAD_PG_TCP=1), e.g. `tripload db start --pg-tcp`"
+                );
+            };
+            println!("{url}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! `tripload watch`: load the files that land in a directory as they arrive,
+//! until SIGINT/SIGTERM.
+
+use super::load::LoadOptions;
+use super::{setup_error, EXIT_OK};
+use crate::db::Target;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The landing directory to watch; processing/, processed/ and failed/ are
+    /// created beside it.
+    #[arg(default_value = "data/landing")]
+    pub landing: PathBuf,
+    /// Seconds a file written in place must keep its size and mtime before it
+    /// is taken (files renamed into the directory are taken at once).
+    #[arg(long, env = "TRIPLOAD_QUIET_PERIOD", default_value_t = 2.0)]
+    pub quiet_period: f64,
+    /// Mail one digest of the files finished in each period of this many
+    /// seconds instead of one report per file (0: one per file).
+    #[arg(long, env = "TRIPLOAD_REPORT_EVERY", default_value_t = 0)]
+    pub report_every: u64,
+    /// A file whose load fails this many times in a row for reasons that are
+    /// not its content (while the database is reachable) is quarantined:
+    /// moved to failed/ with the history of its attempts in <file>.error.txt.
+    #[arg(long, env = "TRIPLOAD_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    #[command(flatten)]
+    pub opts: LoadOptions,
+}
+
+pub async fn run(args: WatchArgs, target: Target) -> u8 {
+    if !args.quiet_period.is_finite() || args.quiet_period < 0.0 {
+        return setup_error("--quiet-period must be a number of seconds, not negative");
+    }
+    let settings = match args.opts.settings() {
+        Ok(s) => s,
+        Err(e) => return setup_error(e),
+    };
+    let cfg = crate::ingest::watch::WatchConfig {
+        target,
+        landing: args.landing,
+        quiet_period: std::time::Duration::from_secs_f64(args.quiet_period),
+        report_every: std::time::Duration::from_secs(args.report_every),
+        max_attempts: args.max_attempts,
+        settings,
+    };
+    match crate::ingest::watch::run(cfg).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => setup_error(e),
+    }
+}
