@@ -285,15 +285,6 @@ pub struct LoadOptions {
     /// core fewer when it runs on this machine, leaving a core to its COPY).
     #[arg(long, env = "TRIPLOAD_THREADS")]
     pub threads: Option<usize>,
-    /// CPU priority (nice value, 0-19) of tripload when the database runs on
-    /// this machine: the server's COPY of the trips is what a load waits for,
-    /// and parsing and the cell points run ahead of it. 0 keeps normal
-    /// priority. Ignored for a remote database. Where the kernel groups
-    /// processes by session (autogroups, the Linux default) the load runs as
-    /// a child in a session of its own with this nice value; signals to
-    /// tripload are passed on to it.
-    #[arg(long, env = "TRIPLOAD_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub nice: i32,
     /// No progress output; only the summary table and errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -344,7 +335,6 @@ impl LoadOptions {
             failed_dir: self.failed_dir,
             chunk_interval: self.chunk_interval,
             threads: self.threads,
-            nice: self.nice,
             quiet: self.quiet,
             mail,
             events_retention_days: self.events_retention_days,
@@ -422,20 +412,6 @@ pub struct GenArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let nice = match &cli.command {
-        Command::Load(l) => Some(l.opts.nice),
-        Command::Watch(w) => Some(w.opts.nice),
-        _ => None,
-    };
-    if let Some(nice) = nice {
-        let local = match cli.db.target() {
-            Target::Embedded { .. } => true,
-            Target::Url(u) => crate::db::is_local(&u),
-        };
-        if let Some(code) = crate::ingest::session::enter(nice, local) {
-            return code;
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
