@@ -206,6 +206,11 @@ pub struct LoadArgs {
     /// *.part, *.tmp and dotfiles).
     #[arg(default_value = "data/landing")]
     pub paths: Vec<PathBuf>,
+    /// Load the trips without maintaining the rollups and cell points, to
+    /// measure what they cost (benches/compare.sh). Weekly and bounding-box
+    /// answers then do not count these files.
+    #[arg(long)]
+    pub no_rollups: bool,
     #[command(flatten)]
     pub opts: LoadOptions,
 }
@@ -288,6 +293,10 @@ pub struct LoadOptions {
     /// No progress output; only the summary table and errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Milliseconds between two `progress` events of a file (published on
+    /// `tripload_events`, shown by `status --follow`).
+    #[arg(long, env = "TRIPLOAD_PROGRESS_EVERY_MS", default_value_t = crate::notify::report::EVENT_EVERY_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_every_ms: u64,
     /// Email ingestion reports through this server: smtps://user:pass@host:port
     /// (TLS), or smtp://user:pass@host:port (STARTTLS required when the URL
     /// has a password, used when offered when not; ?tls=required,
@@ -336,6 +345,7 @@ impl LoadOptions {
             chunk_interval: self.chunk_interval,
             threads: self.threads,
             quiet: self.quiet,
+            progress_every: std::time::Duration::from_millis(self.progress_every_ms),
             mail,
             events_retention_days: self.events_retention_days,
         })
@@ -481,6 +491,7 @@ async fn run(cli: Cli) -> u8 {
                 target,
                 paths: l.paths,
                 settings,
+                rollups: !l.no_rollups,
             };
             match crate::ingest::load::run(cfg).await {
                 Ok(reports) => {

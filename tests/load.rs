@@ -609,3 +609,22 @@ fn a_file_changed_while_loading_is_rolled_back() {
         .read("failed/growing.csv.error.txt")
         .contains("changed while it was being loaded"));
 }
+
+/// `--no-rollups` loads the trips alone (what benches/compare.sh measures
+/// against) and says what the answers then miss.
+#[test]
+fn no_rollups_loads_the_trips_alone_and_says_so() {
+    let db = fresh_db();
+    let w = Work::new();
+    w.land("a.csv", &tripload::gen::trips_csv(5_000, 31));
+    let out = tripload(&w, &db, &["load", "landing", "--no-rollups"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.trips(), 5_000);
+    assert_eq!(db.count("SELECT count(*) FROM rollup_region_week"), 0);
+    assert_eq!(db.count("SELECT count(*) FROM rollup_cell_points"), 0);
+    assert!(
+        stderr(&out).contains("will not count these files"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -17,6 +17,9 @@ pub struct LoadConfig {
     pub target: Target,
     pub paths: Vec<PathBuf>,
     pub settings: Settings,
+    /// Maintain the rollups (`--no-rollups` turns them off, to measure
+    /// what they cost).
+    pub rollups: bool,
 }
 
 /// How files are loaded; shared by `load` and `watch`.
@@ -35,6 +38,8 @@ pub struct Settings {
     pub chunk_interval: String,
     pub threads: Option<usize>,
     pub quiet: bool,
+    /// Time between two `progress` events of a file (`--progress-every-ms`).
+    pub progress_every: std::time::Duration,
     pub mail: Option<crate::notify::mail::MailConfig>,
     /// Days `ingestion_events` keeps (0: for ever); pruned by the loader.
     pub events_retention_days: u32,
@@ -92,7 +97,7 @@ pub async fn database_dims(conninfo: &str, max_new_names: u64) -> Result<DimStor
 /// Loads every file; returns one report per file.
 pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     let files = crate::ingest::discover::discover(&cfg.paths)?;
-    let progress = Arc::new(Progress::new(cfg.settings.quiet));
+    let progress = Arc::new(Progress::new(cfg.settings.quiet, cfg.settings.progress_every));
     if files.is_empty() {
         progress.line(&format!(
             "no files to load in {}",
@@ -129,13 +134,11 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
             hostname()
         ),
         events,
-        grid: if std::env::var_os("TRIPLOAD_BENCH_NO_ROLLUPS").is_some() {
-            // Only for measuring what the rollups cost (benches/rollup-cost.sh):
-            // the files loaded this way are missing from every weekly answer.
-            tracing::warn!("TRIPLOAD_BENCH_NO_ROLLUPS is set: not maintaining the rollups; weekly and bounding-box answers will not count these files");
-            None
-        } else {
+        grid: if cfg.rollups {
             Some(db::grid(&client).await?)
+        } else {
+            tracing::warn!("--no-rollups: weekly and bounding-box answers will not count these files");
+            None
         },
     });
     let reports = futures_util::stream::iter(files)
