@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end comparison, side by side in one run on one machine and server:
 #   tripload load            (this project)
-#   tripload, no rollups     (TRIPLOAD_BENCH_NO_ROLLUPS=1: what the rollups and
+#   tripload, no rollups     (load --no-rollups: what the rollups and
 #                             cell points cost at load time)
 #   psql \copy (FORMAT csv)  (the reference solution's approach: CSV into a
 #                             table with natural columns, WKT parsed by the server)
@@ -76,11 +76,10 @@ run_tripload() {
   # The copy's dirty pages would otherwise be written back during the load.
   sync
   local s e s0; s0=$(server_cpu); s=$(date +%s.%N)
-  if [ "$key" = tripload_no_rollups ]; then export TRIPLOAD_BENCH_NO_ROLLUPS=1; fi
-  local bin=$TL; [ "$key" = baseline ] && bin=$BASELINE_TL
-  /usr/bin/time -f '%M %U %S' -o "$OUT/rss" "$bin" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" >/dev/null 2>"$OUT/tripload.err" \
+  local bin=$TL extra=(); [ "$key" = baseline ] && bin=$BASELINE_TL
+  [ "$key" = tripload_no_rollups ] && extra=(--no-rollups)
+  /usr/bin/time -f '%M %U %S' -o "$OUT/rss" "$bin" load "$OUT/landing/in.csv" --quiet --processed-dir "$OUT/processed" "${extra[@]}" >/dev/null 2>"$OUT/tripload.err" \
     || { cat "$OUT/tripload.err" >&2; exit 1; }
-  unset TRIPLOAD_BENCH_NO_ROLLUPS
   e=$(date +%s.%N); rm -rf "$OUT/processed"
   SCPU[$key]+="$(calc "$(server_cpu) - $s0") "
   [ "$(psql_ -c 'SELECT count(*) FROM trips')" = "$ROWS" ] || { echo "tripload loaded a wrong row count" >&2; exit 1; }

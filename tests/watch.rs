@@ -187,8 +187,11 @@ fn status_follow_receives_claimed_progress_committed_in_order() {
         }
     });
     std::thread::sleep(Duration::from_millis(800));
-    let child = tripload_cmd(&w, &db, &["watch", "landing", "--quiet"])
-        .env("TRIPLOAD_PROGRESS_EVERY_MS", "50")
+    let child = tripload_cmd(
+        &w,
+        &db,
+        &["watch", "landing", "--quiet", "--progress-every-ms", "50"],
+    )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -52,10 +52,8 @@ pub struct Pt {
 
 /// Bytes of a spilled [`Pt`]: its coordinates and its week with the side
 /// in the low bit; the cell is computed again from the coordinates when it
-/// is read back (the same [`Grid`], the same numbers, the same cell). Every
-/// byte spilled is a page of memory the kernel must find (see
-/// [`crate::ingest::backlog`] on what new pages cost); the full 32-byte point
-/// spilled 1.6x as much.
+/// is read back (the same [`Grid`], the same numbers, the same cell). The
+/// full 32-byte point spilled 1.6x as much.
 const PT_BYTES: usize = 20;
 
 /// Points per row: two runs of 140 keys, 140 position bytes and a week

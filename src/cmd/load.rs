@@ -15,6 +15,11 @@ pub struct LoadArgs {
     /// *.part, *.tmp and dotfiles).
     #[arg(default_value = "data/landing")]
     pub paths: Vec<PathBuf>,
+    /// Load the trips without maintaining the rollups and cell points, to
+    /// measure what they cost (benches/compare.sh). Weekly and bounding-box
+    /// answers then do not count these files.
+    #[arg(long)]
+    pub no_rollups: bool,
     #[command(flatten)]
     pub opts: LoadOptions,
 }
@@ -71,18 +76,13 @@ pub struct LoadOptions {
     /// core fewer when it runs on this machine, leaving a core to its COPY).
     #[arg(long, env = "TRIPLOAD_THREADS")]
     pub threads: Option<usize>,
-    /// CPU priority (nice value, 0-19) of tripload when the database runs on
-    /// this machine: the server's COPY of the trips is what a load waits for,
-    /// and parsing and the cell points run ahead of it. 0 keeps normal
-    /// priority. Ignored for a remote database. Where the kernel groups
-    /// processes by session (autogroups, the Linux default) the load runs as
-    /// a child in a session of its own with this nice value; signals to
-    /// tripload are passed on to it.
-    #[arg(long, env = "TRIPLOAD_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub nice: i32,
     /// No progress output; only the summary table and errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Milliseconds between two `progress` events of a file (published on
+    /// `tripload_events`, shown by `status --follow`).
+    #[arg(long, env = "TRIPLOAD_PROGRESS_EVERY_MS", default_value_t = crate::notify::report::EVENT_EVERY_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_every_ms: u64,
     /// Email ingestion reports through this server: smtps://user:pass@host:port
     /// (TLS), or smtp://user:pass@host:port (STARTTLS required when the URL
     /// has a password, used when offered when not; ?tls=required,
@@ -130,8 +130,8 @@ impl LoadOptions {
             failed_dir: self.failed_dir,
             chunk_interval: self.chunk_interval,
             threads: self.threads,
-            nice: self.nice,
             quiet: self.quiet,
+            progress_every: std::time::Duration::from_millis(self.progress_every_ms),
             mail,
             events_retention_days: self.events_retention_days,
         })
@@ -167,6 +167,7 @@ pub async fn run(args: LoadArgs, target: Target) -> u8 {
         target,
         paths: args.paths,
         settings,
+        rollups: !args.no_rollups,
     };
     match crate::ingest::load::run(cfg).await {
         Ok(reports) => {

@@ -146,23 +146,9 @@ pub enum Command {
 }
 
 /// Runs a parsed command line to its exit code (used by `main.rs`): logging,
-/// the process session of `load`/`watch`, the async runtime, the subcommand.
+/// the async runtime, the subcommand.
 pub fn run(cli: Cli) -> ExitCode {
     init_tracing();
-    let nice = match &cli.command {
-        Command::Load(l) => Some(l.opts.nice),
-        Command::Watch(w) => Some(w.opts.nice),
-        _ => None,
-    };
-    if let Some(nice) = nice {
-        let local = match cli.db.target() {
-            Target::Embedded { .. } => true,
-            Target::Url(u) => crate::db::is_local(&u),
-        };
-        if let Some(code) = crate::ingest::session::enter(nice, local) {
-            return code;
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

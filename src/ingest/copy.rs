@@ -534,14 +534,9 @@ async fn load_inner(
     } else {
         0
     };
-    // A few chunks' worth in memory, as the bounded channel it replaces;
-    // packed on disk.
-    let (qtx, qrx) = backlog::channel_with::<(u64, u64)>(
-        4 * ctx.chunk_bytes,
-        disk,
-        std::env::temp_dir(),
-        Some(Box::new(PackedTrips { file_id })),
-    );
+    // A few chunks' worth in memory, the rest on disk.
+    let (qtx, qrx) =
+        backlog::channel::<(u64, u64)>(4 * ctx.chunk_bytes, disk, std::env::temp_dir());
     let (btx, brx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let reader = {
         let progress = Arc::clone(progress);
@@ -729,21 +724,6 @@ struct EncodeStage {
     out: backlog::Sender<(u64, u64)>,
     /// Where full segments of cell points go, and their size in input bytes.
     segments: Option<(tokio::sync::mpsc::Sender<Spill>, usize)>,
-}
-
-/// Encoded trips of one file as they wait on disk: only the bytes that vary
-/// from row to row ([`crate::kernel::encode::pack_tuples`]).
-struct PackedTrips {
-    file_id: i32,
-}
-
-impl backlog::DiskForm for PackedTrips {
-    fn pack(&self, buf: &[u8], out: &mut Vec<u8>) {
-        crate::kernel::encode::pack_tuples(buf, out);
-    }
-    fn unpack(&self, packed: &[u8], out: &mut Vec<u8>) {
-        crate::kernel::encode::unpack_tuples(packed, self.file_id, out);
-    }
 }
 
 /// How the lines of a parsed file add up: `rows + rejected + blank + header`

@@ -17,6 +17,9 @@ pub struct LoadConfig {
     pub target: Target,
     pub paths: Vec<PathBuf>,
     pub settings: Settings,
+    /// Maintain the rollups (`--no-rollups` turns them off, to measure
+    /// what they cost).
+    pub rollups: bool,
 }
 
 /// How files are loaded; shared by `load` and `watch`.
@@ -34,9 +37,9 @@ pub struct Settings {
     pub failed_dir: Option<PathBuf>,
     pub chunk_interval: String,
     pub threads: Option<usize>,
-    /// Nice value for this process's threads when the database is local.
-    pub nice: i32,
     pub quiet: bool,
+    /// Time between two `progress` events of a file (`--progress-every-ms`).
+    pub progress_every: std::time::Duration,
     pub mail: Option<crate::notify::mail::MailConfig>,
     /// Days `ingestion_events` keeps (0: for ever); pruned by the loader.
     pub events_retention_days: u32,
@@ -53,10 +56,8 @@ pub enum SetupError {
     Io(String),
 }
 
-/// Sizes the rayon pool once per process (see `--threads`) and, when the
-/// database runs on this machine, lowers this process's CPU priority (see
-/// `--nice`).
-pub fn set_threads(threads: Option<usize>, nice: i32, conninfo: &str) {
+/// Sizes the rayon pool once per process (see `--threads`).
+pub fn set_threads(threads: Option<usize>, conninfo: &str) {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -70,48 +71,6 @@ pub fn set_threads(threads: Option<usize>, nice: i32, conninfo: &str) {
         .num_threads(threads)
         .build_global();
     tracing::info!("{} parser thread(s)", rayon::current_num_threads());
-    if nice > 0 && db::is_local(conninfo) {
-        lower_priority(nice);
-    }
-}
-
-/// Sets the nice value of every thread of this process; threads started
-/// later inherit it from the thread that starts them.
-///
-/// Why: with the database on this machine, a load waits for the server's
-/// COPY of the trips (one backend, a core's worth of work), while the parser
-/// and the cell points run ahead of it through the backlog and can use what
-/// CPU is left. At equal priority they take turns with that backend and
-/// delay it (15M rows with all rollups: 35.7 / 40.2 s at nice 10 against
-/// 38.0 / 41.9 s at 0, runs alternated). Against the server's own session
-/// this only works through the session's autogroup; see [`crate::ingest::session`].
-fn lower_priority(nice: i32) {
-    let tasks = match std::fs::read_dir("/proc/self/task") {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!("cannot list this process's threads to lower their priority: {e}");
-            return;
-        }
-    };
-    for task in tasks.flatten() {
-        let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<libc::id_t>().ok())
-        else {
-            continue;
-        };
-        // On Linux PRIO_PROCESS with a thread id sets that thread alone.
-        // Raising one's own nice value needs no privilege.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
-        if rc != 0 {
-            tracing::warn!(
-                "cannot lower the priority of thread {tid}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    tracing::debug!("nice {nice}: the local database's COPY comes first");
 }
 
 /// Connects, migrates, and returns the connection string.
@@ -138,7 +97,7 @@ pub async fn database_dims(conninfo: &str, max_new_names: u64) -> Result<DimStor
 /// Loads every file; returns one report per file.
 pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     let files = crate::ingest::discover::discover(&cfg.paths)?;
-    let progress = Arc::new(Progress::new(cfg.settings.quiet));
+    let progress = Arc::new(Progress::new(cfg.settings.quiet, cfg.settings.progress_every));
     if files.is_empty() {
         progress.line(&format!(
             "no files to load in {}",
@@ -153,7 +112,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
     crate::analytics::points_writer::sweep(&mut client).await?;
     prune_events(&client, cfg.settings.events_retention_days).await;
-    set_threads(cfg.settings.threads, cfg.settings.nice, &conninfo);
+    set_threads(cfg.settings.threads, &conninfo);
     let dims = Arc::new(database_dims(&conninfo, cfg.settings.max_new_names).await?);
     let (events, events_task) =
         crate::notify::events::Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
@@ -175,13 +134,11 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
             hostname()
         ),
         events,
-        grid: if std::env::var_os("TRIPLOAD_BENCH_NO_ROLLUPS").is_some() {
-            // Only for measuring what the rollups cost (benches/rollup-cost.sh):
-            // the files loaded this way are missing from every weekly answer.
-            tracing::warn!("TRIPLOAD_BENCH_NO_ROLLUPS is set: not maintaining the rollups; weekly and bounding-box answers will not count these files");
-            None
-        } else {
+        grid: if cfg.rollups {
             Some(db::grid(&client).await?)
+        } else {
+            tracing::warn!("--no-rollups: weekly and bounding-box answers will not count these files");
+            None
         },
     });
     let reports = futures_util::stream::iter(files)

@@ -15,5 +15,4 @@ pub mod discover;
 pub mod load;
 pub mod map;
 pub mod ordered;
-pub mod session;
 pub mod watch;

@@ -418,7 +418,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
 
     let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
     crate::analytics::points_writer::sweep(&mut client).await?;
-    crate::ingest::load::set_threads(cfg.settings.threads, cfg.settings.nice, &conninfo);
+    crate::ingest::load::set_threads(cfg.settings.threads, &conninfo);
     let dims = Arc::new(database_dims(&conninfo, cfg.settings.max_new_names).await?);
     let (events, _events_task) = Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
     let ctx = Arc::new(LoadContext {
@@ -451,7 +451,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         grid: Some(db::grid(&client).await?),
     });
     let mut attempts = Attempts::start(&conninfo, client, cfg.max_attempts).await;
-    let progress = Arc::new(Progress::new(cfg.settings.quiet));
+    let progress = Arc::new(Progress::new(cfg.settings.quiet, cfg.settings.progress_every));
     release_stale(&processing, &landing, &events);
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();

@@ -57,57 +57,6 @@ pub fn encode_trip(
     buf.extend_from_slice(&file_id.to_be_bytes());
 }
 
-/// Bytes of a tuple in its packed form ([`pack_tuples`]): only what varies
-/// from row to row.
-pub const PACKED_BYTES: usize = 2 + 2 + 16 + 16 + 8;
-
-/// Where the varying parts of an encoded tuple sit: (offset, length) of the
-/// region id, the datasource id, the origin's and the destination's
-/// coordinates, and the datetime. Everything else (field count, lengths,
-/// EWKB headers, the file id) is the same in every tuple of a file.
-const VARYING: [(usize, usize); 5] = [(6, 2), (12, 2), (27, 16), (56, 16), (76, 8)];
-
-/// Packs whole tuples made by [`encode_trip`] into [`PACKED_BYTES`] each,
-/// appended to `out`: what waits on disk for the COPY (see
-/// [`crate::ingest::backlog`]) takes less than half the bytes, and every byte there
-/// is a page the kernel must find, fill and read back.
-pub fn pack_tuples(tuples: &[u8], out: &mut Vec<u8>) {
-    debug_assert_eq!(tuples.len() % TUPLE_BYTES, 0);
-    out.reserve(tuples.len() / TUPLE_BYTES * PACKED_BYTES);
-    for t in tuples.chunks_exact(TUPLE_BYTES) {
-        for (at, len) in VARYING {
-            out.extend_from_slice(&t[at..at + len]);
-        }
-    }
-}
-
-/// The inverse of [`pack_tuples`] for tuples of `file_id`: appends the
-/// encoded tuples to `out`.
-pub fn unpack_tuples(packed: &[u8], file_id: i32, out: &mut Vec<u8>) {
-    debug_assert_eq!(packed.len() % PACKED_BYTES, 0);
-    let mut template = Vec::with_capacity(TUPLE_BYTES);
-    encode_trip(
-        &mut template,
-        0,
-        0,
-        Point::new(0.0, 0.0),
-        Point::new(0.0, 0.0),
-        PG_EPOCH_OFFSET_US,
-        file_id,
-    );
-    out.reserve(packed.len() / PACKED_BYTES * TUPLE_BYTES);
-    for p in packed.chunks_exact(PACKED_BYTES) {
-        let start = out.len();
-        out.extend_from_slice(&template);
-        let t = &mut out[start..];
-        let mut from = 0;
-        for (at, len) in VARYING {
-            t[at..at + len].copy_from_slice(&p[from..from + len]);
-            from += len;
-        }
-    }
-}
-
 /// Resolves dimension names to the smallint ids stored in `trips`.
 pub trait Dictionary: Sync {
     fn region_id(&self, name: &str) -> Result<i16, crate::db::dims::DimError>;
@@ -403,39 +352,6 @@ mod tests {
             &[0, 0, 0, 0, 0, 0, 0, 7]
         );
         assert_eq!(&buf[buf.len() - 4..], &9i32.to_be_bytes());
-    }
-
-    proptest::proptest! {
-        /// Packing keeps every byte that varies: unpacked tuples are the
-        /// ones encoded, whatever the values (negative ids, -0.0, NaN bits,
-        /// extreme datetimes).
-        #[test]
-        fn packed_tuples_unpack_to_the_encoded_ones(
-            rows in proptest::collection::vec(
-                (proptest::prelude::any::<(i16, i16, u64, u64, u64, u64)>(),
-                 proptest::prelude::any::<i64>()),
-                0..40),
-            file_id in proptest::prelude::any::<i32>(),
-        ) {
-            let mut tuples = Vec::new();
-            for ((r, d, ox, oy, dx, dy), t) in &rows {
-                encode_trip(
-                    &mut tuples,
-                    *r,
-                    *d,
-                    Point::new(f64::from_bits(*ox), f64::from_bits(*oy)),
-                    Point::new(f64::from_bits(*dx), f64::from_bits(*dy)),
-                    (*t).max(i64::MIN + PG_EPOCH_OFFSET_US),
-                    file_id,
-                );
-            }
-            let mut packed = Vec::new();
-            pack_tuples(&tuples, &mut packed);
-            proptest::prop_assert_eq!(packed.len(), rows.len() * PACKED_BYTES);
-            let mut back = Vec::new();
-            unpack_tuples(&packed, file_id, &mut back);
-            proptest::prop_assert_eq!(back, tuples);
-        }
     }
 
     #[test]

@@ -62,13 +62,21 @@ impl FileReport {
 pub struct Progress {
     multi: Option<MultiProgress>,
     quiet: bool,
+    /// Time between two `progress` events of a file.
+    event_every: Duration,
 }
 
 impl Progress {
-    pub fn new(quiet: bool) -> Self {
+    /// Progress output (none when `quiet`), and a `progress` event per file
+    /// every `event_every`.
+    pub fn new(quiet: bool, event_every: Duration) -> Self {
         let multi = (!quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)));
-        Progress { multi, quiet }
+        Progress {
+            multi,
+            quiet,
+            event_every,
+        }
     }
 
     /// A message line that does not tear the bars.
@@ -107,6 +115,7 @@ impl Progress {
             start: Instant::now(),
             last_log: Mutex::new(Instant::now()),
             events: crate::notify::events::Publisher::disabled(),
+            event_every: self.event_every,
             last_event: Mutex::new(Instant::now()),
         }
     }
@@ -123,22 +132,13 @@ pub struct FileProgress {
     start: Instant,
     last_log: Mutex<Instant>,
     events: crate::notify::events::Publisher,
+    event_every: Duration,
     last_event: Mutex<Instant>,
 }
 
 const LOG_EVERY: Duration = Duration::from_secs(5);
-/// How often a load publishes a `progress` event: 2 s, or
-/// `TRIPLOAD_PROGRESS_EVERY_MS`.
-fn event_every() -> Duration {
-    static EVERY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *EVERY.get_or_init(|| {
-        std::env::var("TRIPLOAD_PROGRESS_EVERY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(Duration::from_secs(2))
-    })
-}
+/// Default time between two `progress` events of a file (`--progress-every-ms`).
+pub const EVENT_EVERY_MS: u64 = 2000;
 
 impl FileProgress {
     /// Also publish `progress` events for this file.
@@ -151,7 +151,7 @@ impl FileProgress {
         let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let r = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
         if let Ok(mut last) = self.last_event.lock() {
-            if last.elapsed() >= event_every() {
+            if last.elapsed() >= self.event_every {
                 *last = Instant::now();
                 let mut e = crate::notify::events::Event::new(
                     crate::notify::events::Kind::Progress,
