@@ -152,21 +152,6 @@ async fn copy_text(
     Ok(())
 }
 
-/// Sends every buffer from `brx` into the COPY until the producer is done;
-/// stops at the first error and returns it (closing `brx`, so the producer
-/// stops too).
-pub(crate) async fn forward(
-    sink: &mut std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>,
-    mut brx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> Option<tokio_postgres::Error> {
-    while let Some(buf) = brx.recv().await {
-        if let Err(e) = sink.send(buf).await {
-            return Some(e);
-        }
-    }
-    None
-}
-
 /// Writes a file's rollups in its transaction (after its trips).
 async fn write_rollups(
     tx: &tokio_postgres::Transaction<'_>,
@@ -587,7 +572,7 @@ async fn load_inner(
             })
         })
     };
-    let copy_error = forward(&mut sink, brx).await;
+    let copy_error = crate::db::copy_in::forward(&mut sink, brx).await;
     let stage = stage
         .await
         .map_err(|e| fail(Abort::Env(format!("encoding task failed: {e}"))))?;
@@ -862,7 +847,7 @@ fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
         let header = Arc::clone(&header);
         let failing = Arc::clone(&failing);
         move |r: std::ops::Range<usize>| -> Result<crate::kernel::encode::Encoded, DimError> {
-            let dict: &dyn crate::kernel::encode::Dictionary =
+            let dict: &dyn crate::kernel::encode::Dictionary<crate::db::dims::DimError> =
                 if failing.load(std::sync::atomic::Ordering::Relaxed) {
                     &crate::kernel::encode::NoDictionary
                 } else {

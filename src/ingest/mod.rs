@@ -13,6 +13,7 @@ pub mod backlog;
 pub mod copy;
 pub mod discover;
 pub mod load;
+pub mod loader;
 pub mod map;
 pub mod ordered;
 pub mod session;

@@ -69,7 +69,7 @@ const VARYING: [(usize, usize); 5] = [(6, 2), (12, 2), (27, 16), (56, 16), (76, 
 
 /// Packs whole tuples made by [`encode_trip`] into [`PACKED_BYTES`] each,
 /// appended to `out`: what waits on disk for the COPY (see
-/// [`crate::ingest::backlog`]) takes less than half the bytes, and every byte there
+/// `ingest::backlog`) takes less than half the bytes, and every byte there
 /// is a page the kernel must find, fill and read back.
 pub fn pack_tuples(tuples: &[u8], out: &mut Vec<u8>) {
     debug_assert_eq!(tuples.len() % TUPLE_BYTES, 0);
@@ -108,10 +108,11 @@ pub fn unpack_tuples(packed: &[u8], file_id: i32, out: &mut Vec<u8>) {
     }
 }
 
-/// Resolves dimension names to the smallint ids stored in `trips`.
-pub trait Dictionary: Sync {
-    fn region_id(&self, name: &str) -> Result<i16, crate::db::dims::DimError>;
-    fn datasource_id(&self, name: &str) -> Result<i16, crate::db::dims::DimError>;
+/// Resolves dimension names to the smallint ids stored in `trips`; `E` is
+/// the error of the store behind it (the database's dictionary in the loader).
+pub trait Dictionary<E>: Sync {
+    fn region_id(&self, name: &str) -> Result<i16, E>;
+    fn datasource_id(&self, name: &str) -> Result<i16, E>;
 }
 
 /// The names a chunk has already resolved, looked up before the shared
@@ -128,11 +129,11 @@ struct NameCache {
 impl NameCache {
     const MAX: usize = 32;
 
-    fn get(
+    fn get<E>(
         cache: &mut Vec<(String, i16)>,
         name: &str,
-        resolve: impl FnOnce(&str) -> Result<i16, crate::db::dims::DimError>,
-    ) -> Result<i16, crate::db::dims::DimError> {
+        resolve: impl FnOnce(&str) -> Result<i16, E>,
+    ) -> Result<i16, E> {
         if let Some(&(_, id)) = cache.iter().find(|(n, _)| *n == name) {
             return Ok(id);
         }
@@ -143,19 +144,11 @@ impl NameCache {
         Ok(id)
     }
 
-    fn region(
-        &mut self,
-        name: &str,
-        dict: &dyn Dictionary,
-    ) -> Result<i16, crate::db::dims::DimError> {
+    fn region<E>(&mut self, name: &str, dict: &dyn Dictionary<E>) -> Result<i16, E> {
         Self::get(&mut self.regions, name, |n| dict.region_id(n))
     }
 
-    fn datasource(
-        &mut self,
-        name: &str,
-        dict: &dyn Dictionary,
-    ) -> Result<i16, crate::db::dims::DimError> {
+    fn datasource<E>(&mut self, name: &str, dict: &dyn Dictionary<E>) -> Result<i16, E> {
         Self::get(&mut self.sources, name, |n| dict.datasource_id(n))
     }
 }
@@ -182,11 +175,11 @@ pub struct Reject {
 /// remaining chunks are parsed only to list their bad lines.
 pub struct NoDictionary;
 
-impl Dictionary for NoDictionary {
-    fn region_id(&self, _: &str) -> Result<i16, crate::db::dims::DimError> {
+impl<E> Dictionary<E> for NoDictionary {
+    fn region_id(&self, _: &str) -> Result<i16, E> {
         Ok(0)
     }
-    fn datasource_id(&self, _: &str) -> Result<i16, crate::db::dims::DimError> {
+    fn datasource_id(&self, _: &str) -> Result<i16, E> {
         Ok(0)
     }
 }
@@ -211,7 +204,7 @@ pub struct Encoded {
     /// Bytes of input the chunk covered.
     pub bytes: usize,
     /// Aggregates of the chunk's trips (when rollups are maintained).
-    pub rollup: crate::analytics::rollup::Rollup,
+    pub rollup: crate::kernel::rollup::Rollup,
 }
 
 /// Frames, validates and encodes every record of `chunk` (which starts and
@@ -219,13 +212,13 @@ pub struct Encoded {
 /// `header.max_record_bytes`). Blank lines are skipped. Stops at the first
 /// record that fails the file ([`check_record`]). Line numbers in the rejects
 /// are 1-based within the chunk.
-pub fn encode_chunk(
+pub fn encode_chunk<E>(
     chunk: &[u8],
     header: &Header,
     file_id: i32,
-    dict: &dyn Dictionary,
-    grid: Option<&crate::analytics::rollup::Grid>,
-) -> Result<Encoded, crate::db::dims::DimError> {
+    dict: &dyn Dictionary<E>,
+    grid: Option<&crate::kernel::grid::Grid>,
+) -> Result<Encoded, E> {
     let mut out = Encoded {
         tuples: Vec::with_capacity(chunk.len() / 100 * TUPLE_BYTES + TUPLE_BYTES),
         bytes: chunk.len(),
@@ -341,12 +334,12 @@ pub struct FileOutcome {
 
 /// Encodes `buf` (whose header is `header`) in chunks of about `target`
 /// bytes; `usize::MAX` is the sequential parse.
-pub fn encode_in_chunks(
+pub fn encode_in_chunks<E>(
     buf: &[u8],
     header: &Header,
     target: usize,
-    dict: &dyn Dictionary,
-) -> Result<FileOutcome, crate::db::dims::DimError> {
+    dict: &dyn Dictionary<E>,
+) -> Result<FileOutcome, E> {
     let mut out = FileOutcome {
         lines: header.lines_before_data,
         ..FileOutcome::default()
@@ -377,6 +370,30 @@ pub fn encode_in_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A dictionary in memory: ids in order of first appearance, per dimension.
+    #[derive(Default)]
+    struct Names {
+        regions: Mutex<HashMap<String, i16>>,
+        sources: Mutex<HashMap<String, i16>>,
+    }
+
+    fn id_of(map: &Mutex<HashMap<String, i16>>, name: &str) -> Result<i16, String> {
+        let mut m = map.lock().map_err(|e| e.to_string())?;
+        let next = m.len() as i16 + 1;
+        Ok(*m.entry(name.to_owned()).or_insert(next))
+    }
+
+    impl Dictionary<String> for Names {
+        fn region_id(&self, name: &str) -> Result<i16, String> {
+            id_of(&self.regions, name)
+        }
+        fn datasource_id(&self, name: &str) -> Result<i16, String> {
+            id_of(&self.sources, name)
+        }
+    }
 
     #[test]
     fn tuple_layout() {
@@ -452,7 +469,7 @@ mod tests {
         }
         let buf = csv.into_bytes();
         let header = crate::kernel::parse::parse_header(&buf).unwrap();
-        let dims = crate::db::dims::Dims::in_memory();
+        let dims = Names::default();
         let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
         assert_eq!(e.rows, 200);
         assert!(e.rejects.is_empty());
@@ -467,7 +484,7 @@ mod tests {
     fn encode_all(buf: &[u8], max: usize) -> (crate::kernel::parse::Header, Encoded) {
         let mut header = crate::kernel::parse::parse_header(buf).unwrap();
         header.max_record_bytes = max;
-        let dims = crate::db::dims::Dims::in_memory();
+        let dims = Names::default();
         let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
         (header, e)
     }
@@ -566,7 +583,7 @@ mod tests {
                 );
             }
             let header = crate::kernel::parse::parse_header(&buf).unwrap();
-            let dims = crate::db::dims::Dims::in_memory();
+            let dims = Names::default();
             let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
             assert_eq!(e.rows, 3, "with a non-UTF-8 row: {bad}");
             for (t, (region, source)) in e.tuples.chunks(TUPLE_BYTES).zip(names) {
