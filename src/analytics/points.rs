@@ -32,23 +32,13 @@
 //! partition whatever the file size. After the trips' COPY each partition is sorted and encoded as
 //! binary COPY rows. Everything here but [`Spill`] is pure.
 
-use crate::analytics::rollup::{Grid, DESTINATION, ORIGIN};
+use crate::kernel::grid::{Grid, DESTINATION, ORIGIN};
 use std::cmp::Ordering;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::Path;
 
-/// One side of one trip: its cell, week and exact coordinates.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pt {
-    pub side: u8,
-    pub ix: i32,
-    pub iy: i32,
-    /// Day number (since 1970-01-01) of the week's Monday.
-    pub week: i32,
-    pub lon: f64,
-    pub lat: f64,
-}
+pub use crate::kernel::grid::Pt;
 
 /// Bytes of a spilled [`Pt`]: its coordinates and its week with the side
 /// in the low bit; the cell is computed again from the coordinates when it
@@ -480,6 +470,11 @@ impl Spill {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_columns_are_the_tables_columns() {
+        assert_eq!(COPY_COLUMNS, crate::db::segments::CELL_POINTS_COLUMNS);
+    }
 
     fn pt(side: u8, ix: i32, iy: i32, week: i32, lon: f64, lat: f64) -> Pt {
         Pt {

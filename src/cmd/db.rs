@@ -51,7 +51,7 @@ pub async fn run(cmd: DbCommand, target: Target) -> u8 {
 async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
     match cmd {
         DbCommand::Migrate { chunk_interval } => {
-            let (conninfo, _) = crate::ingest::load::prepare(&target, &chunk_interval).await?;
+            let (conninfo, _) = crate::ingest::loader::prepare(&target, &chunk_interval).await?;
             println!("schema is up to date at {}", crate::db::describe(&conninfo));
         }
         DbCommand::Start => {
@@ -69,7 +69,7 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
             println!("{}", if stopped { "stopped" } else { "not running" });
         }
         DbCommand::Index { .. } => {
-            let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+            let (conninfo, _) = crate::ingest::loader::prepare(&target, "7 days").await?;
             let client = crate::db::connect(&conninfo).await?;
             let start = std::time::Instant::now();
             client
@@ -85,7 +85,7 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
             );
         }
         DbCommand::Compact => {
-            let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+            let (conninfo, _) = crate::ingest::loader::prepare(&target, "7 days").await?;
             let start = std::time::Instant::now();
             let c = crate::analytics::compact::compact(
                 &conninfo,

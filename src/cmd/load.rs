@@ -1,11 +1,12 @@
 //! `tripload load`: load the files named on the command line now, print the
 //! summary table, exit 1 if any failed. Also holds [`LoadOptions`], the
 //! options `load` and `watch` share, and their check into
-//! [`Settings`](crate::ingest::load::Settings).
+//! [`Settings`](crate::ingest::loader::Settings).
 
 use super::{setup_error, EXIT_FILES_FAILED, EXIT_OK, EXIT_SETUP};
 use crate::db::Target;
-use crate::ingest::load::{LoadConfig, SetupError};
+use crate::ingest::load::LoadConfig;
+use crate::ingest::loader::SetupError;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -113,12 +114,12 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// The checked settings (a message saying what is wrong otherwise).
-    pub(super) fn settings(self) -> Result<crate::ingest::load::Settings, String> {
+    pub(super) fn settings(self) -> Result<crate::ingest::loader::Settings, String> {
         if self.jobs == 0 || self.threads == Some(0) {
             return Err("--jobs and --threads must be at least 1".into());
         }
         let mail = self.mail()?;
-        Ok(crate::ingest::load::Settings {
+        Ok(crate::ingest::loader::Settings {
             jobs: self.jobs,
             max_rejects: self.max_rejects,
             max_new_names: self.max_new_names,

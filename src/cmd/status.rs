@@ -23,7 +23,7 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs, target: Target) -> u8 {
     let result = async {
-        let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+        let (conninfo, _) = crate::ingest::loader::prepare(&target, "7 days").await?;
         if args.follow {
             crate::notify::status::follow(&conninfo, args.limit, args.json, args.max_events).await
         } else {

@@ -297,7 +297,7 @@ impl Dims {
     }
 }
 
-impl Dictionary for Dims {
+impl Dictionary<DimError> for Dims {
     fn region_id(&self, name: &str) -> Result<i16, DimError> {
         self.lookup(Dim::Region, name)
     }

@@ -1,9 +1,11 @@
 //! Database access: which database to use, connecting with errors that say
 //! what to do, and the versioned, idempotent schema migrations in `sql/`.
 
+pub mod copy_in;
 pub mod dims;
 pub mod ledger;
 pub mod pgtls;
+pub mod segments;
 
 use crate::embedded::Embedded;
 use std::path::{Path, PathBuf};
@@ -546,7 +548,7 @@ const LATER: &[Migration] = &[
 const FUNCTIONS: &str = include_str!("../../sql/005_queries.sql");
 
 /// The grid the rollups use (fixed when the schema was created).
-pub async fn grid(client: &Client) -> Result<crate::analytics::rollup::Grid, DbError> {
+pub async fn grid(client: &Client) -> Result<crate::kernel::grid::Grid, DbError> {
     let row = client
         .query_one(
             "SELECT coalesce(tripload_setting('grid_deg'), 0.01), coalesce(tripload_setting('tod_bucket_seconds'), 3600)",
@@ -554,7 +556,7 @@ pub async fn grid(client: &Client) -> Result<crate::analytics::rollup::Grid, DbE
         )
         .await
         .map_err(query_err("reading the grid settings"))?;
-    Ok(crate::analytics::rollup::Grid {
+    Ok(crate::kernel::grid::Grid {
         deg: row.get(0),
         bucket_secs: row.get::<_, f64>(1) as i64,
     })
@@ -586,7 +588,7 @@ pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLa
         });
     }
     // Before the migration's one transaction, which could not lock them all.
-    crate::analytics::points_writer::absorb_segment_tables(client).await?;
+    segments::absorb_segment_tables(client).await?;
     let tx = client
         .transaction()
         .await

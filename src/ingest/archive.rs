@@ -6,6 +6,8 @@
 //! meanwhile stays where it is.
 
 use crate::kernel::encode::Reject;
+use crate::notify::sidecar::create_sidecar_file;
+pub use crate::notify::sidecar::{mode_like, sidecar, write_error, write_sidecar};
 use std::fs::File;
 use std::io::BufWriter;
 use std::os::unix::fs::OpenOptionsExt;
@@ -142,16 +144,6 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Bytes the rejects file may take (`REJECTS_CAP_BYTES`); past it, bad lines
 /// are still counted but no longer listed, and the file ends saying so.
 pub const REJECTS_CAP_BYTES: u64 = 64 << 20;
-
-/// Permission bits for a file written about `input`: its own, less any
-/// execute bits, so nothing tripload writes is more readable than what it
-/// read (0600 when the input cannot be examined).
-pub fn mode_like(input: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::symlink_metadata(input)
-        .map(|m| m.permissions().mode() & 0o666)
-        .unwrap_or(0o600)
-}
 
 /// Writes rejects as CSV (`file,line,column,reason,raw`) while the file loads;
 /// created lazily so clean files leave no empty rejects file. The raw column
@@ -298,43 +290,6 @@ impl RejectWriter {
         }
         Ok(Some(dest))
     }
-}
-
-/// `<archived file name>.<suffix>` in the same directory.
-pub fn sidecar(archived: &Path, suffix: &str) -> PathBuf {
-    let mut name = archived.file_name().unwrap_or_default().to_os_string();
-    name.push(".");
-    name.push(suffix);
-    archived.with_file_name(name)
-}
-
-/// Creates (or truncates) `path` with permission bits `mode`, not following
-/// a symlink there.
-fn create_sidecar_file(path: &Path, mode: u32) -> std::io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    Ok(f)
-}
-
-/// Writes `<archived>.<suffix>` with `text`, no more readable than `archived`.
-pub fn write_sidecar(archived: &Path, suffix: &str, text: &str) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    let p = sidecar(archived, suffix);
-    let mut f = create_sidecar_file(&p, mode_like(archived))?;
-    f.write_all(text.as_bytes())?;
-    Ok(p)
-}
-
-/// Writes `<file>.error.txt` beside a failed file.
-pub fn write_error(archived: &Path, text: &str) -> std::io::Result<PathBuf> {
-    write_sidecar(archived, "error.txt", text)
 }
 
 #[cfg(test)]

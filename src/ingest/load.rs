@@ -1,15 +1,14 @@
-//! The `load` run: find the files, prepare the database once (migrations,
-//! dimension dictionaries), load up to `--jobs` files at a time, summarize.
+//! The `load` run: find the files, build the [`Loader`] once, load up to
+//! `--jobs` files at a time, summarize.
 //! One file's failure is reported and the run goes on.
 
-use crate::db::dims::DimStore;
-use crate::db::{self, Target};
-use crate::ingest::copy::{load_file, LoadContext};
+use crate::db::Target;
+use crate::ingest::copy::LoadContext;
+use crate::ingest::loader::{load_one, prune_events, Loader, Role, Settings, SetupError};
 use crate::notify::report::{FileReport, Progress};
 use futures_util::StreamExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_postgres::Client;
 
 /// A checked load configuration (built from the command line).
 #[derive(Debug, Clone)]
@@ -20,78 +19,6 @@ pub struct LoadConfig {
     /// Maintain the rollups (`--no-rollups` turns them off, to measure
     /// what they cost).
     pub rollups: bool,
-}
-
-/// How files are loaded; shared by `load` and `watch`.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub jobs: usize,
-    pub max_rejects: u64,
-    /// Names new to the database a file may register (`--max-new-names`).
-    pub max_new_names: u64,
-    pub max_record_bytes: usize,
-    pub chunk_bytes: usize,
-    pub points_segment_bytes: usize,
-    pub backlog_bytes: u64,
-    pub processed_dir: Option<PathBuf>,
-    pub failed_dir: Option<PathBuf>,
-    pub chunk_interval: String,
-    pub threads: Option<usize>,
-    pub quiet: bool,
-    /// Time between two `progress` events of a file (`--progress-every-ms`).
-    pub progress_every: std::time::Duration,
-    pub mail: Option<crate::notify::mail::MailConfig>,
-    /// Days `ingestion_events` keeps (0: for ever); pruned by the loader.
-    pub events_retention_days: u32,
-}
-
-/// Errors that stop the run before any file is touched (exit code 2).
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error(transparent)]
-    Discover(#[from] crate::ingest::discover::DiscoverError),
-    #[error(transparent)]
-    Db(#[from] db::DbError),
-    #[error("{0}")]
-    Io(String),
-}
-
-/// Sizes the rayon pool once per process (see `--threads`).
-pub fn set_threads(threads: Option<usize>, conninfo: &str) {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let threads = threads.unwrap_or(if db::is_local(conninfo) {
-        cores.saturating_sub(1).max(1)
-    } else {
-        cores
-    });
-    // Only the first build in a process takes effect.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
-    tracing::info!("{} parser thread(s)", rayon::current_num_threads());
-}
-
-/// Connects, migrates, and returns the connection string.
-pub async fn prepare(
-    target: &Target,
-    chunk_interval: &str,
-) -> Result<(String, Client), db::DbError> {
-    let conninfo = target.resolve().await?;
-    let mut client = db::connect(&conninfo).await?;
-    let layout = db::migrate(&mut client, chunk_interval).await?;
-    tracing::debug!("schema ready ({layout:?}) at {}", db::describe(&conninfo));
-    // Names left by files that did not commit (a crash, an outage).
-    crate::db::dims::reclaim(&conninfo, 1).await?;
-    Ok((conninfo, client))
-}
-
-/// The dictionaries of a run (names read before each file), registering new
-/// names through a dedicated autocommit connection, at most `max_new_names`
-/// per file.
-pub async fn database_dims(conninfo: &str, max_new_names: u64) -> Result<DimStore, db::DbError> {
-    crate::db::dims::from_database(conninfo, max_new_names).await
 }
 
 /// Loads every file; returns one report per file.
@@ -109,52 +36,25 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         ));
         return Ok(Vec::new());
     }
-    let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
-    crate::analytics::points_writer::sweep(&mut client).await?;
-    prune_events(&client, cfg.settings.events_retention_days).await;
-    set_threads(cfg.settings.threads, &conninfo);
-    let dims = Arc::new(database_dims(&conninfo, cfg.settings.max_new_names).await?);
-    let (events, events_task) =
-        crate::notify::events::Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
-    let ctx = Arc::new(LoadContext {
-        conninfo,
-        dims,
-        max_rejects: cfg.settings.max_rejects,
-        max_record_bytes: cfg.settings.max_record_bytes,
-        chunk_bytes: cfg.settings.chunk_bytes,
-        points_segment_bytes: cfg.settings.points_segment_bytes,
-        backlog_bytes: cfg.settings.backlog_bytes,
-        depth: (rayon::current_num_threads() * 2).max(4),
+    let role = Role {
+        label: format!("tripload {}", env!("CARGO_PKG_VERSION")),
         processed_dir: cfg.settings.processed_dir.clone(),
         failed_dir: cfg.settings.failed_dir.clone(),
-        loaded_by: format!(
-            "tripload {} pid {} on {}",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            hostname()
-        ),
-        events,
-        grid: if cfg.rollups {
-            Some(db::grid(&client).await?)
-        } else {
-            tracing::warn!("--no-rollups: weekly and bounding-box answers will not count these files");
-            None
-        },
-    });
+        rollups: cfg.rollups,
+    };
+    let (loader, client) = Loader::build(&cfg.target, &cfg.settings, role).await?;
+    prune_events(&client, cfg.settings.events_retention_days).await;
+    let ctx = Arc::clone(&loader.ctx);
     let reports = futures_util::stream::iter(files)
         .map(|path| {
             let ctx = Arc::clone(&ctx);
             let progress = Arc::clone(&progress);
             async move {
-                let size = std::fs::symlink_metadata(&path)
-                    .map(|m| m.len())
-                    .unwrap_or(0);
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let fp = Arc::new(progress.file(&name, size).with_events(ctx.events.clone()));
-                let report = load_file(&ctx, &path, &name, &fp).await;
+                let report = load_one(&ctx, &progress, &path, &name).await;
                 progress.line(&one_line(&report));
                 report
             }
@@ -162,15 +62,26 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         .buffered(cfg.settings.jobs.max(1))
         .collect::<Vec<_>>()
         .await;
-    // Names of this run's failed files that could not go while others loaded.
+    after_the_files(&ctx).await;
+    drop(ctx);
+    loader.finish().await;
+    if let Some(mail) = &cfg.settings.mail {
+        crate::notify::mail::deliver(mail, &reports).await;
+    }
+    Ok(reports)
+}
+
+/// Deletes the names of this run's failed files that could not go while
+/// others loaded, and merges the small files' rollups before the process
+/// ends (the background compactor only merges what is worth it while files
+/// keep coming).
+async fn after_the_files(ctx: &LoadContext) {
     if let Err(e) = crate::db::dims::reclaim(&ctx.conninfo, 1).await {
         tracing::warn!(
             "could not delete the names of failed files: {}",
             e.one_line()
         );
     }
-    // Small files' rollups merged before the process ends (the background
-    // compactor only merges what is worth it while files keep coming).
     if ctx.grid.is_some() {
         match crate::analytics::compact::compact(
             &ctx.conninfo,
@@ -185,28 +96,6 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
                 "compaction failed (the next load or `tripload db compact` retries): {e}"
             ),
         }
-    }
-    // Let the last events reach the store before the process ends.
-    if !ctx.events.flush(FLUSH_WITHIN).await {
-        tracing::warn!("some ingestion events could not be stored before exiting");
-    }
-    drop(ctx);
-    let _ = tokio::time::timeout(FLUSH_WITHIN, events_task).await;
-    if let Some(mail) = &cfg.settings.mail {
-        crate::notify::mail::deliver(mail, &reports).await;
-    }
-    Ok(reports)
-}
-
-/// How long a finishing run waits for its last events to be stored.
-pub const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Drops events past the retention period; a failure is logged, never fatal.
-pub async fn prune_events(client: &Client, days: u32) {
-    match crate::notify::events::prune(client, days).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("pruned {n} ingestion events older than {days} days"),
-        Err(e) => tracing::warn!("{e}"),
     }
 }
 
@@ -231,10 +120,4 @@ pub fn one_line(r: &FileReport) -> String {
             format!("{name}: REFUSED (left in place, not read): {reason}")
         }
     }
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into())
 }

@@ -11,10 +11,10 @@
 //! same one-transaction load as `tripload load`.
 
 use crate::db::{self, Target};
-use crate::ingest::copy::{load_file, LoadContext};
 use crate::ingest::discover::is_ignored;
-use crate::ingest::load::{database_dims, hostname, prepare, SetupError};
+use crate::ingest::loader::{load_one, prune_events, Loader, Role, Settings, SetupError};
 use crate::ingest::map::{identity, FileId, Identity};
+use crate::notify::events::hostname;
 use crate::notify::events::{Event, Kind, Publisher};
 use crate::notify::report::{FileReport, Progress, Status};
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -30,7 +30,7 @@ pub struct WatchConfig {
     pub target: Target,
     pub landing: PathBuf,
     pub quiet_period: Duration,
-    pub settings: crate::ingest::load::Settings,
+    pub settings: Settings,
     /// Zero: a report per file; otherwise one digest per period.
     pub report_every: Duration,
     /// Environment failures in a row after which a file is quarantined.
@@ -416,20 +416,8 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     std::fs::create_dir_all(&processing)
         .map_err(|e| SetupError::Io(format!("cannot create {}: {e}", processing.display())))?;
 
-    let (conninfo, mut client) = prepare(&cfg.target, &cfg.settings.chunk_interval).await?;
-    crate::analytics::points_writer::sweep(&mut client).await?;
-    crate::ingest::load::set_threads(cfg.settings.threads, &conninfo);
-    let dims = Arc::new(database_dims(&conninfo, cfg.settings.max_new_names).await?);
-    let (events, _events_task) = Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
-    let ctx = Arc::new(LoadContext {
-        conninfo: conninfo.clone(),
-        dims,
-        max_rejects: cfg.settings.max_rejects,
-        max_record_bytes: cfg.settings.max_record_bytes,
-        chunk_bytes: cfg.settings.chunk_bytes,
-        points_segment_bytes: cfg.settings.points_segment_bytes,
-        backlog_bytes: cfg.settings.backlog_bytes,
-        depth: (rayon::current_num_threads() * 2).max(4),
+    let role = Role {
+        label: "tripload watch".into(),
         processed_dir: Some(
             cfg.settings
                 .processed_dir
@@ -442,14 +430,12 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                 .clone()
                 .unwrap_or_else(|| base.join("failed")),
         ),
-        loaded_by: format!(
-            "tripload watch pid {} on {}",
-            std::process::id(),
-            hostname()
-        ),
-        events: events.clone(),
-        grid: Some(db::grid(&client).await?),
-    });
+        rollups: true,
+    };
+    let (loader, client) = Loader::build(&cfg.target, &cfg.settings, role).await?;
+    let ctx = Arc::clone(&loader.ctx);
+    let conninfo = ctx.conninfo.clone();
+    let events = ctx.events.clone();
     let mut attempts = Attempts::start(&conninfo, client, cfg.max_attempts).await;
     let progress = Arc::new(Progress::new(cfg.settings.quiet, cfg.settings.progress_every));
     release_stale(&processing, &landing, &events);
@@ -513,15 +499,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
             }
             let (ctx, progress) = (Arc::clone(&ctx), Arc::clone(&progress));
             in_flight.spawn(async move {
-                let size = std::fs::symlink_metadata(&claim.path)
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                let fp = Arc::new(
-                    progress
-                        .file(&claim.name, size)
-                        .with_events(ctx.events.clone()),
-                );
-                let report = load_file(&ctx, &claim.path, &claim.name, &fp).await;
+                let report = load_one(&ctx, &progress, &claim.path, &claim.name).await;
                 (claim, report)
             });
         }
@@ -630,7 +608,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
                     let (conninfo, days) = (conninfo.clone(), cfg.settings.events_retention_days);
                     pruning.spawn(async move {
                         match db::connect(&conninfo).await {
-                            Ok(c) => crate::ingest::load::prune_events(&c, days).await,
+                            Ok(c) => prune_events(&c, days).await,
                             Err(e) => tracing::warn!("cannot prune old events: {e}"),
                         }
                     });
@@ -656,9 +634,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     pruning.abort_all();
     // The last events (the final ones of the files just finished) go to the
     // store before the process ends, within a bound.
-    if !events.flush(crate::ingest::load::FLUSH_WITHIN).await {
-        tracing::warn!("some ingestion events could not be stored before exiting");
-    }
+    loader.flush().await;
     if let (Some(mail), false) = (cfg.settings.mail.clone(), digest.is_empty()) {
         mails.spawn(async move {
             crate::notify::mail::deliver(&mail, &digest).await;

@@ -57,10 +57,11 @@ pub fn encode_trip(
     buf.extend_from_slice(&file_id.to_be_bytes());
 }
 
-/// Resolves dimension names to the smallint ids stored in `trips`.
-pub trait Dictionary: Sync {
-    fn region_id(&self, name: &str) -> Result<i16, crate::db::dims::DimError>;
-    fn datasource_id(&self, name: &str) -> Result<i16, crate::db::dims::DimError>;
+/// Resolves dimension names to the smallint ids stored in `trips`; `E` is
+/// the error of the store behind it (the database's dictionary in the loader).
+pub trait Dictionary<E>: Sync {
+    fn region_id(&self, name: &str) -> Result<i16, E>;
+    fn datasource_id(&self, name: &str) -> Result<i16, E>;
 }
 
 /// The names a chunk has already resolved, looked up before the shared
@@ -77,11 +78,11 @@ struct NameCache {
 impl NameCache {
     const MAX: usize = 32;
 
-    fn get(
+    fn get<E>(
         cache: &mut Vec<(String, i16)>,
         name: &str,
-        resolve: impl FnOnce(&str) -> Result<i16, crate::db::dims::DimError>,
-    ) -> Result<i16, crate::db::dims::DimError> {
+        resolve: impl FnOnce(&str) -> Result<i16, E>,
+    ) -> Result<i16, E> {
         if let Some(&(_, id)) = cache.iter().find(|(n, _)| *n == name) {
             return Ok(id);
         }
@@ -92,19 +93,11 @@ impl NameCache {
         Ok(id)
     }
 
-    fn region(
-        &mut self,
-        name: &str,
-        dict: &dyn Dictionary,
-    ) -> Result<i16, crate::db::dims::DimError> {
+    fn region<E>(&mut self, name: &str, dict: &dyn Dictionary<E>) -> Result<i16, E> {
         Self::get(&mut self.regions, name, |n| dict.region_id(n))
     }
 
-    fn datasource(
-        &mut self,
-        name: &str,
-        dict: &dyn Dictionary,
-    ) -> Result<i16, crate::db::dims::DimError> {
+    fn datasource<E>(&mut self, name: &str, dict: &dyn Dictionary<E>) -> Result<i16, E> {
         Self::get(&mut self.sources, name, |n| dict.datasource_id(n))
     }
 }
@@ -131,11 +124,11 @@ pub struct Reject {
 /// remaining chunks are parsed only to list their bad lines.
 pub struct NoDictionary;
 
-impl Dictionary for NoDictionary {
-    fn region_id(&self, _: &str) -> Result<i16, crate::db::dims::DimError> {
+impl<E> Dictionary<E> for NoDictionary {
+    fn region_id(&self, _: &str) -> Result<i16, E> {
         Ok(0)
     }
-    fn datasource_id(&self, _: &str) -> Result<i16, crate::db::dims::DimError> {
+    fn datasource_id(&self, _: &str) -> Result<i16, E> {
         Ok(0)
     }
 }
@@ -160,7 +153,7 @@ pub struct Encoded {
     /// Bytes of input the chunk covered.
     pub bytes: usize,
     /// Aggregates of the chunk's trips (when rollups are maintained).
-    pub rollup: crate::analytics::rollup::Rollup,
+    pub rollup: crate::kernel::rollup::Rollup,
 }
 
 /// Frames, validates and encodes every record of `chunk` (which starts and
@@ -168,13 +161,13 @@ pub struct Encoded {
 /// `header.max_record_bytes`). Blank lines are skipped. Stops at the first
 /// record that fails the file ([`check_record`]). Line numbers in the rejects
 /// are 1-based within the chunk.
-pub fn encode_chunk(
+pub fn encode_chunk<E>(
     chunk: &[u8],
     header: &Header,
     file_id: i32,
-    dict: &dyn Dictionary,
-    grid: Option<&crate::analytics::rollup::Grid>,
-) -> Result<Encoded, crate::db::dims::DimError> {
+    dict: &dyn Dictionary<E>,
+    grid: Option<&crate::kernel::grid::Grid>,
+) -> Result<Encoded, E> {
     let mut out = Encoded {
         tuples: Vec::with_capacity(chunk.len() / 100 * TUPLE_BYTES + TUPLE_BYTES),
         bytes: chunk.len(),
@@ -290,12 +283,12 @@ pub struct FileOutcome {
 
 /// Encodes `buf` (whose header is `header`) in chunks of about `target`
 /// bytes; `usize::MAX` is the sequential parse.
-pub fn encode_in_chunks(
+pub fn encode_in_chunks<E>(
     buf: &[u8],
     header: &Header,
     target: usize,
-    dict: &dyn Dictionary,
-) -> Result<FileOutcome, crate::db::dims::DimError> {
+    dict: &dyn Dictionary<E>,
+) -> Result<FileOutcome, E> {
     let mut out = FileOutcome {
         lines: header.lines_before_data,
         ..FileOutcome::default()
@@ -326,6 +319,30 @@ pub fn encode_in_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A dictionary in memory: ids in order of first appearance, per dimension.
+    #[derive(Default)]
+    struct Names {
+        regions: Mutex<HashMap<String, i16>>,
+        sources: Mutex<HashMap<String, i16>>,
+    }
+
+    fn id_of(map: &Mutex<HashMap<String, i16>>, name: &str) -> Result<i16, String> {
+        let mut m = map.lock().map_err(|e| e.to_string())?;
+        let next = m.len() as i16 + 1;
+        Ok(*m.entry(name.to_owned()).or_insert(next))
+    }
+
+    impl Dictionary<String> for Names {
+        fn region_id(&self, name: &str) -> Result<i16, String> {
+            id_of(&self.regions, name)
+        }
+        fn datasource_id(&self, name: &str) -> Result<i16, String> {
+            id_of(&self.sources, name)
+        }
+    }
 
     #[test]
     fn tuple_layout() {
@@ -368,7 +385,7 @@ mod tests {
         }
         let buf = csv.into_bytes();
         let header = crate::kernel::parse::parse_header(&buf).unwrap();
-        let dims = crate::db::dims::Dims::in_memory();
+        let dims = Names::default();
         let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
         assert_eq!(e.rows, 200);
         assert!(e.rejects.is_empty());
@@ -383,7 +400,7 @@ mod tests {
     fn encode_all(buf: &[u8], max: usize) -> (crate::kernel::parse::Header, Encoded) {
         let mut header = crate::kernel::parse::parse_header(buf).unwrap();
         header.max_record_bytes = max;
-        let dims = crate::db::dims::Dims::in_memory();
+        let dims = Names::default();
         let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
         (header, e)
     }
@@ -482,7 +499,7 @@ mod tests {
                 );
             }
             let header = crate::kernel::parse::parse_header(&buf).unwrap();
-            let dims = crate::db::dims::Dims::in_memory();
+            let dims = Names::default();
             let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
             assert_eq!(e.rows, 3, "with a non-UTF-8 row: {bad}");
             for (t, (region, source)) in e.tuples.chunks(TUPLE_BYTES).zip(names) {

@@ -6,10 +6,15 @@
 //!            ──parse──▶ typed trips, or a rejected line with its reason
 //!            ──encode─▶ binary COPY buffers (+ the chunk's rollup partials)
 //! ```
+//! [`grid`] places a point in its cell and week; [`rollup`] holds the
+//! partials and their merge. Nothing here imports anything outside `kernel`
+//! (`tests/layering.rs` checks it).
 //! [`excerpt`] bounds and escapes any raw input shown to people.
 
 pub mod chunk;
 pub mod encode;
 pub mod excerpt;
+pub mod grid;
 pub mod parse;
 pub mod record;
+pub mod rollup;

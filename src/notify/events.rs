@@ -92,7 +92,7 @@ impl Event {
             event,
             file: file.to_string(),
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            host: crate::ingest::load::hostname(),
+            host: hostname(),
             pid: std::process::id(),
             size_bytes: None,
             bytes_done: None,
@@ -294,6 +294,13 @@ pub async fn prune(client: &tokio_postgres::Client, days: u32) -> Result<u64, cr
             return Ok(total);
         }
     }
+}
+
+/// This machine's name, as events and reports show it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 #[cfg(test)]

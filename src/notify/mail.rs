@@ -362,7 +362,7 @@ pub fn write_beside(reports: &[FileReport]) {
     for r in reports {
         let Some(at) = &r.now_at else { continue };
         let text = format!("{}\n\n{}", subject(std::slice::from_ref(r)), file_text(r));
-        if let Err(e) = crate::ingest::archive::write_sidecar(at, "report.txt", &text) {
+        if let Err(e) = crate::notify::sidecar::write_sidecar(at, "report.txt", &text) {
             tracing::warn!("cannot write the report beside {}: {e}", at.display());
         }
     }
