@@ -535,7 +535,7 @@ async fn run(cli: Cli) -> u8 {
         },
         Command::Status(s) => {
             let result = async {
-                let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+                let conninfo = crate::db::schema::open_for_reading(&target).await?;
                 if s.follow {
                     crate::notify::status::follow(&conninfo, s.limit, s.json, s.max_events).await
                 } else {
@@ -558,7 +558,7 @@ async fn run(cli: Cli) -> u8 {
                 (None, None) => return EXIT_SETUP,
             };
             let result = async {
-                let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+                let conninfo = crate::db::schema::open_for_reading(&target).await?;
                 crate::analytics::weekly::weeks(&conninfo, &area, wk.by, wk.from, wk.to).await
             }
             .await;
@@ -586,7 +586,7 @@ async fn run(cli: Cli) -> u8 {
                 top: gr.top,
             };
             let result = async {
-                let (conninfo, _) = crate::ingest::load::prepare(&target, "7 days").await?;
+                let conninfo = crate::db::schema::open_for_reading(&target).await?;
                 crate::analytics::groups::groups(&conninfo, &q).await
             }
             .await;

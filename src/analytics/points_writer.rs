@@ -15,7 +15,7 @@
 //!
 //! Those rows commit before the file's transaction does, so three rules keep
 //! them exactly as consistent as rows of that transaction
-//! (`sql/008_cell_points_pending.sql`):
+//! (`sql/migrations/005_cell_points.sql`):
 //! - readers count a file's cell points only once its `load_files` row is
 //!   visible, that is once the file's transaction has committed;
 //! - `cell_points_pending` names the file from the first point written until
@@ -233,59 +233,6 @@ async fn copy_segment(
         .map_err(db_err(what))?;
     sink.as_mut().finish().await.map_err(db_err(what))?;
     Ok(cells)
-}
-
-/// Children of `rollup_cell_points` moved and dropped per transaction.
-const ABSORB_BATCH: i64 = 200;
-
-/// Moves the rows of the per-segment child tables that older loaders created
-/// (`rollup_cell_points_<file>_<n>`, inheriting from `rollup_cell_points`)
-/// into the table itself and drops them, [`ABSORB_BATCH`] per transaction:
-/// dropping a child locks it, its index and its TOAST table until COMMIT, so
-/// thousands of them in one transaction would exhaust the lock table.
-/// Serialized with migrations by their lock. Returns the tables dropped.
-pub async fn absorb_segment_tables(client: &mut Client) -> Result<u64, DbError> {
-    let mut dropped = 0;
-    loop {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(query_err("starting to move old cell points tables"))?;
-        let n: i64 = tx
-            .query_one(
-                "WITH lock AS (SELECT pg_advisory_xact_lock(hashtext('tripload-migrate')))
-                 SELECT count(*) FROM lock, pg_inherits
-                  WHERE to_regclass('rollup_cell_points') IS NOT NULL
-                    AND inhparent = to_regclass('rollup_cell_points')",
-                &[],
-            )
-            .await
-            .map_err(query_err("counting old cell points tables"))?
-            .get(0);
-        if n == 0 {
-            return Ok(dropped);
-        }
-        tx.batch_execute(&format!(
-            "DO $$
-             DECLARE child regclass;
-             BEGIN
-                 FOR child IN SELECT inhrelid::regclass FROM pg_inherits
-                              WHERE inhparent = 'rollup_cell_points'::regclass
-                              ORDER BY inhrelid LIMIT {ABSORB_BATCH} LOOP
-                     EXECUTE format('INSERT INTO rollup_cell_points ({cols}) SELECT {cols} FROM ONLY %s', child);
-                     EXECUTE format('DROP TABLE %s', child);
-                 END LOOP;
-             END $$;",
-            cols = points::COPY_COLUMNS
-        ))
-        .await
-        .map_err(query_err("moving old cell points tables into rollup_cell_points"))?;
-        tx.commit()
-            .await
-            .map_err(query_err("committing the move of old cell points tables"))?;
-        dropped += n.min(ABSORB_BATCH) as u64;
-        tracing::info!("moved {dropped} per-segment cell points tables into rollup_cell_points");
-    }
 }
 
 /// Deletes the cell points of `file_id` unless the file committed, once no
