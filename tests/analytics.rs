@@ -190,8 +190,11 @@ fn weekly_results_equal_brute_force_sql() {
 #[test]
 fn the_two_questions_on_the_sample() {
     let (db, _w) = loaded(&[("sample.csv", sample())]);
-    let sql =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/examples/questions.sql")).unwrap();
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql/examples/questions.sql"
+    ))
+    .unwrap();
     let statements: Vec<&str> = sql
         .split(';')
         .filter(|s| {
@@ -591,7 +594,10 @@ fn unknown_region_is_named_with_the_known_ones() {
     let (db, w) = loaded(&[("regions.csv", csv)]);
     db.query("INSERT INTO regions (name) VALUES ('Ghost')");
     for name in ["Nowhere", "Ghost"] {
-        for cmd in [&["weekly", "--region", name][..], &["groups", "--region", name]] {
+        for cmd in [
+            &["weekly", "--region", name][..],
+            &["groups", "--region", name],
+        ] {
             let out = tripload(&w, &db, cmd);
             let err = stderr(&out);
             assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
@@ -602,7 +608,10 @@ fn unknown_region_is_named_with_the_known_ones() {
                     && err.contains("\"Region 19\" and 5 more"),
                 "{err}"
             );
-            assert!(!err.contains("Region 20") && !err.contains("Ghost\","), "{err}");
+            assert!(
+                !err.contains("Region 20") && !err.contains("Ghost\","),
+                "{err}"
+            );
         }
     }
     let out = tripload(&w, &db, &["weekly", "--region", "Region 07"]);

@@ -2,8 +2,8 @@
 //! destination cell and time-of-day bucket — largest first, through the SQL
 //! function `trip_groups` (`sql/functions/groups.sql`), printed as a table, JSON or CSV.
 
-use crate::analytics::weekly::{By, Format};
 use crate::analytics::regions::{self, QueryError};
+use crate::analytics::weekly::{By, Format};
 use crate::db::{self, query_err};
 
 /// What to group and how.

@@ -81,7 +81,10 @@ mod tests {
     #[test]
     fn the_list_of_known_regions_is_bounded() {
         let few: Vec<String> = ["Hamburg", "Prague"].map(String::from).to_vec();
-        assert_eq!(known_list(&few), "known regions (2): \"Hamburg\", \"Prague\"");
+        assert_eq!(
+            known_list(&few),
+            "known regions (2): \"Hamburg\", \"Prague\""
+        );
         let many: Vec<String> = (0..25).map(|i| format!("r{i:02}")).collect();
         let s = known_list(&many);
         assert!(s.starts_with("known regions (25): \"r00\", "), "{s}");

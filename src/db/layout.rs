@@ -86,9 +86,7 @@ impl TimeLayout {
                 TimeLayout::from_name(name.trim()).ok_or(LayoutError::Unknown(name.clone()))?;
             return match layout.usability(client).await? {
                 Usability::Usable => Ok(layout),
-                Usability::Unusable(reason) => {
-                    Err(LayoutError::Unusable { layout, reason }.into())
-                }
+                Usability::Unusable(reason) => Err(LayoutError::Unusable { layout, reason }.into()),
             };
         }
         for layout in Self::PREFERENCE {

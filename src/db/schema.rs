@@ -53,8 +53,14 @@ const TIME_LAYOUT_VERSION: i32 = 2;
 /// must name functions that exist).
 const FUNCTIONS: &[(&str, &str)] = &[
     ("settings", include_str!("../../sql/functions/settings.sql")),
-    ("dimensions", include_str!("../../sql/functions/dimensions.sql")),
-    ("cell points", include_str!("../../sql/functions/cell_points.sql")),
+    (
+        "dimensions",
+        include_str!("../../sql/functions/dimensions.sql"),
+    ),
+    (
+        "cell points",
+        include_str!("../../sql/functions/cell_points.sql"),
+    ),
     ("weekly", include_str!("../../sql/functions/weekly.sql")),
     ("groups", include_str!("../../sql/functions/groups.sql")),
 ];
@@ -133,10 +139,7 @@ fn compare(recorded: &[(i32, String)]) -> State {
 
 async fn state(client: &impl GenericClient) -> Result<State, DbError> {
     let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('tripload_schema') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('tripload_schema') IS NOT NULL", &[])
         .await
         .map_err(query_err("looking for the schema version table"))?
         .get(0);
