@@ -592,7 +592,7 @@ fn unknown_region_is_named_with_the_known_ones() {
         );
     }
     let (db, w) = loaded(&[("regions.csv", csv)]);
-    db.query("INSERT INTO regions (name) VALUES ('Ghost')");
+    db.query("INSERT INTO regions (id, name) VALUES (30000, 'Ghost')");
     for name in ["Nowhere", "Ghost"] {
         for cmd in [
             &["weekly", "--region", name][..],
