@@ -22,8 +22,8 @@ RUN mkdir -p src benches \
  && cargo build --release --locked \
  && rm -rf src benches
 
-# The real sources. sql/*.sql are compiled into the binary (include_str! in
-# src/db.rs), so they are build inputs too. COPY keeps the files' own mtimes,
+# The real sources. sql/ is compiled into the binary (include_str! in
+# src/db/schema.rs), so it is a build input too. COPY keeps the files' own mtimes,
 # which may be older than the dummy build: touch the crate roots so cargo
 # rebuilds the crate itself (the dependencies stay cached).
 COPY src ./src

@@ -45,8 +45,8 @@ declare -a Q=(
   "bbox by destination|SELECT * FROM weekly_trips_bbox($BOX, 'destination')"
   "bbox by both|SELECT * FROM weekly_trips_bbox($BOX, 'both')"
   "bbox by both (brute force)|SELECT $BRUTE_WEEK, count(*) FROM trips WHERE $(inbox origin) AND $(inbox destination) GROUP BY 1"
-  "question 1 (rollup)|$(sed -n '/^-- 1\./,/;$/p' sql/questions.sql | grep -v '^--')"
-  "question 2 (rollup)|$(sed -n '/^-- 2\./,/;$/p' sql/questions.sql | grep -v '^--')"
+  "question 1 (rollup)|$(sed -n '/^-- 1\./,/;$/p' sql/examples/questions.sql | grep -v '^--')"
+  "question 2 (rollup)|$(sed -n '/^-- 2\./,/;$/p' sql/examples/questions.sql | grep -v '^--')"
   "question 2 (brute force)|SELECT DISTINCT region FROM trips_named WHERE datasource = 'cheap_mobile'"
 )
 run_all() {

@@ -170,8 +170,8 @@ queries() {
   md "| weekly average, $RANDOM_BOXES random boxes in Prague (0.005°-0.105° wide) by origin, one run each | $(pct "${t_ours[@]}") | $(pct "${t_brute[@]}") | $ok |"
   echo "random boxes done" >&2
   local q1 q2
-  q1=$(sed -n '/^-- 1\./,/;$/p' sql/questions.sql | grep -v '^--' | tr -d ';')
-  q2=$(sed -n '/^-- 2\./,/;$/p' sql/questions.sql | grep -v '^--' | tr -d ';')
+  q1=$(sed -n '/^-- 1\./,/;$/p' sql/examples/questions.sql | grep -v '^--' | tr -d ';')
+  q2=$(sed -n '/^-- 2\./,/;$/p' sql/examples/questions.sql | grep -v '^--' | tr -d ';')
   local b1="WITH top AS (SELECT region_id FROM trips GROUP BY 1 ORDER BY count(*) DESC LIMIT 2) SELECT d.name, r.name, t.datetime FROM trips t JOIN top USING (region_id) JOIN regions r ON r.id = t.region_id JOIN datasources d ON d.id = t.datasource_id ORDER BY t.datetime DESC LIMIT 1"
   local b2="SELECT DISTINCT region FROM trips_named WHERE datasource = 'cheap_mobile' ORDER BY 1"
   local s1 s2
@@ -197,7 +197,7 @@ md
 md "### As loaded (no spatial index)"
 md
 queries
-md "Answers of the two questions: $(psql_ -F ', ' -c "$(sed -n '/^-- 1\./,/;$/p' sql/questions.sql | grep -v '^--' | tr -d ';')") / $(psql_ -c "$(sed -n '/^-- 2\./,/;$/p' sql/questions.sql | grep -v '^--' | tr -d ';')" | paste -sd' ')."
+md "Answers of the two questions: $(psql_ -F ', ' -c "$(sed -n '/^-- 1\./,/;$/p' sql/examples/questions.sql | grep -v '^--' | tr -d ';')") / $(psql_ -c "$(sed -n '/^-- 2\./,/;$/p' sql/examples/questions.sql | grep -v '^--' | tr -d ';')" | paste -sd' ')."
 md
 if [ "$SPATIAL" = 1 ]; then
   s=$(date +%s.%N)

@@ -190,8 +190,11 @@ fn weekly_results_equal_brute_force_sql() {
 #[test]
 fn the_two_questions_on_the_sample() {
     let (db, _w) = loaded(&[("sample.csv", sample())]);
-    let sql =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/questions.sql")).unwrap();
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql/examples/questions.sql"
+    ))
+    .unwrap();
     let statements: Vec<&str> = sql
         .split(';')
         .filter(|s| {
@@ -303,71 +306,6 @@ fn rollups_do_not_depend_on_load_order_or_failed_files() {
         0
     );
     assert_eq!(db2.count("SELECT count(*) FROM rollup_uncompacted"), 0);
-    check_cell_points(&db2);
-
-    // The migration's backfill (for trips loaded before cell points existed)
-    // writes exactly the loader's rows: once compacted (listing files whose
-    // other rollups are already merged is harmless), the rows that the loads
-    // and their compactions left.
-    let rows = |db: &TestDb| -> Vec<String> {
-        db.query("SELECT concat_ws(' ', file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos) FROM rollup_cell_points ORDER BY 1")
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    let loaded = rows(&db2);
-    db2.query("TRUNCATE rollup_cell_points");
-    db2.query("DELETE FROM tripload_schema WHERE version = 6");
-    let out = tripload(&w2, &db2, &["db", "migrate"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let compact = |db: &TestDb, w: &Work| {
-        db.query("INSERT INTO rollup_uncompacted SELECT file_id FROM load_files");
-        let out = tripload(w, db, &["db", "compact"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-    };
-    compact(&db2, &w2);
-    assert_eq!(rows(&db2), loaded);
-    assert_eq!(rollup_state(&db2), s2);
-
-    // A database migrated by an older binary has the older layout (a third
-    // float8 array, no lat_pos): migration 7 rebuilds it from trips.
-    db2.query("DROP TABLE rollup_cell_points CASCADE");
-    db2.query(
-        "CREATE TABLE rollup_cell_points (file_id int, side \"char\", ix int, iy int, weeks int[], ends int[],
-                                          lons float8[], lats float8[], lats_sorted float8[])",
-    );
-    db2.query("INSERT INTO rollup_cell_points VALUES (1, 'o', 0, 0, '{0}', '{1}', '{0.5}', '{0.5}', '{0.5}')");
-    db2.query("DELETE FROM tripload_schema WHERE version = 7");
-    let out = tripload(&w2, &db2, &["db", "migrate"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    compact(&db2, &w2);
-    assert_eq!(rows(&db2), loaded);
-    check_cell_points(&db2);
-
-    // One with the coordinates as float8[] (before they were keys):
-    // migration 9 converts it in place, row for row.
-    let floats = |col: &str| {
-        format!(
-            "ARRAY(SELECT cell_point_coord(substring({col} FROM (i - 1) * 8 + 1 FOR 8))
-                   FROM generate_series(1, length({col}) / 8) i ORDER BY i)"
-        )
-    };
-    db2.query(&format!(
-        "CREATE TABLE old_points AS SELECT file_id, side, ix, iy, weeks, ends,
-                {} AS lons, {} AS lats_sorted, lat_pos FROM rollup_cell_points",
-        floats("lons"),
-        floats("lats_sorted")
-    ));
-    db2.query("DROP TABLE rollup_cell_points CASCADE");
-    db2.query("ALTER TABLE old_points RENAME TO rollup_cell_points");
-    assert_eq!(
-        db2.count("SELECT count(*) FROM pg_attribute WHERE attrelid = 'rollup_cell_points'::regclass AND atttypid = 'float8[]'::regtype"),
-        2
-    );
-    db2.query("DELETE FROM tripload_schema WHERE version = 9");
-    let out = tripload(&w2, &db2, &["db", "migrate"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(rows(&db2), loaded);
     check_cell_points(&db2);
 }
 
@@ -641,6 +579,46 @@ fn weekly_command_prints_counts_and_average() {
     );
 }
 
+/// A region without trips (never loaded, or only in the dictionary) is
+/// named as unknown, with the known regions (at most 20 listed), instead of
+/// an answer of zero trips per week.
+#[test]
+fn unknown_region_is_named_with_the_known_ones() {
+    let mut csv = b"region,origin_coord,destination_coord,datetime,datasource\n".to_vec();
+    for i in 0..25 {
+        csv.extend_from_slice(
+            format!("Region {i:02},POINT (14.4 50.0),POINT (14.5 50.1),2018-05-2{} 10:00:00,cheap_mobile\n", i % 7)
+                .as_bytes(),
+        );
+    }
+    let (db, w) = loaded(&[("regions.csv", csv)]);
+    db.query("INSERT INTO regions (id, name) VALUES (30000, 'Ghost')");
+    for name in ["Nowhere", "Ghost"] {
+        for cmd in [
+            &["weekly", "--region", name][..],
+            &["groups", "--region", name],
+        ] {
+            let out = tripload(&w, &db, cmd);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+            assert!(stdout(&out).is_empty(), "{cmd:?}: {}", stdout(&out));
+            assert!(err.contains(&format!("unknown region \"{name}\"")), "{err}");
+            assert!(
+                err.contains("known regions (25): \"Region 00\", \"Region 01\", ")
+                    && err.contains("\"Region 19\" and 5 more"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("Region 20") && !err.contains("Ghost\","),
+                "{err}"
+            );
+        }
+    }
+    let out = tripload(&w, &db, &["weekly", "--region", "Region 07"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(1 trips)"), "{}", stdout(&out));
+}
+
 /// Trips around a few hotspots, so that groups hold many trips.
 fn clustered_csv(rows: usize, seed: u64) -> Vec<u8> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
@@ -841,10 +819,16 @@ fn trip_groups_equal_groups_computed_from_the_csv() {
             .starts_with(&top.to_string()),
         "{table}"
     );
-    // Unknown region: no groups, not an error; bad arguments: exit 2.
+    // Unknown region: exit 2, named with the known ones; bad arguments: exit 2.
     let out = tripload(&w, &db, &["groups", "--region", "Atlantis"]);
-    assert!(out.status.success());
-    assert!(stdout(&out).contains("(no trips match)"));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown region \"Atlantis\"")
+            && stderr(&out).contains("known regions (2): \"Prague\", \"Turin\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
     for bad in [
         &["groups", "--cell-deg", "0"][..],
         &["groups", "--bucket-minutes", "0"],
@@ -1160,52 +1144,4 @@ fn small_files_compact_into_the_rows_of_one_file() {
             )
         );
     }
-}
-
-/// A database written by loaders that kept each segment of a file in a
-/// table of its own (children of rollup_cell_points, more of them than the
-/// migration moves per transaction): migrating moves every row into the one
-/// table and drops the children; the answers do not change.
-#[test]
-fn per_segment_tables_of_older_loaders_move_into_one_table() {
-    let (db, w) = generated_db();
-    let rows = |db: &TestDb| -> Vec<String> {
-        db.query("SELECT concat_ws(' ', file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos) FROM rollup_cell_points ORDER BY 1")
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    let before = rows(&db);
-    let children = 450;
-    db.query(&format!(
-        "DO $$
-         BEGIN
-             FOR n IN 0..{children} - 1 LOOP
-                 EXECUTE format('CREATE TABLE rollup_cell_points_7_%s (LIKE rollup_cell_points INCLUDING STORAGE)', n);
-                 EXECUTE format('INSERT INTO rollup_cell_points_7_%1$s
-                                 SELECT file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos
-                                 FROM (SELECT p.*, row_number() OVER (ORDER BY ctid) AS k FROM ONLY rollup_cell_points p) p
-                                 WHERE k %% {children} = %1$s', n);
-                 EXECUTE format('ALTER TABLE rollup_cell_points_7_%s INHERIT rollup_cell_points', n);
-             END LOOP;
-         END $$"
-    ));
-    db.query("DELETE FROM ONLY rollup_cell_points");
-    let segment_tables =
-        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'rollup_cell_points'::regclass";
-    assert_eq!(db.count(segment_tables), children);
-    assert_eq!(rows(&db), before);
-    db.query("DELETE FROM tripload_schema WHERE version = 12");
-    let out = tripload(&w, &db, &["db", "migrate"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(db.count(segment_tables), 0);
-    assert_eq!(
-        db.count(
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'rollup\\_cell\\_points\\_7\\_%'"
-        ),
-        0
-    );
-    assert_eq!(rows(&db), before);
-    check_cell_points(&db);
-    check_bbox(&db, [14.37, 50.0, 14.52, 50.13], None, None);
 }

@@ -270,19 +270,22 @@ fn migrations_choose_the_hypertable_layout_when_timescaledb_is_installed() {
     let w = Work::new();
     let out = tripload(&w, &db, &["db", "migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let layout: String = db.query("SELECT name FROM tripload_schema WHERE version = 2")[0].get(0);
+    let layout: String =
+        db.query("SELECT value FROM tripload_settings WHERE key = 'time_layout'")[0].get(0);
     eprintln!("layout: {layout} (TimescaleDB installed: {installed:?})");
-    assert_eq!(
-        layout.contains("hypertable"),
-        installed.is_some(),
-        "{layout}"
-    );
-    if installed.is_some() {
+    let hypertable = installed.is_some() && test_layout() != "plain";
+    assert_eq!(layout == "timescaledb", hypertable, "{layout}");
+    if hypertable {
         assert_eq!(
             db.count(
                 "SELECT count(*) FROM timescaledb_information.hypertables \
                  WHERE hypertable_name = 'trips'"
             ),
+            1
+        );
+    } else {
+        assert_eq!(
+            db.count("SELECT count(*) FROM pg_indexes WHERE indexname = 'trips_datetime_brin'"),
             1
         );
     }

@@ -10,7 +10,7 @@
 //! (and the region and cell rollups a row per file per week or cell).
 //!
 //! Compaction merges the rows of committed small files (those listed in
-//! `rollup_uncompacted`, see `sql/012_cell_points_one_table.sql`) into rows
+//! `rollup_uncompacted`, see `sql/migrations/004_rollups.sql`) into rows
 //! with `file_id` 0 ([`COMPACTED`]), which hold the sum of every compacted
 //! file, exactly as one large file would write them:
 //! - cell points: per (side, cell), the files' rows and the compacted rows

@@ -1,9 +1,10 @@
 //! `tripload groups`: trip groups — trips with the same region, origin cell,
 //! destination cell and time-of-day bucket — largest first, through the SQL
-//! function `trip_groups` (`sql/005_queries.sql`), printed as a table, JSON or CSV.
+//! function `trip_groups` (`sql/functions/groups.sql`), printed as a table, JSON or CSV.
 
+use crate::analytics::regions::{self, QueryError};
 use crate::analytics::weekly::{By, Format};
-use crate::db::{self, query_err, DbError};
+use crate::db::{self, query_err};
 
 /// What to group and how.
 #[derive(Debug, Clone)]
@@ -31,8 +32,11 @@ pub struct Group {
 }
 
 /// The groups and the cell size they were computed with.
-pub async fn groups(conninfo: &str, q: &Query) -> Result<(f64, Vec<Group>), DbError> {
+pub async fn groups(conninfo: &str, q: &Query) -> Result<(f64, Vec<Group>), QueryError> {
     let client = db::connect(conninfo).await?;
+    if let Some(region) = &q.region {
+        regions::require(&client, region).await?;
+    }
     let cell: f64 = match q.cell_deg {
         Some(c) => c,
         None => db::grid(&client).await?.deg,

@@ -10,5 +10,6 @@ pub mod compact;
 pub mod groups;
 pub mod points;
 pub mod points_writer;
+pub mod regions;
 pub mod rollup;
 pub mod weekly;

@@ -7,7 +7,7 @@
 //! trips from `trips` costs a scan (or a GiST index that is slow to build and
 //! still reads ~1.5M rows for a city-district box at 100M trips). Here a cut
 //! cell is two binary searches over at most [`MAX_PER_ROW`] sorted keys in
-//! one heap row (`cell_point_keys_le`/`_lt` in `sql/005_queries.sql`).
+//! one heap row (`cell_point_keys_le`/`_lt` in `sql/functions/cell_points.sql`).
 //!
 //! A file's rows carry its `file_id`; [`crate::analytics::compact`] reads the rows of
 //! small files back ([`decode_row`]) and merges them into full rows with
@@ -55,7 +55,7 @@ const PT_BYTES: usize = 20;
 /// the default 2 KB limit (64 points). A row of sparse data, one week per
 /// point, is at most ~3.8 KB: still inline. At most 256, for `lat_pos`.
 /// The queries' binary searches are unrolled for this many keys
-/// (`sql/005_queries.sql`; a unit test keeps the two equal).
+/// (`sql/functions/cell_points.sql`; a unit test keeps the two equal).
 pub const MAX_PER_ROW: usize = 140;
 
 /// Columns of the binary COPY rows, in order.
@@ -72,7 +72,7 @@ const INT4_OID: i32 = 23;
 /// that keys compare bytewise (`memcmp`, PostgreSQL's `bytea` order) exactly
 /// as the floats compare numerically. `-0.0` takes the key of `0.0` (they
 /// are equal numbers; a box edge at 0 includes both). NaN never gets here
-/// (parsing rejects it). `cell_point_key` in `sql/006_cell_points.sql` is the
+/// (parsing rejects it). `cell_point_key` in `sql/functions/cell_points.sql` is the
 /// same function in SQL.
 pub fn key(x: f64) -> [u8; 8] {
     // -0.0 + 0.0 is +0.0.
@@ -471,11 +471,6 @@ impl Spill {
 mod tests {
     use super::*;
 
-    #[test]
-    fn copy_columns_are_the_tables_columns() {
-        assert_eq!(COPY_COLUMNS, crate::db::segments::CELL_POINTS_COLUMNS);
-    }
-
     fn pt(side: u8, ix: i32, iy: i32, week: i32, lon: f64, lat: f64) -> Pt {
         Pt {
             side,
@@ -558,7 +553,7 @@ mod tests {
 
     #[test]
     fn the_sql_searches_cover_a_full_row() {
-        let sql = include_str!("../../sql/005_queries.sql");
+        let sql = include_str!("../../sql/functions/cell_points.sql");
         assert!(sql.contains(&format!("cell_point_search(op, -1, 128, {MAX_PER_ROW})")));
     }
 

@@ -15,7 +15,7 @@
 //!
 //! Those rows commit before the file's transaction does, so three rules keep
 //! them exactly as consistent as rows of that transaction
-//! (`sql/008_cell_points_pending.sql`):
+//! (`sql/migrations/005_cell_points.sql`):
 //! - readers count a file's cell points only once its `load_files` row is
 //!   visible, that is once the file's transaction has committed;
 //! - `cell_points_pending` names the file from the first point written until

@@ -1,8 +1,9 @@
 //! `tripload weekly`: per-week trip counts and the weekly average for a
 //! region or a bounding box, through the SQL functions over the rollups
-//! (`sql/005_queries.sql`), printed as a table, JSON or CSV.
+//! (`sql/functions/weekly.sql`), printed as a table, JSON or CSV.
 
-use crate::db::{self, query_err, DbError};
+use crate::analytics::regions::{self, QueryError};
+use crate::db::{self, query_err};
 
 /// The area asked about.
 #[derive(Debug, Clone)]
@@ -63,17 +64,18 @@ pub fn parse_bbox(s: &str) -> Result<[f64; 4], String> {
     Ok([a, b, c, d])
 }
 
-/// Per-week counts for the area.
+/// Per-week counts for the area (a region must have trips).
 pub async fn weeks(
     conninfo: &str,
     area: &Area,
     by: By,
     from: Option<chrono::NaiveDate>,
     to: Option<chrono::NaiveDate>,
-) -> Result<Vec<(chrono::NaiveDate, i64)>, DbError> {
+) -> Result<Vec<(chrono::NaiveDate, i64)>, QueryError> {
     let client = db::connect(conninfo).await?;
     let rows = match area {
         Area::Region(name) => {
+            regions::require(&client, name).await?;
             client
                 .query(
                     "SELECT week, trips FROM weekly_trips_region($1, $2, $3)",

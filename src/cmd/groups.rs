@@ -48,7 +48,7 @@ pub async fn run(args: GroupsArgs, target: Target) -> u8 {
         top: args.top,
     };
     let result = async {
-        let (conninfo, _) = crate::ingest::loader::prepare(&target, "7 days").await?;
+        let conninfo = crate::db::schema::open_for_reading(&target).await?;
         crate::analytics::groups::groups(&conninfo, &q).await
     }
     .await;

@@ -23,7 +23,7 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs, target: Target) -> u8 {
     let result = async {
-        let (conninfo, _) = crate::ingest::loader::prepare(&target, "7 days").await?;
+        let conninfo = crate::db::schema::open_for_reading(&target).await?;
         if args.follow {
             crate::notify::status::follow(&conninfo, args.limit, args.json, args.max_events).await
         } else {

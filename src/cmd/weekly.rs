@@ -34,7 +34,7 @@ pub async fn run(args: WeeklyArgs, target: Target) -> u8 {
         (None, None) => return EXIT_SETUP,
     };
     let result = async {
-        let (conninfo, _) = crate::ingest::loader::prepare(&target, "7 days").await?;
+        let conninfo = crate::db::schema::open_for_reading(&target).await?;
         crate::analytics::weekly::weeks(&conninfo, &area, args.by, args.from, args.to).await
     }
     .await;

@@ -28,7 +28,7 @@ use tokio_postgres::Transaction;
 
 /// Advisory lock class of the dictionaries: key 0 is held shared by every
 /// loading file and exclusively by [`reclaim`]; key 1 serializes the
-/// allocation of new ids (in `tripload_dim_name`, sql/010).
+/// allocation of new ids (in `tripload_dim_name`, sql/functions/dimensions.sql).
 pub const LOCK_CLASS: i32 = 29811;
 
 /// Default of `--max-new-names`.
@@ -332,7 +332,7 @@ impl Registry for Counter {
 }
 
 /// Registers names through a connection of its own (autocommit), via
-/// `tripload_dim_name` (sql/010): the smallest free id, recorded as pending
+/// `tripload_dim_name` (sql/functions/dimensions.sql): the smallest free id, recorded as pending
 /// for the registering file.
 pub struct DbRegistry {
     client: std::sync::Mutex<Arc<tokio_postgres::Client>>,

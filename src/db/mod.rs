@@ -1,11 +1,16 @@
 //! Database access: which database to use, connecting with errors that say
-//! what to do, and the versioned, idempotent schema migrations in `sql/`.
+//! what to do; the schema ([`schema`]: migrations and functions in `sql/`)
+//! and the time layout of `trips` ([`layout`]).
 
 pub mod copy_in;
 pub mod dims;
+pub mod layout;
 pub mod ledger;
 pub mod pgtls;
-pub mod segments;
+pub mod schema;
+
+pub use layout::TimeLayout;
+pub use schema::migrate;
 
 use crate::embedded::Embedded;
 use std::path::{Path, PathBuf};
@@ -33,6 +38,10 @@ pub enum DbError {
     },
     #[error(transparent)]
     Embedded(#[from] crate::embedded::EmbeddedError),
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
 }
 
 impl DbError {
@@ -474,79 +483,6 @@ fn io_cause(e: &tokio_postgres::Error) -> bool {
     false
 }
 
-/// How `trips` is laid out in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeLayout {
-    Hypertable,
-    PlainBrin,
-}
-
-struct Migration {
-    version: i32,
-    name: &'static str,
-    sql: &'static str,
-}
-
-const CORE: Migration = Migration {
-    version: 1,
-    name: "core",
-    sql: include_str!("../../sql/001_core.sql"),
-};
-/// Plain SQL migrations applied after the time layout, in order.
-const LATER: &[Migration] = &[
-    Migration {
-        version: 3,
-        name: "ingestion events",
-        sql: include_str!("../../sql/003_events.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "rollups",
-        sql: include_str!("../../sql/004_rollups.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "cell points",
-        sql: include_str!("../../sql/006_cell_points.sql"),
-    },
-    // Drops cell points of the older layout, then (re)creates and backfills.
-    Migration {
-        version: 7,
-        name: "cell points with latitude positions",
-        sql: concat!(
-            include_str!("../../sql/007_cell_points_lat_pos.sql"),
-            include_str!("../../sql/006_cell_points.sql")
-        ),
-    },
-    Migration {
-        version: 8,
-        name: "cell points written beside the file's transaction",
-        sql: include_str!("../../sql/008_cell_points_pending.sql"),
-    },
-    Migration {
-        version: 9,
-        name: "cell points as order-preserving keys",
-        sql: include_str!("../../sql/009_cell_points_keys.sql"),
-    },
-    Migration {
-        version: 10,
-        name: "names of files that did not commit are pending and reclaimable",
-        sql: include_str!("../../sql/010_dim_names_pending.sql"),
-    },
-    Migration {
-        version: 11,
-        name: "event retention and watch attempts",
-        sql: include_str!("../../sql/011_events_retention.sql"),
-    },
-    Migration {
-        version: 12,
-        name: "cell points in one table; compaction of small files",
-        sql: include_str!("../../sql/012_cell_points_one_table.sql"),
-    },
-];
-/// Query functions: replaced on every migrate, so they follow the binary.
-const FUNCTIONS: &str = include_str!("../../sql/005_queries.sql");
-
 /// The grid the rollups use (fixed when the schema was created).
 pub async fn grid(client: &Client) -> Result<crate::kernel::grid::Grid, DbError> {
     let row = client
@@ -559,153 +495,6 @@ pub async fn grid(client: &Client) -> Result<crate::kernel::grid::Grid, DbError>
     Ok(crate::kernel::grid::Grid {
         deg: row.get(0),
         bucket_secs: row.get::<_, f64>(1) as i64,
-    })
-}
-const LAYOUT_TIMESCALE: &str = include_str!("../../sql/002_time_layout_timescaledb.sql");
-const LAYOUT_PLAIN: &str = include_str!("../../sql/002_time_layout_plain.sql");
-
-/// Applies pending migrations; safe to run concurrently from several loaders.
-/// `chunk_interval` (e.g. "7 days") is used when the hypertable is created.
-pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLayout, DbError> {
-    let target = "the database".to_string();
-    let postgis: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'postgis')",
-            &[],
-        )
-        .await
-        .map_err(query_err("checking for PostGIS"))?
-        .get(0);
-    if !postgis {
-        let major: String = client
-            .query_one("SELECT current_setting('server_version_num')", &[])
-            .await
-            .map_err(query_err("reading the server version"))?
-            .get(0);
-        return Err(DbError::NoPostgis {
-            target,
-            major: major.get(..2).unwrap_or("15").to_string(),
-        });
-    }
-    // Before the migration's one transaction, which could not lock them all.
-    segments::absorb_segment_tables(client).await?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(query_err("starting the migration transaction"))?;
-    tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtext('tripload-migrate'));
-         CREATE TABLE IF NOT EXISTS tripload_schema (
-             version    integer PRIMARY KEY,
-             name       text NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now());",
-    )
-    .await
-    .map_err(query_err("creating the migrations table"))?;
-    let applied: Vec<i32> = tx
-        .query("SELECT version FROM tripload_schema", &[])
-        .await
-        .map_err(query_err("reading applied migrations"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !applied.contains(&CORE.version) {
-        tx.batch_execute(CORE.sql)
-            .await
-            .map_err(query_err("applying migration 1 (core schema)"))?;
-        tx.execute(
-            "INSERT INTO tripload_schema (version, name) VALUES ($1, $2)",
-            &[&CORE.version, &CORE.name],
-        )
-        .await
-        .map_err(query_err("recording migration 1"))?;
-    }
-    let layout = if applied.contains(&2) {
-        current_layout(&tx).await?
-    } else {
-        let layout = if timescale_usable(&tx).await? {
-            TimeLayout::Hypertable
-        } else {
-            TimeLayout::PlainBrin
-        };
-        let sql = match layout {
-            TimeLayout::Hypertable => {
-                let interval: String = tx
-                    .query_one("SELECT quote_literal($1::text::interval::text)", &[&chunk_interval])
-                    .await
-                    .map_err(query_err(format!(
-                        "checking --chunk-interval {chunk_interval:?} (use a PostgreSQL interval such as '7 days')"
-                    )))?
-                    .get(0);
-                LAYOUT_TIMESCALE.replace("{chunk_interval}", &interval)
-            }
-            TimeLayout::PlainBrin => LAYOUT_PLAIN.to_string(),
-        };
-        tx.batch_execute(&sql)
-            .await
-            .map_err(query_err("applying migration 2 (time layout)"))?;
-        let name = match layout {
-            TimeLayout::Hypertable => "time layout: timescaledb hypertable",
-            TimeLayout::PlainBrin => "time layout: plain table + BRIN",
-        };
-        tx.execute(
-            "INSERT INTO tripload_schema (version, name) VALUES (2, $1)",
-            &[&name],
-        )
-        .await
-        .map_err(query_err("recording migration 2"))?;
-        layout
-    };
-    for m in LATER.iter().filter(|m| !applied.contains(&m.version)) {
-        tx.batch_execute(m.sql).await.map_err(query_err(format!(
-            "applying migration {} ({})",
-            m.version, m.name
-        )))?;
-        tx.execute(
-            "INSERT INTO tripload_schema (version, name) VALUES ($1, $2)",
-            &[&m.version, &m.name],
-        )
-        .await
-        .map_err(query_err(format!("recording migration {}", m.version)))?;
-    }
-    tx.batch_execute(FUNCTIONS)
-        .await
-        .map_err(query_err("creating the query functions"))?;
-    tx.commit()
-        .await
-        .map_err(query_err("committing migrations"))?;
-    Ok(layout)
-}
-
-/// TimescaleDB is used when it is already created in this database, or
-/// available and preloaded (it cannot work without shared_preload_libraries).
-async fn timescale_usable(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, DbError> {
-    let row = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
-                    EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
-                    current_setting('shared_preload_libraries') LIKE '%timescaledb%'",
-            &[],
-        )
-        .await
-        .map_err(query_err("checking for TimescaleDB"))?;
-    let (created, available, preloaded): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
-    if available && !preloaded && !created {
-        tracing::warn!("timescaledb is installed but not in shared_preload_libraries: using a plain table with a BRIN index");
-    }
-    Ok(created || (available && preloaded))
-}
-
-async fn current_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<TimeLayout, DbError> {
-    let name: String = tx
-        .query_one("SELECT name FROM tripload_schema WHERE version = 2", &[])
-        .await
-        .map_err(query_err("reading the time layout"))?
-        .get(0);
-    Ok(if name.contains("hypertable") {
-        TimeLayout::Hypertable
-    } else {
-        TimeLayout::PlainBrin
     })
 }
 

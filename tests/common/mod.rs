@@ -7,7 +7,10 @@
 //! 127.0.0.1 with the generated password (the `--pg-tcp` path) for the tests
 //! that need TCP. When TimescaleDB is installed the cluster preloads it and
 //! the template database has the extension, so every test database gets the
-//! hypertable layout; which layout ran is printed once per test binary.
+//! hypertable layout, unless `TRIPLOAD_TEST_LAYOUT=plain`: then the template
+//! has no TimescaleDB and every test database sets `tripload.time_layout =
+//! 'plain'` (see [`test_layout`]). Which layout ran is printed once per test
+//! binary.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -95,7 +98,11 @@ fn cluster() -> &'static Cluster {
             c.batch_execute("CREATE EXTENSION postgis")
                 .await
                 .expect("postgis must be installed (apt-get install -y postgresql-15-postgis-3)");
-            let layout = use_timescaledb(&c).await;
+            let layout = if test_layout() == "plain" {
+                "plain table (TRIPLOAD_TEST_LAYOUT=plain)".to_owned()
+            } else {
+                use_timescaledb(&c).await
+            };
             // Straight to stderr, past the test harness's output capture.
             let line = format!("tripload tests: time layout = {layout}\n");
             let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
@@ -113,6 +120,17 @@ fn cluster() -> &'static Cluster {
         });
         Cluster { emb }
     })
+}
+
+/// The time layout the test databases get: "plain" when
+/// `TRIPLOAD_TEST_LAYOUT=plain`, else "auto" (the hypertable when
+/// TimescaleDB is installed, as in production).
+pub fn test_layout() -> &'static str {
+    match std::env::var("TRIPLOAD_TEST_LAYOUT").as_deref() {
+        Ok("plain") => "plain",
+        Ok("") | Ok("auto") | Err(_) => "auto",
+        Ok(other) => panic!("TRIPLOAD_TEST_LAYOUT={other:?}: use plain or auto"),
+    }
 }
 
 /// Creates TimescaleDB in the template database when the server preloads
@@ -179,6 +197,13 @@ pub fn fresh_db() -> TestDb {
         c.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE tpl"))
             .await
             .expect("create test db");
+        if test_layout() == "plain" {
+            c.batch_execute(&format!(
+                "ALTER DATABASE {name} SET tripload.time_layout = 'plain'"
+            ))
+            .await
+            .expect("ask for the plain layout");
+        }
     });
     TestDb {
         conninfo: cl.emb.conninfo(&name),
@@ -193,7 +218,17 @@ impl TestDb {
             let c = client(&self.conninfo).await;
             c.query(sql, &[])
                 .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        })
+    }
+
+    /// Runs statements separated by semicolons (no results).
+    pub fn batch(&self, sql: &str) {
+        block_on(async {
+            let c = client(&self.conninfo).await;
+            c.batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
         })
     }
 

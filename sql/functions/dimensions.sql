@@ -1,20 +1,4 @@
--- tripload schema, version 10: names of files that did not commit can be
--- deleted, and their ids reused.
---
--- The loader registers a new region or datasource name in its own short
--- transaction (so concurrent files never wait on each other's names), which
--- outlives a file that then rolls back. Such a name is *pending*:
--- `registered_by` holds the ledger id of the file that registered it, and the
--- transaction of every file that commits clears it for the names it used.
--- Pending names are deleted when no file is loading (the loader takes advisory
--- lock (29811, 0) shared for each file, and exclusively to delete), and
--- `generation` counts those deletions so that loaders reload their names.
-ALTER TABLE regions ADD COLUMN IF NOT EXISTS registered_by integer;
-ALTER TABLE datasources ADD COLUMN IF NOT EXISTS registered_by integer;
-
-CREATE TABLE IF NOT EXISTS tripload_dim_generation (generation bigint NOT NULL);
-INSERT INTO tripload_dim_generation (generation)
-SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM tripload_dim_generation);
+-- Region and datasource names (tables regions and datasources, migration 1).
 
 -- The id of `p_name` in `p_table` ('regions' or 'datasources'), registering
 -- it for file `p_file` when `p_register` and the name is new: no row when it

@@ -1,4 +1,4 @@
--- Query functions over the rollups (CREATE OR REPLACE: re-applied on upgrade).
+-- Weekly trip counts over the rollups.
 --
 -- A trip is in an area when its origin (p_by = 'origin', the default), its
 -- destination ('destination') or both ('both') lie in it. A bounding box is
@@ -27,54 +27,6 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT weeks.week, coalesce(counts.trips, 0)::bigint FROM weeks LEFT JOIN counts USING (week) ORDER BY 1
 $$;
-
--- The coordinate a cell point key holds (the inverse of cell_point_key, for
--- reading rollup_cell_points by hand; the queries compare keys directly).
-CREATE OR REPLACE FUNCTION cell_point_coord(k bytea) RETURNS double precision
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT CASE WHEN v < 0 THEN 1.0::float8 ELSE -1.0::float8 END
-           * CASE WHEN e = 0 THEN m * power(2::float8, -1074)
-                  ELSE (4503599627370496 + m)::float8 * power(2::float8, e - 1075) END
-    FROM (SELECT v, (mag >> 52)::int AS e, (mag & 4503599627370495)::float8 AS m
-          FROM (SELECT v, CASE WHEN v < 0 THEN v ELSE ~v END # (-9223372036854775808)::bigint AS mag
-                FROM (SELECT ('x' || encode(k, 'hex'))::bit(64)::bigint AS v) a) b) c
-$$;
-
--- cell_point_keys_le(v, a, e, k) / cell_point_keys_lt: how many of the keys
--- at 1-based positions a..e of v (ascending; a segment of one row, so at
--- most 140 keys: points::MAX_PER_ROW) are <= k (< k). A binary search
--- unrolled into nested CASEs: 8 comparisons, each a substring and a memcmp.
--- The planner inlines it (~1 us per search, where a PL/pgSQL loop costs
--- several times that); branches past 140 keys are left out, which keeps
--- the text short to parse and plan (~6 ms less for a query's first call).
-CREATE OR REPLACE FUNCTION pg_temp.cell_point_search(op text, p integer, s integer, lim integer) RETURNS text
-LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-    -- p: the largest offset known to hold a key that passes (-1: none yet).
-    IF s = 0 THEN
-        RETURN (p + 1)::text;
-    END IF;
-    IF p + s >= lim THEN
-        RETURN pg_temp.cell_point_search(op, p, s / 2, lim);
-    END IF;
-    RETURN format('CASE WHEN a + %s <= e AND substring(v, (a + %s) * 8 - 7, 8) %s k THEN %s ELSE %s END',
-                  p + s, p + s, op,
-                  pg_temp.cell_point_search(op, p + s, s / 2, lim), pg_temp.cell_point_search(op, p, s / 2, lim));
-END
-$$;
-DO $$
-DECLARE
-    fn text;
-    op text;
-BEGIN
-    FOR fn, op IN VALUES ('cell_point_keys_le', '<='), ('cell_point_keys_lt', '<') LOOP
-        EXECUTE format('CREATE OR REPLACE FUNCTION %I(v bytea, a integer, e integer, k bytea) RETURNS integer
-                        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS %L',
-                       fn, 'SELECT ' || pg_temp.cell_point_search(op, -1, 128, 140));
-    END LOOP;
-END
-$$;
-DROP FUNCTION pg_temp.cell_point_search(text, integer, integer, integer);
 
 -- Trips per week for a bounding box. Cells wholly inside the box come from
 -- rollup_cell_week; the cells its edge crosses from the exact coordinates in
@@ -107,9 +59,7 @@ DECLARE
     -- west of x0 has lon / g <= x0 / g (rounding is monotonic), so its cell is
     -- at most cx0 and cells from cx0 + 1 on hold no such point; likewise a
     -- point east of x1 is in cell cx1 or beyond. So the edge band is one cell
-    -- wide on each side, also when an edge lies on a grid line (an earlier
-    -- 1e-7 margin made it two there: 81 cells instead of 56 for a
-    -- 0.15 x 0.13 degree box with round coordinates).
+    -- wide on each side, also when an edge lies on a grid line.
     in_x0 int := cx0 + 1;
     in_x1 int := cx1 - 1;
     in_y0 int := cy0 + 1;
@@ -274,95 +224,4 @@ CREATE OR REPLACE FUNCTION weekly_average_bbox(
 RETURNS numeric LANGUAGE sql STABLE AS $$
     SELECT coalesce(sum(trips)::numeric / nullif(count(*), 0), 0)
     FROM weekly_trips_bbox(min_lon, min_lat, max_lon, max_lat, p_by, p_from, p_to)
-$$;
-
-
--- Trip groups: trips with the same region, origin cell, destination cell and
--- time-of-day bucket (UTC), largest first. Cell (ix, iy) = (floor(lon / cell),
--- floor(lat / cell)) with cell = p_cell_deg (default: the grid, 0.01 degree,
--- about 1.1 km north-south and 0.7 km east-west at 50°N); bucket k covers
--- [k * p_bucket_minutes, (k + 1) * p_bucket_minutes) minutes after midnight.
--- Optional filters: a region, and a bounding box that the origin, the
--- destination or both must lie in (edges inclusive).
--- Computed from the raw trips at query time (see README, "Trip groups").
-CREATE OR REPLACE FUNCTION trip_groups(
-    p_region text DEFAULT NULL,
-    min_lon double precision DEFAULT NULL, min_lat double precision DEFAULT NULL,
-    max_lon double precision DEFAULT NULL, max_lat double precision DEFAULT NULL,
-    p_by text DEFAULT 'origin',
-    p_cell_deg double precision DEFAULT NULL,
-    p_bucket_minutes integer DEFAULT 60,
-    p_top integer DEFAULT 20)
-RETURNS TABLE (region text, origin_ix integer, origin_iy integer,
-               destination_ix integer, destination_iy integer,
-               bucket_start time, trips bigint,
-               first_at timestamptz, last_at timestamptz, datasources text[])
-LANGUAGE plpgsql STABLE SET work_mem = '256MB' AS $$
-DECLARE
-    g double precision := coalesce(p_cell_deg, tripload_setting('grid_deg'));
-    b bigint := p_bucket_minutes::bigint * 60;
-    rid smallint;
-    has_box boolean := min_lon IS NOT NULL;
-    box geometry;
-BEGIN
-    IF p_by NOT IN ('origin', 'destination', 'both') THEN
-        RAISE EXCEPTION 'p_by must be origin, destination or both, not %', p_by;
-    END IF;
-    IF NOT (g > 0) THEN
-        RAISE EXCEPTION 'cell size must be positive, not %', g;
-    END IF;
-    IF p_bucket_minutes IS NULL OR p_bucket_minutes < 1 OR p_bucket_minutes > 1440 THEN
-        RAISE EXCEPTION 'bucket must be 1 to 1440 minutes, not %', p_bucket_minutes;
-    END IF;
-    IF has_box AND (min_lat IS NULL OR max_lon IS NULL OR max_lat IS NULL
-                    OR min_lon > max_lon OR min_lat > max_lat) THEN
-        RAISE EXCEPTION 'bounding box needs min_lon <= max_lon and min_lat <= max_lat';
-    END IF;
-    IF p_region IS NOT NULL THEN
-        SELECT id INTO rid FROM regions WHERE name = p_region;
-        IF rid IS NULL THEN
-            RETURN;
-        END IF;
-    END IF;
-    IF has_box THEN
-        box := ST_MakeEnvelope(min_lon, min_lat, max_lon, max_lat, 4326);
-    END IF;
-    RETURN QUERY
-    WITH k AS (
-        SELECT t.region_id,
-               floor(ST_X(t.origin) / g)::int AS oix, floor(ST_Y(t.origin) / g)::int AS oiy,
-               floor(ST_X(t.destination) / g)::int AS dix, floor(ST_Y(t.destination) / g)::int AS diy,
-               (mod(floor(extract(epoch FROM t.datetime))::bigint, 86400) + 86400) % 86400 / b AS bk,
-               t.datetime, t.datasource_id
-        FROM trips t
-        WHERE (p_region IS NULL OR t.region_id = rid)
-          AND (NOT has_box OR p_by = 'destination' OR (t.origin && box
-               AND ST_X(t.origin) BETWEEN min_lon AND max_lon AND ST_Y(t.origin) BETWEEN min_lat AND max_lat))
-          AND (NOT has_box OR p_by = 'origin' OR (t.destination && box
-               AND ST_X(t.destination) BETWEEN min_lon AND max_lon AND ST_Y(t.destination) BETWEEN min_lat AND max_lat))
-    ),
-    -- Two steps: per datasource first, so that both steps can hash (an
-    -- array_agg(DISTINCT) would force a sort of every trip).
-    per_source AS (
-        SELECT k.region_id, k.oix, k.oiy, k.dix, k.diy, k.bk, k.datasource_id, count(*) AS n,
-               min(k.datetime) AS first_at, max(k.datetime) AS last_at
-        FROM k
-        GROUP BY 1, 2, 3, 4, 5, 6, 7
-    ),
-    grp AS (
-        SELECT p.region_id, p.oix, p.oiy, p.dix, p.diy, p.bk, sum(p.n)::bigint AS n,
-               min(p.first_at) AS first_at, max(p.last_at) AS last_at,
-               array_agg(p.datasource_id) AS ds
-        FROM per_source p
-        GROUP BY 1, 2, 3, 4, 5, 6
-        ORDER BY n DESC, 1, 2, 3, 4, 5, 6
-        LIMIT p_top
-    )
-    SELECT r.name, grp.oix, grp.oiy, grp.dix, grp.diy,
-           (time '00:00' + make_interval(secs => grp.bk * b)),
-           grp.n, grp.first_at, grp.last_at,
-           ARRAY(SELECT d.name FROM datasources d WHERE d.id = ANY (grp.ds) ORDER BY d.name)
-    FROM grp JOIN regions r ON r.id = grp.region_id
-    ORDER BY grp.n DESC, grp.region_id, grp.oix, grp.oiy, grp.dix, grp.diy, grp.bk;
-END
 $$;

@@ -1,7 +1,7 @@
 -- The two questions, answered from the rollups (fast on 100M rows: they read
 -- one small row per region and datasource for each large file and one for
 -- all compacted small files, not the trips).
--- Run: psql "$(tripload db url)" -f sql/questions.sql
+-- Run: psql "$(tripload db url)" -f sql/examples/questions.sql
 
 -- 1. From the two most commonly appearing regions, which is the latest datasource?
 WITH region_totals AS (
