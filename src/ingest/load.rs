@@ -97,7 +97,10 @@ pub async fn database_dims(conninfo: &str, max_new_names: u64) -> Result<DimStor
 /// Loads every file; returns one report per file.
 pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     let files = crate::ingest::discover::discover(&cfg.paths)?;
-    let progress = Arc::new(Progress::new(cfg.settings.quiet, cfg.settings.progress_every));
+    let progress = Arc::new(Progress::new(
+        cfg.settings.quiet,
+        cfg.settings.progress_every,
+    ));
     if files.is_empty() {
         progress.line(&format!(
             "no files to load in {}",
@@ -137,7 +140,9 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         grid: if cfg.rollups {
             Some(db::grid(&client).await?)
         } else {
-            tracing::warn!("--no-rollups: weekly and bounding-box answers will not count these files");
+            tracing::warn!(
+                "--no-rollups: weekly and bounding-box answers will not count these files"
+            );
             None
         },
     });
