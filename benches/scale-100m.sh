@@ -72,7 +72,7 @@ md "Produced by \`benches/scale-100m.sh $ROWS $PER\` on $(date -u +%Y-%m-%d)."
 md
 md "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, shared and noisy;"
 md "$(psql_ -c 'SELECT version()' | cut -d, -f1); PostGIS $(psql_ -c 'SELECT postgis_lib_version()'); TimescaleDB: $(psql_ -c "SELECT coalesce((SELECT extversion FROM pg_extension WHERE extname='timescaledb'), 'absent (plain table + BRIN on datetime)')")."
-md "Server: the embedded cluster's settings (\`shared_buffers=512MB\`, \`max_wal_size=8GB\`, \`checkpoint_timeout=30min\`, \`wal_level=minimal\`, fsync on)."
+md "Server: the embedded cluster's settings (\`shared_buffers=512MB\`, \`max_wal_size=8GB\`, \`checkpoint_timeout=30min\`, \`wal_level=replica\`, fsync on)."
 md
 md "Input: $ROWS trips in $n files of up to $PER rows, $(( BYTES / 1000000 )) MB of CSV (\`tripload gen\`: 6 cities, points uniform in ±0.15° × ±0.1° around each centre, datetimes over 2018), generated in $(printf %.0f "$gen_s") s."
 md

@@ -192,10 +192,10 @@ fn status_follow_receives_claimed_progress_committed_in_order() {
         &db,
         &["watch", "landing", "--quiet", "--progress-every-ms", "50"],
     )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     std::fs::write(
         w.path("landing/.e.csv"),

@@ -184,9 +184,8 @@ impl<M> Sender<M> {
                 drop(st);
                 // Written unlocked: the consumer goes on with what is queued
                 // before.
-                let written = placed.and_then(|(file, at)| {
-                    file.write_all_at(&bytes, at).map(|()| (file, at))
-                });
+                let written = placed
+                    .and_then(|(file, at)| file.write_all_at(&bytes, at).map(|()| (file, at)));
                 self.written(written, len, meta)
             }
         }
@@ -210,7 +209,12 @@ impl<M> Sender<M> {
     }
 
     /// Queues a buffer whose write to disk ended with `written`.
-    fn written(&self, written: io::Result<(Arc<File>, u64)>, len: usize, meta: M) -> io::Result<bool> {
+    fn written(
+        &self,
+        written: io::Result<(Arc<File>, u64)>,
+        len: usize,
+        meta: M,
+    ) -> io::Result<bool> {
         let s = &*self.shared;
         let mut st = s.lock();
         st.writing = false;
@@ -220,7 +224,12 @@ impl<M> Sender<M> {
                 Err(e)
             }
             Ok((file, at)) => {
-                st.disk.push_back(OnDisk { file, at, len, meta });
+                st.disk.push_back(OnDisk {
+                    file,
+                    at,
+                    len,
+                    meta,
+                });
                 Ok(true)
             }
         };
@@ -279,7 +288,12 @@ impl<M> Receiver<M> {
     /// Reads a buffer back from its file, which closes once nothing queued
     /// refers to it.
     fn read_back(&self, d: OnDisk<M>) -> io::Result<(Bytes, M)> {
-        let OnDisk { file, at, len, meta } = d;
+        let OnDisk {
+            file,
+            at,
+            len,
+            meta,
+        } = d;
         let mut buf = vec![0u8; len];
         let read = file.read_exact_at(&mut buf, at);
         drop(file);

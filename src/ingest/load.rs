@@ -24,7 +24,10 @@ pub struct LoadConfig {
 /// Loads every file; returns one report per file.
 pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
     let files = crate::ingest::discover::discover(&cfg.paths)?;
-    let progress = Arc::new(Progress::new(cfg.settings.quiet, cfg.settings.progress_every));
+    let progress = Arc::new(Progress::new(
+        cfg.settings.quiet,
+        cfg.settings.progress_every,
+    ));
     if files.is_empty() {
         progress.line(&format!(
             "no files to load in {}",

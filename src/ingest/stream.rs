@@ -195,4 +195,3 @@ async fn end_copy(mut sink: Sink, done: Committed) -> Result<(Committed, u64), F
     }
     Ok((done, copied))
 }
-

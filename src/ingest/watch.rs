@@ -437,7 +437,10 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
     let conninfo = ctx.conninfo.clone();
     let events = ctx.events.clone();
     let mut attempts = Attempts::start(&conninfo, client, cfg.max_attempts).await;
-    let progress = Arc::new(Progress::new(cfg.settings.quiet, cfg.settings.progress_every));
+    let progress = Arc::new(Progress::new(
+        cfg.settings.quiet,
+        cfg.settings.progress_every,
+    ));
     release_stale(&processing, &landing, &events);
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
