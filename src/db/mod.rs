@@ -1,5 +1,7 @@
 //! Database access: which database to use, connecting with errors that say
-//! what to do, and the versioned, idempotent schema migrations in `sql/`.
+//! what to do, and the versioned, idempotent schema migrations in `sql/`;
+//! [`ledger`] (which file is loaded), [`dims`] (the dimension dictionaries),
+//! [`copy_in`] (feeding a COPY), [`pgtls`] (TLS).
 
 pub mod copy_in;
 pub mod dims;
