@@ -2,18 +2,28 @@
 //! binary COPY, one transaction per file, with load-time rollups that answer
 //! weekly averages for a region or a bounding box.
 //!
-//! Folders by domain; dependencies point one way
-//! (`cmd` → `ingest`/`analytics`/`notify` → `db` → `kernel`):
+//! Folders by domain; dependencies point one way (`tests/layering.rs`
+//! checks it):
 //!
-//! - [`kernel`]: the pure core — chunk, record, parse, encode (bytes in, values out).
-//! - [`ingest`]: discover → map → kernel → backlog → copy (the file's
-//!   transaction) → archive; `load` and `watch` drive it.
-//! - [`analytics`]: rollups and cell points built at load time, compaction,
-//!   and the `weekly` / `groups` answers.
-//! - [`notify`]: status events, progress and summaries, mail, `status`.
-//! - [`db`]: connecting (TLS), migrations, ledger, dimension dictionaries.
+//! ```text
+//! cmd ─▶ ingest ─▶ analytics ─▶ notify ─▶ db ─▶ embedded ─▶ kernel
+//! ```
+//!
+//! - [`cmd`]: the command line, one file per subcommand.
+//! - [`kernel`]: the pure core — chunk, record, parse, encode, grid, rollup
+//!   partials (bytes in, values out); it imports nothing outside itself.
+//! - [`ingest`]: discover → map → loader → copy (one file: transaction =
+//!   claim → stream → verify → rollups → commit) → archive; `load` and
+//!   `watch` drive it.
+//! - [`analytics`]: the rollups and cell points written at load time,
+//!   compaction, and the `weekly` / `groups` answers.
+//! - [`notify`]: status events, progress and summaries, mail, the files
+//!   written beside a file, `status`.
+//! - [`db`]: connecting (TLS), migrations, ledger, dimension dictionaries,
+//!   COPY feeding.
 //! - [`embedded`]: the local PostgreSQL cluster tripload starts when no
 //!   database URL is given.
+//! - [`gen`]: synthetic trip files for tests and benchmarks.
 
 pub mod analytics;
 pub mod cmd;

@@ -1,6 +1,8 @@
 //! Database access: which database to use, connecting with errors that say
-//! what to do; the schema ([`schema`]: migrations and functions in `sql/`)
-//! and the time layout of `trips` ([`layout`]).
+//! what to do; the schema ([`schema`]: migrations and functions in `sql/`),
+//! the time layout of `trips` ([`layout`]), [`ledger`] (which file is
+//! loaded), [`dims`] (the dimension dictionaries), [`copy_in`] (feeding a
+//! COPY), [`pgtls`] (TLS).
 
 pub mod copy_in;
 pub mod dims;

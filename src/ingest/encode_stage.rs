@@ -81,75 +81,121 @@ fn verdict_reason(
 /// is parsed to the end, so its rejects file lists every bad line; a record
 /// that breaks the framing stops the parse there.
 pub fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
-    let EncodeStage {
-        mapped,
-        header,
-        dims,
-        mut rejects,
-        max_rejects,
-        chunk_bytes,
-        depth,
-        file_id,
-        label,
-        grid,
-        out,
-        segments,
-    } = s;
-    let mut out = Some(out);
-    let mut segments = segments;
-    let file_bytes = mapped.bytes().len();
-    let segment_bytes = segments.as_ref().map(|(_, seg)| *seg);
-    let spill_for = |consumed: usize, grid: crate::kernel::grid::Grid| {
-        let bytes = match segment_bytes {
-            Some(seg) => (file_bytes - consumed.min(file_bytes)).min(seg),
-            None => file_bytes,
+    let mut state = match InOrder::new(s) {
+        Ok(state) => state,
+        Err(f) => return Err(*f),
+    };
+    let work = state.work();
+    let mapped = Arc::clone(&state.mapped);
+    let chunks = Chunker::new(mapped.bytes(), state.data_start, state.chunk_bytes)
+        .max_record_bytes(state.max_record_bytes);
+    ordered::run(chunks, state.depth, work, |range, result| {
+        state.take(range, result)
+    });
+    state.finish()
+}
+
+/// The in-order stage's state while the chunks of one file come back.
+struct InOrder {
+    mapped: Arc<Mapped>,
+    header: Arc<Header>,
+    dims: Arc<Dims>,
+    rejects: RejectWriter,
+    max_rejects: u64,
+    chunk_bytes: usize,
+    depth: usize,
+    file_id: i32,
+    label: String,
+    grid: Option<crate::kernel::grid::Grid>,
+    data_start: usize,
+    max_record_bytes: usize,
+    /// Where the encoded trips go; `None` once the COPY was stopped.
+    out: Option<backlog::Sender<(u64, u64)>>,
+    segments: Option<(tokio::sync::mpsc::Sender<Spill>, usize)>,
+    file_bytes: usize,
+    /// Input bytes per segment of cell points (`None`: the whole file).
+    segment_bytes: Option<usize>,
+    consumed: usize,
+    segment_at: usize,
+    rollup: Option<Rollup>,
+    points: Option<Spill>,
+    line_base: u64,
+    lines: Lines,
+    rows: u64,
+    abort: Option<Abort>,
+    verdict: Option<Verdict>,
+    /// The COPY side stopped taking trips (it reports why).
+    stopped: bool,
+    /// Set once the file is over --max-rejects: its remaining chunks are
+    /// parsed without registering their names.
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl InOrder {
+    fn new(s: EncodeStage) -> Result<InOrder, Box<Failure>> {
+        let file_bytes = s.mapped.bytes().len();
+        let segment_bytes = s.segments.as_ref().map(|(_, seg)| *seg);
+        let mut state = InOrder {
+            data_start: s.header.data_start,
+            max_record_bytes: s.header.max_record_bytes,
+            line_base: s.header.lines_before_data,
+            lines: Lines {
+                header: s.header.lines_before_data,
+                ..Lines::default()
+            },
+            mapped: s.mapped,
+            header: s.header,
+            dims: s.dims,
+            rejects: s.rejects,
+            max_rejects: s.max_rejects,
+            chunk_bytes: s.chunk_bytes,
+            depth: s.depth,
+            file_id: s.file_id,
+            label: s.label,
+            grid: s.grid,
+            out: Some(s.out),
+            segments: s.segments,
+            file_bytes,
+            segment_bytes,
+            consumed: 0,
+            segment_at: 0,
+            rollup: s.grid.map(|_| Rollup::default()),
+            points: None,
+            rows: 0,
+            abort: None,
+            verdict: None,
+            stopped: false,
+            failing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
-        Spill::new(
-            bytes as u64,
-            points::PARTITION_BYTES,
-            &std::env::temp_dir(),
-            grid,
-        )
-    };
-    let spill_err = |e: std::io::Error| {
-        Abort::Env(format!(
-            "cannot create temporary files for the cell points in {} (set TMPDIR to a writable directory with room for about half the file's size): {e}",
-            std::env::temp_dir().display()
-        ))
-    };
-    let (mut consumed, mut segment_at) = (0usize, 0usize);
-    let mut rollup = grid.map(|_| Rollup::default());
-    let mut points = match grid {
-        None => None,
-        Some(g) => match spill_for(0, g) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                return Err(Failure {
-                    abort: spill_err(e),
-                    rejected: 0,
-                    rejects: Some(Box::new(rejects)),
-                })
+        if let Some(g) = state.grid {
+            match state.spill_for(0, g) {
+                Ok(p) => state.points = Some(p),
+                Err(e) => {
+                    return Err(Box::new(Failure {
+                        abort: spill_err(e),
+                        rejected: 0,
+                        rejects: Some(Box::new(state.rejects)),
+                    }))
+                }
             }
-        },
-    };
-    let mut line_base = header.lines_before_data;
-    let mut lines = Lines {
-        header: header.lines_before_data,
-        ..Lines::default()
-    };
-    let mut rows = 0u64;
-    let mut abort: Option<Abort> = None;
-    let mut verdict: Option<Verdict> = None;
-    let mut stopped = false;
-    // Set once the file is over --max-rejects: its remaining chunks are
-    // parsed without registering their names.
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let work = {
-        let mapped = Arc::clone(&mapped);
-        let header = Arc::clone(&header);
-        let failing = Arc::clone(&failing);
+        }
+        Ok(state)
+    }
+
+    /// What the rayon pool runs on each chunk.
+    fn work(
+        &self,
+    ) -> impl Fn(std::ops::Range<usize>) -> Result<crate::kernel::encode::Encoded, DimError>
+           + Send
+           + Sync
+           + 'static {
+        let mapped = Arc::clone(&self.mapped);
+        let header = Arc::clone(&self.header);
+        let failing = Arc::clone(&self.failing);
+        let dims = Arc::clone(&self.dims);
+        let (file_id, grid) = (self.file_id, self.grid);
         move |r: std::ops::Range<usize>| -> Result<crate::kernel::encode::Encoded, DimError> {
-            let dict: &dyn crate::kernel::encode::Dictionary<crate::db::dims::DimError> =
+            let dict: &dyn crate::kernel::encode::Dictionary<DimError> =
                 if failing.load(std::sync::atomic::Ordering::Relaxed) {
                     &crate::kernel::encode::NoDictionary
                 } else {
@@ -157,132 +203,212 @@ pub fn encode_stage(s: EncodeStage) -> Result<Committed, Failure> {
                 };
             encode_chunk(&mapped.bytes()[r], &header, file_id, dict, grid.as_ref())
         }
-    };
-    let chunks = Chunker::new(mapped.bytes(), header.data_start, chunk_bytes)
-        .max_record_bytes(header.max_record_bytes);
-    ordered::run(chunks, depth, work, |range, result| {
+    }
+
+    /// The spill for the cell points of the next segment (from `consumed`).
+    fn spill_for(
+        &self,
+        consumed: usize,
+        grid: crate::kernel::grid::Grid,
+    ) -> std::io::Result<Spill> {
+        let bytes = match self.segment_bytes {
+            Some(seg) => (self.file_bytes - consumed.min(self.file_bytes)).min(seg),
+            None => self.file_bytes,
+        };
+        Spill::new(
+            bytes as u64,
+            points::PARTITION_BYTES,
+            &std::env::temp_dir(),
+            grid,
+        )
+    }
+
+    /// Takes the next chunk's result, in file order; false stops the parse.
+    fn take(
+        &mut self,
+        range: std::ops::Range<usize>,
+        result: Result<crate::kernel::encode::Encoded, DimError>,
+    ) -> bool {
         let enc = match result {
             Ok(enc) => enc,
             Err(e) => {
-                abort = Some(e.into());
+                self.abort = Some(e.into());
                 return false;
             }
         };
+        if !self.write_rejects(&enc) {
+            return false;
+        }
+        if let Some(fatal) = enc.fatal {
+            self.verdict = Some(Verdict::Broken(fatal.shifted(self.line_base)));
+            return false;
+        }
+        self.line_base += enc.lines;
+        self.lines.rejected += enc.rejected_lines;
+        self.lines.blank += enc.blank_lines;
+        self.check_reject_limit();
+        if self.verdict.is_some() {
+            self.mapped.release(range);
+            return true;
+        }
+        if !self.keep_points(&enc) {
+            return false;
+        }
+        if let Some(r) = self.rollup.as_mut() {
+            // The chunk's points went to the spill; the writer counts them.
+            r.merge_counts(enc.rollup);
+        }
+        self.consumed += enc.bytes;
+        self.segment_at += enc.bytes;
+        if !self.next_segment() {
+            return false;
+        }
+        self.rows += enc.rows;
+        if !self.queue_trips(Bytes::from(enc.tuples), enc.bytes as u64, enc.rows) {
+            return false;
+        }
+        self.mapped.release(range);
+        true
+    }
+
+    /// Writes the chunk's rejects at their file lines.
+    fn write_rejects(&mut self, enc: &crate::kernel::encode::Encoded) -> bool {
         for r in &enc.rejects {
-            if let Err(e) = rejects.write(line_base + r.line, r) {
-                abort = Some(Abort::Env(format!("cannot write the rejects file: {e}")));
+            if let Err(e) = self.rejects.write(self.line_base + r.line, r) {
+                self.abort = Some(Abort::Env(format!("cannot write the rejects file: {e}")));
                 return false;
             }
         }
-        if let Some(fatal) = enc.fatal {
-            verdict = Some(Verdict::Broken(fatal.shifted(line_base)));
-            return false;
-        }
-        line_base += enc.lines;
-        lines.rejected += enc.rejected_lines;
-        lines.blank += enc.blank_lines;
-        if verdict.is_none() && rejects.lines > max_rejects {
-            // The COPY stops now; the parse goes on to list every bad line.
-            verdict = Some(Verdict::TooManyRejects);
-            failing.store(true, std::sync::atomic::Ordering::Relaxed);
-            if let Some(out) = out.take() {
+        true
+    }
+
+    /// Over `--max-rejects`: the COPY stops now; the parse goes on to list
+    /// every bad line.
+    fn check_reject_limit(&mut self) {
+        if self.verdict.is_none() && self.rejects.lines > self.max_rejects {
+            self.verdict = Some(Verdict::TooManyRejects);
+            self.failing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(out) = self.out.take() {
                 out.cancel();
             }
-            segments = None;
-            points = None;
+            self.segments = None;
+            self.points = None;
         }
-        if verdict.is_some() {
-            mapped.release(range);
-            return true;
-        }
-        if let Some(p) = points.as_mut() {
+    }
+
+    /// Spills the chunk's cell points.
+    fn keep_points(&mut self, enc: &crate::kernel::encode::Encoded) -> bool {
+        if let Some(p) = self.points.as_mut() {
             if let Err(e) = p.push(&enc.rollup.pending) {
-                abort = Some(Abort::Env(format!(
+                self.abort = Some(Abort::Env(format!(
                     "cannot spill the cell points to {}: {e}",
                     std::env::temp_dir().display()
                 )));
                 return false;
             }
         }
-        if let Some(r) = rollup.as_mut() {
-            // The chunk's points went to the spill; the writer counts them.
-            r.merge_counts(enc.rollup);
-        }
-        consumed += enc.bytes;
-        segment_at += enc.bytes;
-        if let (Some((stx, seg)), Some(p), Some(g)) = (&segments, points.as_mut(), grid) {
-            if segment_at >= *seg && consumed < file_bytes {
-                segment_at = 0;
-                let fresh = match spill_for(consumed, g) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        abort = Some(spill_err(e));
-                        return false;
-                    }
-                };
-                if stx.blocking_send(std::mem::replace(p, fresh)).is_err() {
-                    // The writer stopped; the transaction reports why.
-                    abort = Some(Abort::Env("the cell points writer stopped".into()));
-                    return false;
-                }
-            }
-        }
-        rows += enc.rows;
-        let Some(tx) = out.as_ref() else {
-            return false;
+        true
+    }
+
+    /// Hands a full segment of cell points to the writer and starts the next.
+    fn next_segment(&mut self) -> bool {
+        let (Some((stx, seg)), Some(g)) = (&self.segments, self.grid) else {
+            return true;
         };
-        match tx.send(Bytes::from(enc.tuples), (enc.bytes as u64, enc.rows)) {
-            Ok(true) => {}
-            // The COPY side stopped; it reports why.
-            Ok(false) => {
-                stopped = true;
+        if self.points.is_none() || self.segment_at < *seg || self.consumed >= self.file_bytes {
+            return true;
+        }
+        self.segment_at = 0;
+        let fresh = match self.spill_for(self.consumed, g) {
+            Ok(s) => s,
+            Err(e) => {
+                self.abort = Some(spill_err(e));
                 return false;
             }
+        };
+        let Some(full) = self.points.replace(fresh) else {
+            return true;
+        };
+        if stx.blocking_send(full).is_err() {
+            // The writer stopped; the transaction reports why.
+            self.abort = Some(Abort::Env("the cell points writer stopped".into()));
+            return false;
+        }
+        true
+    }
+
+    /// Queues the chunk's encoded trips for the COPY.
+    fn queue_trips(&mut self, tuples: Bytes, bytes: u64, rows: u64) -> bool {
+        let Some(tx) = self.out.as_ref() else {
+            return false;
+        };
+        match tx.send(tuples, (bytes, rows)) {
+            Ok(true) => true,
+            // The COPY side stopped; it reports why.
+            Ok(false) => {
+                self.stopped = true;
+                false
+            }
             Err(e) => {
-                abort = Some(Abort::Env(format!(
+                self.abort = Some(Abort::Env(format!(
                     "cannot queue encoded trips in {} (set TMPDIR to a writable directory with room for about the file's size, or --backlog-mib 0): {e}",
                     std::env::temp_dir().display()
                 )));
-                return false;
-            }
-        }
-        mapped.release(range);
-        true
-    });
-    // Parsing is done: the last segment of cell points goes to the writer
-    // now, while the trips may still be queued for the COPY.
-    if abort.is_none() && verdict.is_none() && !stopped {
-        if let (Some((stx, _)), Some(p)) = (&segments, points.take()) {
-            if stx.blocking_send(p).is_err() {
-                abort = Some(Abort::Env("the cell points writer stopped".into()));
+                false
             }
         }
     }
-    let abort = abort.or_else(|| {
-        verdict.map(|v| Abort::File(verdict_reason(&label, &v, &rejects, max_rejects)))
-    });
-    let rejected = rejects.lines;
-    match abort {
-        Some(abort) => {
-            // The file fails: its backlog is not worth copying first.
-            if let Some(out) = out.take() {
-                out.cancel();
+
+    /// Parsing is done: the last segment of cell points goes to the writer
+    /// now, while the trips may still be queued for the COPY; then the file
+    /// is parsed ([`Committed`]) or failed.
+    fn finish(mut self) -> Result<Committed, Failure> {
+        if self.abort.is_none() && self.verdict.is_none() && !self.stopped {
+            if let (Some((stx, _)), Some(p)) = (&self.segments, self.points.take()) {
+                if stx.blocking_send(p).is_err() {
+                    self.abort = Some(Abort::Env("the cell points writer stopped".into()));
+                }
             }
-            Err(Failure {
-                abort,
-                rejected,
-                rejects: Some(Box::new(rejects)),
-            })
         }
-        None => {
-            debug_assert_eq!(lines.rejected, rejected);
-            Ok(Committed {
-                rows,
-                rejected,
-                lines,
-                rejects,
-                rollup,
-            })
+        let (label, max_rejects) = (&self.label, self.max_rejects);
+        let rejects = &self.rejects;
+        let abort = self.abort.take().or_else(|| {
+            self.verdict
+                .take()
+                .map(|v| Abort::File(verdict_reason(label, &v, rejects, max_rejects)))
+        });
+        let rejected = self.rejects.lines;
+        match abort {
+            Some(abort) => {
+                // The file fails: its backlog is not worth copying first.
+                if let Some(out) = self.out.take() {
+                    out.cancel();
+                }
+                Err(Failure {
+                    abort,
+                    rejected,
+                    rejects: Some(Box::new(self.rejects)),
+                })
+            }
+            None => {
+                debug_assert_eq!(self.lines.rejected, rejected);
+                Ok(Committed {
+                    rows: self.rows,
+                    rejected,
+                    lines: self.lines,
+                    rejects: self.rejects,
+                    rollup: self.rollup,
+                })
+            }
         }
     }
+}
+
+/// The abort for temporary files of cell points that cannot be created.
+fn spill_err(e: std::io::Error) -> Abort {
+    Abort::Env(format!(
+        "cannot create temporary files for the cell points in {} (set TMPDIR to a writable directory with room for about half the file's size): {e}",
+        std::env::temp_dir().display()
+    ))
 }
