@@ -34,7 +34,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  every file loaded (or was already loaded)
   1  at least one file failed (moved to failed/ with <file>.error.txt) or was left in place after a database error
-  2  usage or configuration error, or the database could not be reached/prepared; no file was touched
+  2  usage or configuration error (e.g. a region without trips), or the database could not be reached/prepared (status, weekly, groups: the schema is missing or behind, run `tripload db migrate`); no file was touched
   130  watch: aborted by a second SIGINT/SIGTERM (files in flight rolled back and returned to landing)
 
 Database: with DATABASE_URL (or --database-url) set, tripload uses that database. Without it, it runs an embedded PostgreSQL cluster in data/pg (--pg-dir), initialised and started on first use and left running (stop it with `tripload db stop`).";

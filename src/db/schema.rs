@@ -168,8 +168,7 @@ pub async fn open_for_reading(target: &Target) -> Result<String, DbError> {
     let target = describe(&conninfo);
     let want = latest();
     match state(&client).await? {
-        State::Absent => Err(SchemaError::Missing { target }.into()),
-        State::At { have } if have == 0 => Err(SchemaError::Missing { target }.into()),
+        State::Absent | State::At { have: 0 } => Err(SchemaError::Missing { target }.into()),
         State::At { have } if have < want => Err(SchemaError::Behind { target, have, want }.into()),
         State::At { .. } => Ok(conninfo),
         State::Foreign {
