@@ -19,6 +19,8 @@ Exit codes:
   0  every file loaded (or was already loaded)
   1  at least one file failed (moved to failed/ with <file>.error.txt) or was left in place after a database error
   2  usage or configuration error, or the database could not be reached/prepared; no file was touched
+     (unload, load --replace: the file named is not loaded; close names are listed)
+  3  unload, load --replace: the file named is still loading (not committed yet); nothing was changed
   130  watch: aborted by a second SIGINT/SIGTERM (files in flight rolled back and returned to landing)
 
 Database: with DATABASE_URL (or --database-url) set, tripload uses that database. Without it, it runs an embedded PostgreSQL cluster in data/pg (--pg-dir), initialised and started on first use and left running (stop it with `tripload db stop`).";
@@ -127,6 +129,30 @@ pub enum Command {
     Groups(GroupsArgs),
     /// Generate a realistic synthetic trip CSV (for tests and benchmarks).
     Gen(GenArgs),
+    /// Remove one loaded file: its trips, its rollups (also once compacted)
+    /// and its ledger row (kept in load_files_removed), in one transaction,
+    /// so that the same bytes can be loaded again.
+    ///
+    /// FILE is the file itself (its content is hashed), its content hash, or
+    /// the name it was loaded under; or give --file-id.
+    #[command(after_help = EXIT_CODES)]
+    Unload(UnloadArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["file", "file_id"])))]
+pub struct UnloadArgs {
+    /// The file: a path to its bytes, its content hash, or its file name.
+    pub file: Option<String>,
+    /// The file's id in the ledger (load_files.file_id).
+    #[arg(long)]
+    pub file_id: Option<i32>,
+    /// Say what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// If the file is still loading, wait for its load to end (instead of exit code 3).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +232,11 @@ pub struct LoadArgs {
     /// *.part, *.tmp and dotfiles).
     #[arg(default_value = "data/landing")]
     pub paths: Vec<PathBuf>,
+    /// Replace this loaded file (path, content hash, name or --file-id as
+    /// for `unload`; `id:N` for an id): the one file given loads and OLD is
+    /// unloaded in the same transaction.
+    #[arg(long, value_name = "OLD")]
+    pub replace: Option<String>,
     #[command(flatten)]
     pub opts: LoadOptions,
 }
@@ -323,6 +354,11 @@ pub struct LoadOptions {
     /// deleted by `load` at start and by `watch` at start and every hour.
     #[arg(long, env = "TRIPLOAD_EVENTS_RETENTION_DAYS", default_value_t = 30)]
     pub events_retention_days: u32,
+    /// A file named <stem>.v<N>.<ext> (N >= 2) replaces, in its own
+    /// transaction, the loaded file of the highest lower version
+    /// (<stem>.v<M>.<ext>, or <stem>.<ext> as version 1).
+    #[arg(long, env = "TRIPLOAD_REPLACE_VERSIONS")]
+    pub replace_versions: bool,
 }
 
 impl LoadOptions {
@@ -348,6 +384,11 @@ impl LoadOptions {
             quiet: self.quiet,
             mail,
             events_retention_days: self.events_retention_days,
+            replace: if self.replace_versions {
+                crate::lifecycle::replace::Policy::Versions
+            } else {
+                crate::lifecycle::replace::Policy::None
+            },
         })
     }
 
@@ -403,6 +444,16 @@ pub enum DbCommand {
     /// Merge the rollup rows of small files (loaded since the last
     /// compaction) into compacted rows; loads and watch do this by themselves.
     Compact,
+    /// Drop the trips older than a cut-off, rollups kept exact. The cut-off
+    /// is rounded down to the Monday (00:00 UTC) that starts its week.
+    Retain {
+        /// A date (YYYY-MM-DD) or an interval back from now ('90 days', '6 months').
+        #[arg(long, value_parser = crate::lifecycle::retain::OlderThan::parse)]
+        older_than: crate::lifecycle::retain::OlderThan,
+        /// Say what would be dropped; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -494,13 +545,21 @@ async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Load(l) => {
-            let settings = match l.opts.settings() {
+            let mut settings = match l.opts.settings() {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return EXIT_SETUP;
                 }
             };
+            if let Some(old) = &l.replace {
+                match crate::lifecycle::replace::policy_for(&target, &l.paths, old, &settings)
+                    .await
+                {
+                    Ok(p) => settings.replace = p,
+                    Err(code) => return code,
+                }
+            }
             let cfg = LoadConfig {
                 target,
                 paths: l.paths,
@@ -511,6 +570,7 @@ async fn run(cli: Cli) -> u8 {
                     if !reports.is_empty() {
                         print!("{}", crate::notify::report::summary_table(&reports));
                     }
+                    crate::lifecycle::replace::print_done(&reports);
                     if reports.iter().all(|r| r.ok()) {
                         EXIT_OK
                     } else {
@@ -526,6 +586,18 @@ async fn run(cli: Cli) -> u8 {
                 }
             }
         }
+        Command::Db(DbCommand::Retain {
+            older_than,
+            dry_run,
+        }) => match crate::ingest::load::prepare(&target, "7 days").await {
+            Ok((conninfo, _)) => {
+                crate::lifecycle::retain::command(&conninfo, &older_than, dry_run).await
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_SETUP
+            }
+        },
         Command::Db(cmd) => match db_command(cmd, target).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
@@ -604,6 +676,22 @@ async fn run(cli: Cli) -> u8 {
                 }
             }
         }
+        Command::Unload(u) => {
+            let spec = match (u.file_id, u.file) {
+                (Some(id), _) => crate::lifecycle::FileSpec::Id(id),
+                (None, Some(f)) => crate::lifecycle::FileSpec::Text(f),
+                (None, None) => return EXIT_SETUP,
+            };
+            match crate::ingest::load::prepare(&target, "7 days").await {
+                Ok((conninfo, _)) => {
+                    crate::lifecycle::unload::command(&conninfo, spec, u.dry_run, u.wait).await
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_SETUP
+                }
+            }
+        }
         Command::Gen(g) => {
             let result = if g.out.as_os_str() == "-" {
                 crate::gen::write_trips(std::io::stdout().lock(), g.rows, g.seed)
@@ -670,6 +758,7 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
             .unwrap_or_default();
             println!("{c} in {:.1} s", start.elapsed().as_secs_f64());
         }
+        DbCommand::Retain { .. } => anyhow::bail!("db retain is run by its own arm"),
         DbCommand::Url { tcp: false } => {
             let conninfo = target.resolve().await?;
             println!("{conninfo}");

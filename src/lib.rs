@@ -22,4 +22,5 @@ pub mod embedded;
 pub mod gen;
 pub mod ingest;
 pub mod kernel;
+pub mod lifecycle;
 pub mod notify;

@@ -541,6 +541,11 @@ const LATER: &[Migration] = &[
         name: "cell points in one table; compaction of small files",
         sql: include_str!("../../sql/012_cell_points_one_table.sql"),
     },
+    Migration {
+        version: 13,
+        name: "lifecycle: unload, replace, retain",
+        sql: include_str!("../../sql/013_lifecycle.sql"),
+    },
 ];
 /// Query functions: replaced on every migrate, so they follow the binary.
 const FUNCTIONS: &str = include_str!("../../sql/005_queries.sql");

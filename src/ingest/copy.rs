@@ -44,6 +44,9 @@ pub struct LoadContext {
     pub points_segment_bytes: usize,
     /// Bytes of encoded trips that may wait on disk (see [`backlog`]).
     pub backlog_bytes: u64,
+    /// The committed file a new file replaces (`load --replace`), unloaded
+    /// in the new file's transaction.
+    pub replace: crate::lifecycle::replace::Policy,
 }
 
 impl LoadContext {
@@ -697,6 +700,10 @@ async fn load_inner(
         (points_done - trips_done).as_secs_f64(),
         points_done.elapsed().as_secs_f64()
     );
+    // The file this one replaces goes in this transaction (lifecycle::replace).
+    if let Err(e) = crate::lifecycle::replace::unload_in(&tx, &ctx.replace, name, file_id).await {
+        return Err(fail_with(Abort::of(e.fault(), e.to_string()), done));
+    }
     if let Err(e) = file_dims.commit(&tx).await {
         return Err(fail_with(e.into(), done));
     }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub mail: Option<crate::notify::mail::MailConfig>,
     /// Days `ingestion_events` keeps (0: for ever); pruned by the loader.
     pub events_retention_days: u32,
+    /// Which committed file a loaded file replaces (see [`crate::lifecycle::replace`]).
+    pub replace: crate::lifecycle::replace::Policy,
 }
 
 /// Errors that stop the run before any file is touched (exit code 2).
@@ -165,6 +167,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Vec<FileReport>, SetupError> {
         chunk_bytes: cfg.settings.chunk_bytes,
         points_segment_bytes: cfg.settings.points_segment_bytes,
         backlog_bytes: cfg.settings.backlog_bytes,
+        replace: cfg.settings.replace.clone(),
         depth: (rayon::current_num_threads() * 2).max(4),
         processed_dir: cfg.settings.processed_dir.clone(),
         failed_dir: cfg.settings.failed_dir.clone(),

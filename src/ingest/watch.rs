@@ -425,6 +425,7 @@ pub async fn run(cfg: WatchConfig) -> Result<(), SetupError> {
         chunk_bytes: cfg.settings.chunk_bytes,
         points_segment_bytes: cfg.settings.points_segment_bytes,
         backlog_bytes: cfg.settings.backlog_bytes,
+        replace: cfg.settings.replace.clone(),
         depth: (rayon::current_num_threads() * 2).max(4),
         processed_dir: Some(
             cfg.settings
