@@ -553,8 +553,7 @@ async fn run(cli: Cli) -> u8 {
                 }
             };
             if let Some(old) = &l.replace {
-                match crate::lifecycle::replace::policy_for(&target, &l.paths, old, &settings)
-                    .await
+                match crate::lifecycle::replace::policy_for(&target, &l.paths, old, &settings).await
                 {
                     Ok(p) => settings.replace = p,
                     Err(code) => return code,

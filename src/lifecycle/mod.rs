@@ -274,7 +274,9 @@ async fn loading(
             drop(tx);
             match probe {
                 Ok(_) => Ok(false),
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
                     Ok(true)
                 }
                 Err(e) => Err(query_err("looking for a load in flight")(e).into()),
@@ -352,7 +354,11 @@ pub fn close_names(name: &str, names: &[String], max: usize) -> Vec<String> {
         })
         .collect();
     scored.sort();
-    scored.into_iter().take(max).map(|(_, n)| n.clone()).collect()
+    scored
+        .into_iter()
+        .take(max)
+        .map(|(_, n)| n.clone())
+        .collect()
 }
 
 /// Who does it, for the ledger history and the events: the OS user and host

@@ -71,7 +71,9 @@ static DONE: Mutex<Vec<(String, i32, Removed)>> = Mutex::new(Vec::new());
 
 /// The replacements recorded so far (emptied).
 pub fn take_done() -> Vec<(String, i32, Removed)> {
-    DONE.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default()
+    DONE.lock()
+        .map(|mut d| std::mem::take(&mut *d))
+        .unwrap_or_default()
 }
 
 /// The step of a file's transaction (just before its ledger counts and
@@ -129,9 +131,12 @@ pub async fn policy_for(
     old: &str,
     settings: &crate::ingest::load::Settings,
 ) -> Result<Policy, u8> {
-    let one_file = matches!(paths, [p] if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file()));
+    let one_file =
+        matches!(paths, [p] if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file()));
     if !one_file {
-        eprintln!("error: --replace needs exactly one file to load (a regular file, not a directory)");
+        eprintln!(
+            "error: --replace needs exactly one file to load (a regular file, not a directory)"
+        );
         return Err(crate::cli::EXIT_SETUP);
     }
     let spec = match old.strip_prefix("id:").map(str::parse::<i32>) {
@@ -169,7 +174,9 @@ pub fn print_done(reports: &[crate::notify::report::FileReport]) {
     for (name, new_id, r) in take_done() {
         let committed = reports.iter().any(|f| {
             f.status == crate::notify::report::Status::Loaded
-                && f.path.file_name().is_some_and(|n| n.to_string_lossy() == name)
+                && f.path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy() == name)
         });
         if committed {
             println!("{name} (file id {new_id}) replaced {r}");

@@ -55,7 +55,9 @@ impl OlderThan {
     pub fn parse(s: &str) -> Result<OlderThan, String> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("--older-than needs a date (YYYY-MM-DD) or an interval such as '90 days'".into());
+            return Err(
+                "--older-than needs a date (YYYY-MM-DD) or an interval such as '90 days'".into(),
+            );
         }
         if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
             return Ok(OlderThan::Date(d));
@@ -201,7 +203,9 @@ pub async fn retain_in(
             .get::<_, i64>(0) as u64;
         tx.execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
             .await
-            .map_err(query_err("deleting the trips before the cut-off in its chunk"))?
+            .map_err(query_err(
+                "deleting the trips before the cut-off in its chunk",
+            ))?
     } else {
         tx.execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
             .await
@@ -219,11 +223,13 @@ pub async fn retain_in(
             &[&cut.week],
         )
         .await
-        .map_err(query_err("deleting the dropped weeks of rollup_region_week"))?;
+        .map_err(query_err(
+            "deleting the dropped weeks of rollup_region_week",
+        ))?;
     done.rollup_rows_cut += tx
         .execute(
             "UPDATE rollup_cell_week SET (weeks, trips) =
-                 (SELECT array_agg(u.w ORDER BY u.i), array_agg(u.n ORDER BY u.i)
+                 (SELECT coalesce(array_agg(u.w ORDER BY u.i), '{}'), coalesce(array_agg(u.n ORDER BY u.i), '{}')
                   FROM unnest(weeks, trips) WITH ORDINALITY AS u(w, n, i) WHERE u.w >= $1)
              WHERE weeks[1] < $1",
             &[&cut.week],
@@ -290,7 +296,9 @@ async fn cut_cell_points(tx: &Transaction<'_>, week: i32) -> Result<(u64, u64), 
             &[&week],
         )
         .await
-        .map_err(query_err("reading the cell points that straddle the cut-off"))?;
+        .map_err(query_err(
+            "reading the cell points that straddle the cut-off",
+        ))?;
     let mut out = Vec::new();
     let mut pts: Vec<Pt> = Vec::new();
     for r in &rows {
@@ -344,7 +352,8 @@ async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
         )
         .await
         .map_err(query_err("measuring what retention would drop"))?;
-    let (trips, rw, cw, cp): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (trips, rw, cw, cp): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     Ok(format!(
         "dry run: would drop the trips before {cut}: {trips} trips ({chunks} whole chunks), \
          {rw} rollup_region_week rows, and cut or delete {cw} rollup_cell_week and {cp} rollup_cell_points rows; nothing was changed"
@@ -426,7 +435,9 @@ mod tests {
     fn older_than_is_a_date_or_an_interval() {
         assert_eq!(
             OlderThan::parse("2018-05-30"),
-            Ok(OlderThan::Date(NaiveDate::from_ymd_opt(2018, 5, 30).unwrap()))
+            Ok(OlderThan::Date(
+                NaiveDate::from_ymd_opt(2018, 5, 30).unwrap()
+            ))
         );
         assert_eq!(
             OlderThan::parse("90 days"),

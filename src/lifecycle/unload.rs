@@ -185,7 +185,10 @@ pub async fn unload_in(
         for &len in lens {
             let cell = &grouped[at..at + len];
             at += len;
-            if !own_point_cells.0.contains(&(cell[0].side, cell[0].ix, cell[0].iy)) {
+            if !own_point_cells
+                .0
+                .contains(&(cell[0].side, cell[0].ix, cell[0].iy))
+            {
                 point_cells.push(cell);
             }
         }
@@ -210,7 +213,9 @@ pub async fn unload_in(
         &[&file_id, &by, &how, &(removed.trips as i64)],
     )
     .await
-    .map_err(query_err("moving the file's ledger row to load_files_removed"))?;
+    .map_err(query_err(
+        "moving the file's ledger row to load_files_removed",
+    ))?;
     record_event(
         tx,
         &event(
