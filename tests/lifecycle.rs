@@ -342,7 +342,7 @@ fn dry_runs_change_nothing_and_unknown_files_exit_2_with_close_names() {
     let out = tripload(&w, &db, &["unload", "trips-2018-06.csv", "--dry-run"]);
     ok(&out);
     assert!(
-        stdout(&out).contains(&format!("would unload trips-2018-06.csv (file id 2")),
+        stdout(&out).contains("would unload trips-2018-06.csv (file id 2"),
         "{}",
         stdout(&out)
     );
