@@ -246,7 +246,8 @@ mod tests {
             versioned("trips-2018-05.v12.csv"),
             Some(("trips-2018-05.csv".into(), 12))
         );
-        assert_eq!(versioned("trips.v3"), Some(("trips".into(), 3)));
+        // The version comes before an extension.
+        assert_eq!(versioned("trips.v3"), None);
         assert_eq!(versioned("trips-2018-05.csv"), None);
         assert_eq!(versioned("trips.v1.csv"), None);
         assert_eq!(versioned("trips.vx.csv"), None);
