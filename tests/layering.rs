@@ -16,22 +16,30 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, lowest first. `gen` (the synthetic data generator)
 /// stands beside `kernel`: it imports nothing from the crate.
 const LAYERS: &[&[&str]] = &[
-    &["kernel", "gen"],
+    &["kernel", "gen", "exit"],
     &["embedded"],
     &["db"],
     &["notify"],
     &["analytics"],
+    &["lifecycle"],
     &["ingest"],
     &["cmd"],
 ];
 
 /// Imports against the rule that are known and owned by other work, with
 /// the reason; the test fails when one of them is gone, so the list shrinks.
-const KNOWN: &[(&str, &str, &str)] = &[(
-    "embedded/access.rs",
-    "db",
-    "renders a server error with db::error_text (the embedded split moves it)",
-)];
+const KNOWN: &[(&str, &str, &str)] = &[
+    (
+        "embedded/access.rs",
+        "db",
+        "renders a server error with db::error_text (the embedded split moves it)",
+    ),
+    (
+        "lifecycle/mod.rs",
+        "ingest",
+        "hashes a file named on the command line with ingest::map::content_hash (the hash belongs below both)",
+    ),
+];
 
 fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))

@@ -351,7 +351,10 @@ async fn move_cells(
 }
 
 /// Binary COPY of encoded cell point rows into `rollup_cell_points`.
-async fn copy_binary(tx: &tokio_postgres::Transaction<'_>, rows: Vec<u8>) -> Result<(), DbError> {
+pub(crate) async fn copy_binary(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: Vec<u8>,
+) -> Result<(), DbError> {
     let what = "writing compacted cell points";
     let sink = tx
         .copy_in::<_, Bytes>(&format!(

@@ -36,9 +36,34 @@ pub enum DbCommand {
     /// Merge the rollup rows of small files (loaded since the last
     /// compaction) into compacted rows; loads and watch do this by themselves.
     Compact,
+    /// Drop the trips older than a cut-off, rollups kept exact. The cut-off
+    /// is rounded down to the Monday (00:00 UTC) that starts its week.
+    Retain {
+        /// A date (YYYY-MM-DD) or an interval back from now ('90 days', '6 months').
+        #[arg(long, value_parser = crate::lifecycle::retain::OlderThan::parse)]
+        older_than: crate::lifecycle::retain::OlderThan,
+        /// Say what would be dropped; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub async fn run(cmd: DbCommand, target: Target) -> u8 {
+    if let DbCommand::Retain {
+        older_than,
+        dry_run,
+    } = &cmd
+    {
+        return match crate::db::prepare(&target, "7 days").await {
+            Ok((conninfo, _)) => {
+                crate::lifecycle::retain::command(&conninfo, older_than, *dry_run).await
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_SETUP
+            }
+        };
+    }
     match db_command(cmd, target).await {
         Ok(()) => EXIT_OK,
         Err(e) => {
@@ -51,7 +76,7 @@ pub async fn run(cmd: DbCommand, target: Target) -> u8 {
 async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
     match cmd {
         DbCommand::Migrate { chunk_interval } => {
-            let (conninfo, _) = crate::ingest::loader::prepare(&target, &chunk_interval).await?;
+            let (conninfo, _) = crate::db::prepare(&target, &chunk_interval).await?;
             println!("schema is up to date at {}", crate::db::describe(&conninfo));
         }
         DbCommand::Start => {
@@ -69,7 +94,7 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
             println!("{}", if stopped { "stopped" } else { "not running" });
         }
         DbCommand::Index { .. } => {
-            let (conninfo, _) = crate::ingest::loader::prepare(&target, "7 days").await?;
+            let (conninfo, _) = crate::db::prepare(&target, "7 days").await?;
             let client = crate::db::connect(&conninfo).await?;
             let start = std::time::Instant::now();
             client
@@ -85,7 +110,7 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
             );
         }
         DbCommand::Compact => {
-            let (conninfo, _) = crate::ingest::loader::prepare(&target, "7 days").await?;
+            let (conninfo, _) = crate::db::prepare(&target, "7 days").await?;
             let start = std::time::Instant::now();
             let c = crate::analytics::compact::compact(
                 &conninfo,
@@ -96,6 +121,7 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
             .unwrap_or_default();
             println!("{c} in {:.1} s", start.elapsed().as_secs_f64());
         }
+        DbCommand::Retain { .. } => anyhow::bail!("db retain is run by its own arm"),
         DbCommand::Url { tcp: false } => {
             let conninfo = target.resolve().await?;
             println!("{conninfo}");

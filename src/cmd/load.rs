@@ -21,6 +21,11 @@ pub struct LoadArgs {
     /// answers then do not count these files.
     #[arg(long)]
     pub no_rollups: bool,
+    /// Replace this loaded file (path, content hash, name, or `id:N` for a
+    /// file id): the one file given loads and OLD is unloaded in the same
+    /// transaction.
+    #[arg(long, value_name = "OLD")]
+    pub replace: Option<String>,
     #[command(flatten)]
     pub opts: LoadOptions,
 }
@@ -110,6 +115,11 @@ pub struct LoadOptions {
     /// deleted by `load` at start and by `watch` at start and every hour.
     #[arg(long, env = "TRIPLOAD_EVENTS_RETENTION_DAYS", default_value_t = 30)]
     pub events_retention_days: u32,
+    /// A file named <stem>.v<N>.<ext> (N >= 2) replaces, in its own
+    /// transaction, the loaded file of the highest lower version
+    /// (<stem>.v<M>.<ext>, or <stem>.<ext> as version 1).
+    #[arg(long, env = "TRIPLOAD_REPLACE_VERSIONS")]
+    pub replace_versions: bool,
 }
 
 impl LoadOptions {
@@ -135,6 +145,11 @@ impl LoadOptions {
             progress_every: std::time::Duration::from_millis(self.progress_every_ms),
             mail,
             events_retention_days: self.events_retention_days,
+            replace: if self.replace_versions {
+                crate::lifecycle::replace::Policy::Versions
+            } else {
+                crate::lifecycle::replace::Policy::None
+            },
         })
     }
 
@@ -160,10 +175,17 @@ impl LoadOptions {
 }
 
 pub async fn run(args: LoadArgs, target: Target) -> u8 {
-    let settings = match args.opts.settings() {
+    let mut settings = match args.opts.settings() {
         Ok(s) => s,
         Err(e) => return setup_error(e),
     };
+    if let Some(old) = &args.replace {
+        let interval = settings.chunk_interval.clone();
+        match crate::lifecycle::replace::policy_for(&target, &args.paths, old, &interval).await {
+            Ok(p) => settings.replace = p,
+            Err(code) => return code,
+        }
+    }
     let cfg = LoadConfig {
         target,
         paths: args.paths,
@@ -175,6 +197,7 @@ pub async fn run(args: LoadArgs, target: Target) -> u8 {
             if !reports.is_empty() {
                 print!("{}", crate::notify::report::summary_table(&reports));
             }
+            crate::lifecycle::replace::print_done(&reports);
             if reports.iter().all(|r| r.ok()) {
                 EXIT_OK
             } else {

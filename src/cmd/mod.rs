@@ -15,6 +15,7 @@ pub mod gen;
 pub mod groups;
 pub mod load;
 pub mod status;
+pub mod unload;
 pub mod watch;
 pub mod weekly;
 
@@ -23,18 +24,15 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_FILES_FAILED: u8 = 1;
-pub const EXIT_SETUP: u8 = 2;
-/// `watch` stopped by a second SIGINT/SIGTERM: files in flight were rolled
-/// back and returned to landing.
-pub const EXIT_ABORTED: u8 = crate::ingest::watch::EXIT_ABORTED;
+pub use crate::exit::{EXIT_ABORTED, EXIT_FILES_FAILED, EXIT_LOADING, EXIT_OK, EXIT_SETUP};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  every file loaded (or was already loaded)
   1  at least one file failed (moved to failed/ with <file>.error.txt) or was left in place after a database error
   2  usage or configuration error (e.g. a region without trips), or the database could not be reached/prepared (status, weekly, groups: the schema is missing or behind, run `tripload db migrate`); no file was touched
+     (unload, load --replace: the file named is not loaded; close names are listed)
+  3  unload, load --replace: the file named is still loading (not committed yet); nothing was changed
   130  watch: aborted by a second SIGINT/SIGTERM (files in flight rolled back and returned to landing)
 
 Database: with DATABASE_URL (or --database-url) set, tripload uses that database. Without it, it runs an embedded PostgreSQL cluster in data/pg (--pg-dir), initialised and started on first use and left running (stop it with `tripload db stop`).";
@@ -143,6 +141,14 @@ pub enum Command {
     Groups(groups::GroupsArgs),
     /// Generate a realistic synthetic trip CSV (for tests and benchmarks).
     Gen(gen::GenArgs),
+    /// Remove one loaded file: its trips, its rollups (also once compacted)
+    /// and its ledger row (kept in load_files_removed), in one transaction,
+    /// so that the same bytes can be loaded again.
+    ///
+    /// FILE is the file itself (its content is hashed), its content hash, or
+    /// the name it was loaded under; or give --file-id.
+    #[command(after_help = EXIT_CODES)]
+    Unload(unload::UnloadArgs),
 }
 
 /// Runs a parsed command line to its exit code (used by `main.rs`): logging,
@@ -185,6 +191,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Weekly(args) => weekly::run(args, target).await,
         Command::Groups(args) => groups::run(args, target).await,
         Command::Gen(args) => gen::run(args),
+        Command::Unload(args) => unload::run(args, target).await,
     }
 }
 

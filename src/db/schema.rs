@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cell points",
         sql: include_str!("../../sql/migrations/005_cell_points.sql"),
     },
+    Migration {
+        version: 6,
+        name: "lifecycle: unload, replace, retain",
+        sql: include_str!("../../sql/migrations/006_lifecycle.sql"),
+    },
 ];
 
 /// The migration that applies the [`TimeLayout`].

@@ -39,6 +39,9 @@ pub struct LoadContext {
     pub points_segment_bytes: usize,
     /// Bytes of encoded trips that may wait on disk (see [`backlog`]).
     pub backlog_bytes: u64,
+    /// The committed file a new file replaces (`load --replace`), unloaded
+    /// in the new file's transaction.
+    pub replace: crate::lifecycle::replace::Policy,
 }
 
 impl LoadContext {

@@ -40,6 +40,8 @@ pub struct Settings {
     pub mail: Option<crate::notify::mail::MailConfig>,
     /// Days `ingestion_events` keeps (0: for ever); pruned by the loader.
     pub events_retention_days: u32,
+    /// Which committed file a loaded file replaces (see [`crate::lifecycle::replace`]).
+    pub replace: crate::lifecycle::replace::Policy,
 }
 
 /// Errors that stop the run before any file is touched (exit code 2).
@@ -82,7 +84,7 @@ impl Loader {
         settings: &Settings,
         role: Role,
     ) -> Result<(Loader, Client), SetupError> {
-        let (conninfo, mut client) = prepare(target, &settings.chunk_interval).await?;
+        let (conninfo, mut client) = db::prepare(target, &settings.chunk_interval).await?;
         crate::analytics::points_writer::sweep(&mut client).await?;
         set_threads(settings.threads, &conninfo);
         let dims = Arc::new(database_dims(&conninfo, settings.max_new_names).await?);
@@ -97,6 +99,7 @@ impl Loader {
             chunk_bytes: settings.chunk_bytes,
             points_segment_bytes: settings.points_segment_bytes,
             backlog_bytes: settings.backlog_bytes,
+            replace: settings.replace.clone(),
             depth: (rayon::current_num_threads() * 2).max(4),
             processed_dir: role.processed_dir,
             failed_dir: role.failed_dir,
@@ -174,19 +177,6 @@ pub fn set_threads(threads: Option<usize>, conninfo: &str) {
     tracing::info!("{} parser thread(s)", rayon::current_num_threads());
 }
 
-/// Connects, migrates, and returns the connection string.
-pub async fn prepare(
-    target: &Target,
-    chunk_interval: &str,
-) -> Result<(String, Client), db::DbError> {
-    let conninfo = target.resolve().await?;
-    let mut client = db::connect(&conninfo).await?;
-    let layout = db::migrate(&mut client, chunk_interval).await?;
-    tracing::debug!("schema ready ({layout:?}) at {}", db::describe(&conninfo));
-    // Names left by files that did not commit (a crash, an outage).
-    crate::db::dims::reclaim(&conninfo, 1).await?;
-    Ok((conninfo, client))
-}
 
 /// The dictionaries of a run (names read before each file), registering new
 /// names through a dedicated autocommit connection, at most `max_new_names`

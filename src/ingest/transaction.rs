@@ -125,6 +125,10 @@ async fn load_inner(
         (points_done - trips_done).as_secs_f64(),
         points_done.elapsed().as_secs_f64()
     );
+    // The file this one replaces goes in this transaction (lifecycle::replace).
+    if let Err(e) = crate::lifecycle::replace::unload_in(&tx, &ctx.replace, name, file_id).await {
+        return Err(Failure::after(Abort::of(e.fault(), e.to_string()), done));
+    }
     if let Err(abort) = commit(ctx, tx, &file_dims, file_id, &done, start).await {
         return Err(Failure::after(abort, done));
     }

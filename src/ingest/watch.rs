@@ -396,7 +396,7 @@ fn quarantine(c: &Claimed, failed_dir: &Path, history: &[String]) -> Result<Path
 
 /// Exit code of a watcher aborted by a second SIGINT/SIGTERM: files in
 /// flight were rolled back and returned to landing.
-pub const EXIT_ABORTED: u8 = 130;
+pub use crate::exit::EXIT_ABORTED;
 
 /// Runs until SIGINT/SIGTERM. A first signal stops claiming and lets the files
 /// in flight finish, then stores the last events; a second returns them to

@@ -39,6 +39,15 @@ pub enum Kind {
     /// Watch mode: failed for environment reasons `--max-attempts` times in a
     /// row; moved to `failed/` with its history (`reason`).
     Quarantined,
+    /// A loaded file was removed (`tripload unload`): `rows` trips; `reason`
+    /// says who removed it.
+    Unloaded,
+    /// A loaded file was replaced by a new one in the new file's transaction
+    /// (`load --replace`): `rows` trips of the old file removed.
+    Replaced,
+    /// Trips older than a cut-off were dropped (`tripload db retain`):
+    /// `rows` trips; `file` is the cut-off.
+    Retained,
 }
 
 impl Kind {
@@ -53,6 +62,9 @@ impl Kind {
             Kind::Released => "released",
             Kind::Refused => "refused",
             Kind::Quarantined => "quarantined",
+            Kind::Unloaded => "unloaded",
+            Kind::Replaced => "replaced",
+            Kind::Retained => "retained",
         }
     }
 }

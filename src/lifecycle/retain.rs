@@ -1,0 +1,467 @@
+//! Retention: dropping the trips older than a cut-off, with the rollups kept
+//! exact, in one transaction.
+//!
+//! The cut-off is rounded down to a week boundary (Monday 00:00 UTC, the
+//! rollups' week), so every week is kept or dropped whole and the weekly
+//! rollups stay exact without reading kept trips: the command says so.
+//!
+//! - trips: on TimescaleDB whole chunks before the cut-off go with
+//!   `drop_chunks` and the rest of the chunk the cut-off falls in with a
+//!   `DELETE` (chunk exclusion reads only that chunk); on a plain table one
+//!   `DELETE` through the BRIN index on `datetime`;
+//! - `rollup_region_week`: the rows of dropped weeks are deleted;
+//! - `rollup_cell_week`: the dropped weeks are cut from the front of each
+//!   row's arrays (only rows whose first week is dropped are read, by an
+//!   index on `weeks[1]`);
+//! - `rollup_cell_points`: rows wholly before the cut-off are deleted, and
+//!   the row of each run that straddles it is decoded, its dropped weeks
+//!   removed and written again ([`points::encode_rows`]);
+//! - `rollup_region_source` has no week: the dropped trips are counted per
+//!   (file, region, datasource) from the trips before they go (reading only
+//!   the dropped part of the table) and subtracted from the file's row, or
+//!   from the compacted row for a compacted file. The latest datetime stays
+//!   right: every kept trip is later than every dropped one, so a row with
+//!   trips left keeps its maximum.
+//!
+//! Cell points of files still loading (listed in `cell_points_pending`) are
+//! left alone: such a file's trips and rollups are not visible yet, and it
+//! commits whole, old weeks included (a later retention drops them).
+//!
+//! Retention holds the lifecycle lock and the compaction lock shared
+//! ([`crate::lifecycle::lock`]). The rows it cuts from the middle of
+//! a compacted run are no longer full; compaction rewrites such rows with
+//! the cell's next merge, and every query counts each row on its own, so
+//! answers stay exact.
+
+use crate::analytics::compact;
+use crate::analytics::points::{self, Pt, StoredRow};
+use crate::db::{query_err, DbError};
+use crate::lifecycle::{event, record_event, who, LifecycleError};
+use crate::notify::events::Kind;
+use chrono::{DateTime, NaiveDate, Utc};
+use std::time::Instant;
+use tokio_postgres::{Client, Transaction};
+
+/// What `--older-than` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OlderThan {
+    /// Trips before this day (00:00 UTC).
+    Date(NaiveDate),
+    /// Trips older than now minus this PostgreSQL interval ("90 days", "6 months").
+    Interval(String),
+}
+
+impl OlderThan {
+    pub fn parse(s: &str) -> Result<OlderThan, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(
+                "--older-than needs a date (YYYY-MM-DD) or an interval such as '90 days'".into(),
+            );
+        }
+        if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+            return Ok(OlderThan::Date(d));
+        }
+        if s.starts_with(|c: char| c.is_ascii_digit()) && s.contains(char::is_alphabetic) {
+            return Ok(OlderThan::Interval(s.to_string()));
+        }
+        Err(format!(
+            "--older-than {s:?}: expected a date (YYYY-MM-DD) or an interval such as '90 days' or '6 months'"
+        ))
+    }
+
+    fn text(&self) -> String {
+        match self {
+            OlderThan::Date(d) => d.to_string(),
+            OlderThan::Interval(i) => i.clone(),
+        }
+    }
+}
+
+/// The cut-off: what was asked, and the Monday 00:00 UTC it rounds down to.
+#[derive(Debug, Clone)]
+pub struct Cutoff {
+    pub asked: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+    /// `at` as the rollups' week number (days since 1970-01-01 of the Monday).
+    pub week: i32,
+}
+
+impl std::fmt::Display for Cutoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.at.format("%Y-%m-%d"))?;
+        if self.asked != self.at {
+            write!(
+                f,
+                " (asked {}, rounded down to the Monday 00:00 UTC that starts its week: the weekly rollups stay exact)",
+                self.asked.format("%Y-%m-%d %H:%M:%S UTC")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Computes the cut-off (the server's clock for an interval).
+pub async fn cutoff(
+    client: &impl tokio_postgres::GenericClient,
+    older: &OlderThan,
+) -> Result<Cutoff, DbError> {
+    let asked: DateTime<Utc> = match older {
+        OlderThan::Date(d) => d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc())
+            .unwrap_or_default(),
+        OlderThan::Interval(i) => client
+            .query_one("SELECT now() - $1::text::interval", &[i])
+            .await
+            .map_err(query_err(format!(
+                "reading --older-than {i:?} as a PostgreSQL interval (e.g. '90 days', '6 months')"
+            )))?
+            .get(0),
+    };
+    Ok(round_down(asked))
+}
+
+/// The cut-off for `asked`: the Monday 00:00 UTC that starts its week.
+pub fn round_down(asked: DateTime<Utc>) -> Cutoff {
+    let week = crate::analytics::rollup::week_of(asked.timestamp_micros());
+    let at = DateTime::from_timestamp(week as i64 * 86_400, 0).unwrap_or_default();
+    Cutoff { asked, at, week }
+}
+
+/// What a retention dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Retained {
+    pub trips: u64,
+    pub chunks: u64,
+    pub rollup_rows_deleted: u64,
+    pub rollup_rows_cut: u64,
+}
+
+async fn hypertable(client: &impl tokio_postgres::GenericClient) -> Result<bool, DbError> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce((SELECT name LIKE '%hypertable%' FROM tripload_schema WHERE version = 2), false)",
+            &[],
+        )
+        .await
+        .map_err(query_err("reading the time layout"))?
+        .get(0))
+}
+
+/// Drops everything before `cut` inside `tx` (see the module doc).
+pub async fn retain_in(
+    tx: &Transaction<'_>,
+    cut: &Cutoff,
+    by: &str,
+    asked: &str,
+) -> Result<Retained, LifecycleError> {
+    let start = Instant::now();
+    crate::lifecycle::lock(tx).await?;
+    let mut done = Retained::default();
+    // Before the trips go: their counts per (file, region, datasource).
+    let row = tx
+        .query_one(
+            "WITH d AS (SELECT file_id, region_id, datasource_id, count(*) AS n
+                        FROM trips WHERE datetime < $1 GROUP BY 1, 2, 3),
+                  t AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM rollup_region_source s WHERE s.file_id = d.file_id)
+                                    THEN d.file_id ELSE 0 END AS file_id,
+                               region_id, datasource_id, sum(n)::bigint AS n
+                        FROM d GROUP BY 1, 2, 3),
+                  upd AS (UPDATE rollup_region_source r SET trips = r.trips - t.n FROM t
+                          WHERE r.file_id = t.file_id AND r.region_id = t.region_id
+                            AND r.datasource_id = t.datasource_id
+                          RETURNING r.trips)
+             SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM upd),
+                    (SELECT count(*) FROM upd WHERE trips < 0), (SELECT coalesce(sum(n), 0)::bigint FROM d)",
+            &[&cut.at],
+        )
+        .await
+        .map_err(query_err("counting the trips to drop per file, region and datasource"))?;
+    let (keys, updated, negative, trips): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if keys != updated || negative > 0 {
+        return Err(LifecycleError::Inconsistent(format!(
+            "rollup_region_source: {} of {keys} (file, region, datasource) rows do not count the trips being dropped",
+            keys - updated + negative
+        )));
+    }
+    done.trips = trips as u64;
+    done.rollup_rows_deleted += tx
+        .execute("DELETE FROM rollup_region_source WHERE trips = 0", &[])
+        .await
+        .map_err(query_err("deleting emptied rollup_region_source rows"))?;
+
+    let deleted = if hypertable(tx).await? {
+        done.chunks = tx
+            .query_one(
+                "SELECT count(*) FROM drop_chunks('trips', older_than => $1::timestamptz)",
+                &[&cut.at],
+            )
+            .await
+            .map_err(query_err("dropping whole chunks before the cut-off"))?
+            .get::<_, i64>(0) as u64;
+        tx.execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
+            .await
+            .map_err(query_err(
+                "deleting the trips before the cut-off in its chunk",
+            ))?
+    } else {
+        tx.execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
+            .await
+            .map_err(query_err("deleting the trips before the cut-off"))?
+    };
+    tracing::debug!(
+        "retain: {} trips in {} whole chunks, {deleted} deleted",
+        trips as u64 - deleted,
+        done.chunks
+    );
+
+    done.rollup_rows_deleted += tx
+        .execute(
+            "DELETE FROM rollup_region_week WHERE week < date '1970-01-01' + $1::int4",
+            &[&cut.week],
+        )
+        .await
+        .map_err(query_err(
+            "deleting the dropped weeks of rollup_region_week",
+        ))?;
+    done.rollup_rows_cut += tx
+        .execute(
+            "UPDATE rollup_cell_week SET (weeks, trips) =
+                 (SELECT coalesce(array_agg(u.w ORDER BY u.i), '{}'), coalesce(array_agg(u.n ORDER BY u.i), '{}')
+                  FROM unnest(weeks, trips) WITH ORDINALITY AS u(w, n, i) WHERE u.w >= $1)
+             WHERE weeks[1] < $1",
+            &[&cut.week],
+        )
+        .await
+        .map_err(query_err("cutting the dropped weeks from rollup_cell_week"))?;
+    done.rollup_rows_deleted += tx
+        .execute("DELETE FROM rollup_cell_week WHERE weeks[1] IS NULL", &[])
+        .await
+        .map_err(query_err("deleting emptied rollup_cell_week rows"))?;
+    let (deleted, cut_rows) = cut_cell_points(tx, cut.week).await?;
+    done.rollup_rows_deleted += deleted;
+    done.rollup_rows_cut += cut_rows;
+
+    tx.execute(
+        "INSERT INTO retention_runs (cut_off, asked, by, trips_dropped, chunks_dropped)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &cut.at,
+            &asked,
+            &by,
+            &(done.trips as i64),
+            &(done.chunks as i32),
+        ],
+    )
+    .await
+    .map_err(query_err("recording the retention run"))?;
+    record_event(
+        tx,
+        &event(
+            Kind::Retained,
+            &format!("before {}", cut.at.format("%Y-%m-%d")),
+            done.trips,
+            start.elapsed().as_secs_f64(),
+            format!(
+                "trips before {} dropped by {by} (asked: older than {asked}); {} whole chunks",
+                cut.at.format("%Y-%m-%d %H:%M UTC"),
+                done.chunks
+            ),
+        ),
+    )
+    .await?;
+    Ok(done)
+}
+
+/// Deletes the cell point rows wholly before week `week` and cuts the
+/// dropped weeks from the rows that straddle it (files still loading left
+/// alone). Returns (rows deleted, rows cut).
+async fn cut_cell_points(tx: &Transaction<'_>, week: i32) -> Result<(u64, u64), LifecycleError> {
+    let deleted = tx
+        .execute(
+            "DELETE FROM rollup_cell_points
+             WHERE weeks[1] < $1 AND weeks[cardinality(weeks)] < $1
+               AND file_id NOT IN (SELECT file_id FROM cell_points_pending)",
+            &[&week],
+        )
+        .await
+        .map_err(query_err("deleting cell points before the cut-off"))?;
+    let rows = tx
+        .query(
+            "DELETE FROM rollup_cell_points
+             WHERE weeks[1] < $1 AND file_id NOT IN (SELECT file_id FROM cell_points_pending)
+             RETURNING file_id, side, ix, iy, weeks, ends, lons, lats_sorted, lat_pos",
+            &[&week],
+        )
+        .await
+        .map_err(query_err(
+            "reading the cell points that straddle the cut-off",
+        ))?;
+    let mut out = Vec::new();
+    let mut pts: Vec<Pt> = Vec::new();
+    for r in &rows {
+        let (weeks, ends): (Vec<i32>, Vec<i32>) = (r.get(4), r.get(5));
+        pts.clear();
+        points::decode_row(
+            StoredRow {
+                side: r.get::<_, i8>(1) as u8,
+                ix: r.get(2),
+                iy: r.get(3),
+                weeks: &weeks,
+                ends: &ends,
+                lons: r.get(6),
+                lats_sorted: r.get(7),
+                lat_pos: r.get(8),
+            },
+            &mut pts,
+        )?;
+        // A row's points are in row order (week, longitude, latitude): the
+        // kept ones still are, and fit one row.
+        pts.retain(|p| p.week >= week);
+        points::encode_rows(r.get(0), &pts, &mut out);
+    }
+    if !out.is_empty() {
+        compact::copy_binary(tx, out).await?;
+    }
+    Ok((deleted, rows.len() as u64))
+}
+
+/// What a retention would drop, for `--dry-run` (read only).
+async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
+    let chunks: i64 = if hypertable(client).await? {
+        client
+            .query_one(
+                "SELECT count(*) FROM show_chunks('trips', older_than => $1::timestamptz)",
+                &[&cut.at],
+            )
+            .await
+            .map_err(query_err("listing the chunks before the cut-off"))?
+            .get(0)
+    } else {
+        0
+    };
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM trips WHERE datetime < $1),
+                    (SELECT count(*) FROM rollup_region_week WHERE week < date '1970-01-01' + $2::int4),
+                    (SELECT count(*) FROM rollup_cell_week WHERE weeks[1] < $2),
+                    (SELECT count(*) FROM rollup_cell_points WHERE weeks[1] < $2)",
+            &[&cut.at, &cut.week],
+        )
+        .await
+        .map_err(query_err("measuring what retention would drop"))?;
+    let (trips, rw, cw, cp): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    Ok(format!(
+        "dry run: would drop the trips before {cut}: {trips} trips ({chunks} whole chunks), \
+         {rw} rollup_region_week rows, and cut or delete {cw} rollup_cell_week and {cp} rollup_cell_points rows; nothing was changed"
+    ))
+}
+
+/// `tripload db retain`: prints what went (or with `dry_run` what would);
+/// returns the exit code.
+pub async fn command(conninfo: &str, older: &OlderThan, dry_run: bool) -> u8 {
+    let start = Instant::now();
+    let mut client = match crate::db::connect(conninfo).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::EXIT_SETUP;
+        }
+    };
+    let cut = match cutoff(&client, older).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::EXIT_SETUP;
+        }
+    };
+    if dry_run {
+        return match plan(&client, &cut).await {
+            Ok(text) => {
+                println!("{text}");
+                crate::exit::EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                crate::exit::EXIT_FILES_FAILED
+            }
+        };
+    }
+    match retain(&mut client, &cut, &older.text()).await {
+        Ok(r) => {
+            println!(
+                "retained the trips from {cut} on: dropped {} trips ({} whole chunks), deleted {} and cut {} rollup rows, in {:.2} s",
+                r.trips,
+                r.chunks,
+                r.rollup_rows_deleted,
+                r.rollup_rows_cut,
+                start.elapsed().as_secs_f64()
+            );
+            crate::exit::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: retention before {}: {e}", cut.at.format("%Y-%m-%d"));
+            crate::exit::EXIT_FILES_FAILED
+        }
+    }
+}
+
+/// Drops everything before `cut` in a transaction of its own.
+pub async fn retain(
+    client: &mut Client,
+    cut: &Cutoff,
+    asked: &str,
+) -> Result<Retained, LifecycleError> {
+    let by = who(&*client).await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query_err("starting the retention transaction"))?;
+    let r = retain_in(&tx, cut, &by, asked).await?;
+    tx.commit()
+        .await
+        .map_err(query_err("committing the retention"))?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_than_is_a_date_or_an_interval() {
+        assert_eq!(
+            OlderThan::parse("2018-05-30"),
+            Ok(OlderThan::Date(
+                NaiveDate::from_ymd_opt(2018, 5, 30).unwrap()
+            ))
+        );
+        assert_eq!(
+            OlderThan::parse("90 days"),
+            Ok(OlderThan::Interval("90 days".into()))
+        );
+        assert!(OlderThan::parse("").is_err());
+        assert!(OlderThan::parse("yesterday").is_err());
+        assert!(OlderThan::parse("2018-02-30").is_err());
+    }
+
+    #[test]
+    fn the_cut_off_rounds_down_to_monday_utc() {
+        let at = |d: &str| {
+            chrono::NaiveDateTime::parse_from_str(d, "%Y-%m-%d %H:%M:%S")
+                .unwrap()
+                .and_utc()
+        };
+        // 2018-05-30 was a Wednesday; 2018-05-28 a Monday.
+        let c = round_down(at("2018-05-30 13:00:00"));
+        assert_eq!(c.at, at("2018-05-28 00:00:00"));
+        assert!(c.to_string().contains("rounded down"), "{c}");
+        let monday = round_down(at("2018-05-28 00:00:00"));
+        assert_eq!(monday.at, monday.asked);
+        assert_eq!(monday.to_string(), "2018-05-28");
+        assert_eq!(round_down(at("2018-06-03 23:59:59")).at, monday.at);
+    }
+}
