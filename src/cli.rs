@@ -127,6 +127,9 @@ pub enum Command {
     Groups(GroupsArgs),
     /// Generate a realistic synthetic trip CSV (for tests and benchmarks).
     Gen(GenArgs),
+    /// Serve the HTTP API (weekly, groups, files, cells, live events, metrics)
+    /// and the dashboard at http://127.0.0.1:8080/.
+    Serve(crate::serve::args::ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -327,7 +330,7 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// The checked settings (a message saying what is wrong otherwise).
-    fn settings(self) -> Result<crate::ingest::load::Settings, String> {
+    pub fn settings(self) -> Result<crate::ingest::load::Settings, String> {
         if self.jobs == 0 || self.threads == Some(0) {
             return Err("--jobs and --threads must be at least 1".into());
         }
@@ -604,6 +607,7 @@ async fn run(cli: Cli) -> u8 {
                 }
             }
         }
+        Command::Serve(s) => crate::serve::args::run(s, target).await,
         Command::Gen(g) => {
             let result = if g.out.as_os_str() == "-" {
                 crate::gen::write_trips(std::io::stdout().lock(), g.rows, g.seed)

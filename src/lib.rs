@@ -12,6 +12,7 @@
 //!   and the `weekly` / `groups` answers.
 //! - [`notify`]: status events, progress and summaries, mail, `status`.
 //! - [`db`]: connecting (TLS), migrations, ledger, dimension dictionaries.
+//! - [`serve`]: the HTTP API, live events and dashboard (`tripload serve`).
 //! - [`embedded`]: the local PostgreSQL cluster tripload starts when no
 //!   database URL is given.
 
@@ -23,3 +24,4 @@ pub mod gen;
 pub mod ingest;
 pub mod kernel;
 pub mod notify;
+pub mod serve;
