@@ -232,6 +232,12 @@ pub struct WatchArgs {
     /// moved to failed/ with the history of its attempts in <file>.error.txt.
     #[arg(long, env = "TRIPLOAD_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// Also serve the HTTP API and dashboard on this address, in this process
+    /// (options as for `tripload serve`).
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub server: crate::serve::args::ServerOptions,
     #[command(flatten)]
     pub opts: LoadOptions,
 }
@@ -480,6 +486,17 @@ async fn run(cli: Cli) -> u8 {
                     return EXIT_SETUP;
                 }
             };
+            let beside = match crate::serve::args::start_beside_watch(
+                w.serve, w.server, &target, &w.landing, &settings,
+            )
+            .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_SETUP;
+                }
+            };
             let cfg = crate::ingest::watch::WatchConfig {
                 target,
                 landing: w.landing,
@@ -488,7 +505,11 @@ async fn run(cli: Cli) -> u8 {
                 max_attempts: w.max_attempts,
                 settings,
             };
-            match crate::ingest::watch::run(cfg).await {
+            let result = crate::ingest::watch::run(cfg).await;
+            if let Some(b) = beside {
+                b.stop().await;
+            }
+            match result {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -87,9 +87,7 @@ impl Params {
         let (from, to) = (self.date("from")?, self.date("to")?);
         if let (Some(f), Some(t)) = (from, to) {
             if f > t {
-                return Err(ApiError::BadRequest(format!(
-                    "from={f} is after to={t}"
-                )));
+                return Err(ApiError::BadRequest(format!("from={f} is after to={t}")));
             }
         }
         Ok((from, to))
@@ -123,14 +121,20 @@ pub const WEEKLY_PARAMS: &[&str] = &["region", "bbox", "by", "from", "to"];
 /// The checked arguments of `/api/weekly`.
 pub fn weekly_args(
     p: &Params,
-) -> Result<(Area, By, Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), ApiError> {
+) -> Result<
+    (
+        Area,
+        By,
+        Option<chrono::NaiveDate>,
+        Option<chrono::NaiveDate>,
+    ),
+    ApiError,
+> {
     let area = match (p.region()?, p.bbox()?) {
         (Some(r), None) => Area::Region(r),
         (None, Some(b)) => Area::BBox(b),
         (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest(
-                "give region or bbox, not both".into(),
-            ))
+            return Err(ApiError::BadRequest("give region or bbox, not both".into()))
         }
         (None, None) => {
             return Err(ApiError::BadRequest(
@@ -265,7 +269,13 @@ pub async fn cells(
         .map_err(query_err("reading the cell rollup"))?;
     let cells: Vec<[i64; 3]> = rows
         .iter()
-        .map(|r| [r.get::<_, i32>(0) as i64, r.get::<_, i32>(1) as i64, r.get(2)])
+        .map(|r| {
+            [
+                r.get::<_, i32>(0) as i64,
+                r.get::<_, i32>(1) as i64,
+                r.get(2),
+            ]
+        })
         .collect();
     Ok(Json(serde_json::json!({
         "cell_deg": grid.deg,

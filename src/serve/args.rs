@@ -75,7 +75,9 @@ impl ServerOptions {
             && self.statement_timeout >= 0.001
             && self.statement_timeout <= 86_400.0)
         {
-            return Err("--statement-timeout must be a number of seconds from 0.001 to 86400".into());
+            return Err(
+                "--statement-timeout must be a number of seconds from 0.001 to 86400".into(),
+            );
         }
         Ok(ServeConfig {
             target,
@@ -88,7 +90,12 @@ impl ServerOptions {
             landing,
             max_upload_bytes: self.max_upload_mib << 20,
             // The server's own threads keep their priority.
-            load: crate::ingest::load::Settings { nice: 0, quiet: true, ..load },
+            load: crate::ingest::load::Settings {
+                nice: 0,
+                quiet: true,
+                ..load
+            },
+            beside_watch: false,
         })
     }
 }
@@ -114,6 +121,48 @@ pub async fn run(args: ServeArgs, target: Target) -> u8 {
                 eprintln!("hint: the server needs a reachable database with the tripload schema (`tripload db migrate`)");
             }
             EXIT_SETUP
+        }
+    }
+}
+
+/// A server running in the watcher's process (`watch --serve ADDR`).
+pub struct Beside {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+/// Starts the server for `watch --serve` (nothing without an address);
+/// `POST /api/ingest` is refused there: the watcher loads the landing directory.
+pub async fn start_beside_watch(
+    addr: Option<SocketAddr>,
+    server: ServerOptions,
+    target: &Target,
+    landing: &std::path::Path,
+    load: &crate::ingest::load::Settings,
+) -> Result<Option<Beside>, String> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let mut cfg = server.config(target.clone(), addr, landing.to_path_buf(), load.clone())?;
+    cfg.beside_watch = true;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::serve::serve_on(cfg, listener, async {
+        let _ = stopped.await;
+    }));
+    Ok(Some(Beside { stop, task }))
+}
+
+impl Beside {
+    /// Stops the server (after the watcher has stopped).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Err(e)) => eprintln!("error: the HTTP server: {e}"),
+            Err(e) => eprintln!("error: the HTTP server task: {e}"),
+            Ok(Ok(())) => {}
         }
     }
 }

@@ -81,7 +81,8 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!("{}", self.message());
         }
-        let mut resp = (status, Json(serde_json::json!({ "error": self.message() }))).into_response();
+        let mut resp =
+            (status, Json(serde_json::json!({ "error": self.message() }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

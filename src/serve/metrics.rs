@@ -18,7 +18,9 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 /// Upper bounds (seconds) of the load duration buckets.
-pub const DURATION_BUCKETS: [f64; 11] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 
 /// A histogram whose buckets were counted by the database.
 #[derive(Debug)]
@@ -124,9 +126,24 @@ pub async fn metrics(State(state): State<Shared>) -> Result<impl IntoResponse, A
         "Files by outcome: committed from the ledger, others from ingestion_events (within its retention)",
         files,
     );
-    gauge(&mut registry, "tripload_rows_loaded", "Rows loaded by committed files", l.get(1));
-    gauge(&mut registry, "tripload_rows_rejected", "Rows rejected in committed files", l.get(2));
-    gauge(&mut registry, "tripload_bytes_loaded", "Bytes of committed files", l.get(3));
+    gauge(
+        &mut registry,
+        "tripload_rows_loaded",
+        "Rows loaded by committed files",
+        l.get(1),
+    );
+    gauge(
+        &mut registry,
+        "tripload_rows_rejected",
+        "Rows rejected in committed files",
+        l.get(2),
+    );
+    gauge(
+        &mut registry,
+        "tripload_bytes_loaded",
+        "Bytes of committed files",
+        l.get(3),
+    );
     let last: Gauge<f64, AtomicU64> = Gauge::default();
     last.set(l.get(5));
     registry.register(
@@ -145,7 +162,12 @@ pub async fn metrics(State(state): State<Shared>) -> Result<impl IntoResponse, A
             buckets: per_bucket(&cumulative, total),
         },
     );
-    gauge(&mut registry, "tripload_events_stored", "Rows in ingestion_events", stored);
+    gauge(
+        &mut registry,
+        "tripload_events_stored",
+        "Rows in ingestion_events",
+        stored,
+    );
     gauge(
         &mut registry,
         "tripload_landing_files",

@@ -28,6 +28,7 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
 use error::ApiError;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub max_upload_bytes: u64,
     /// Settings of the loads `POST /api/ingest` starts.
     pub load: crate::ingest::load::Settings,
+    /// Runs in a watcher's process (`watch --serve`), which does the loading.
+    pub beside_watch: bool,
 }
 
 /// Errors that stop the server before it listens (exit code 2).
@@ -157,11 +160,30 @@ pub async fn serve_on(
             ""
         }
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let graceful = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        })
+        .into_future();
+    // Event streams never end by themselves: after the signal, requests
+    // get a few seconds to finish, then the server stops.
+    tokio::select! {
+        r = graceful => r?,
+        _ = async {
+            if stopping.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {}
+    }
     Ok(())
 }
+
+/// How long requests in progress may go on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// The routes: the query API under a timeout, the event stream and uploads
 /// without one (they last as long as the client wants), auth on all of them.

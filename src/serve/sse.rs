@@ -121,7 +121,10 @@ async fn subscribe(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!("event stream lost its database connection: {}", db::error_text(&e));
+                    tracing::warn!(
+                        "event stream lost its database connection: {}",
+                        db::error_text(&e)
+                    );
                     break;
                 }
             }

@@ -122,8 +122,7 @@ pub async fn put_landing(
     let mut size = 0u64;
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
         size += chunk.len() as u64;
         if size > limit {
             return Err(ApiError::TooLarge(format!(
@@ -166,6 +165,11 @@ pub async fn put_landing(
 /// (progress and outcome on `/api/events`); one such load at a time.
 pub async fn ingest(State(state): State<Shared>) -> Result<(StatusCode, Json<Value>), ApiError> {
     uploads_allowed(&state)?;
+    if state.cfg.beside_watch {
+        return Err(ApiError::Conflict(
+            "the watcher in this process loads the landing directory as files arrive".into(),
+        ));
+    }
     let dir = landing_dir(&state)?;
     let guard = std::sync::Arc::clone(&state.ingesting)
         .try_lock_owned()
@@ -196,8 +200,17 @@ mod tests {
     fn names_are_checked() {
         assert!(check_name("trips-2024_01.csv").is_ok());
         for bad in [
-            "", ".hidden", "a/b.csv", "..", "a..b", "x.part", "x.tmp", "a b.csv", "é.csv",
-            "x.rejects.csv", "a\\b",
+            "",
+            ".hidden",
+            "a/b.csv",
+            "..",
+            "a..b",
+            "x.part",
+            "x.tmp",
+            "a b.csv",
+            "é.csv",
+            "x.rejects.csv",
+            "a\\b",
         ] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
