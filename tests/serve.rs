@@ -45,10 +45,18 @@ fn serve_with(w: &Work, db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> Se
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut said = Vec::new();
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("server did not start: {:?}", child.try_wait()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not start: {:?}\n{}",
+                    child.try_wait(),
+                    said.join("\n")
+                )
+            });
+        said.push(line.clone());
         if let Some(rest) = line.split("listening on http://").nth(1) {
             let addr = rest.split('/').next().unwrap().to_string();
             return Server {
@@ -356,7 +364,7 @@ fn event_stream_delivers_a_load_in_order_and_resumes_after_last_event_id() {
     let s = serve(&w, &db);
     let live = sse(&s, "?catch_up=0", None);
     std::thread::sleep(Duration::from_millis(500));
-    let watcher = tripload_cmd(&w, &db, &["watch", "landing", "--quiet"])
+    let mut watcher = tripload_cmd(&w, &db, &["watch", "landing", "--quiet"])
         .env("TRIPLOAD_PROGRESS_EVERY_MS", "50")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -378,6 +386,7 @@ fn event_stream_delivers_a_load_in_order_and_resumes_after_last_event_id() {
         got.push(e);
     }
     unsafe { libc::kill(watcher.id() as i32, libc::SIGTERM) };
+    let _ = watcher.wait();
     let kinds: Vec<&str> = got
         .iter()
         .map(|(_, v)| v["event"].as_str().unwrap())
@@ -473,7 +482,8 @@ fn uploads_need_the_flag_and_the_token_and_land_complete() {
         match req.send_bytes(body) {
             Ok(r) => (r.status(), r.into_string().unwrap()),
             Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
-            Err(e) => panic!("{e}"),
+            // The server answered (413) and closed before the body was all sent.
+            Err(e) => (0, e.to_string()),
         }
     };
     {
@@ -497,7 +507,10 @@ fn uploads_need_the_flag_and_the_token_and_land_complete() {
         assert!(code == 400 || code == 404, "{bad}: {code} {body}");
     }
     let (code, body) = put(&s, "big.csv", &vec![b'x'; (1 << 20) + 1], Some("tok"));
-    assert_eq!(code, 413, "{body}");
+    assert!(
+        code == 413 || (code == 0 && body.contains("Broken pipe")),
+        "{code} {body}"
+    );
     assert!(!w.exists("landing/big.csv"));
     let (code, body) = put(&s, "a.csv", &sample(), Some("tok"));
     assert_eq!(code, 202, "{body}");
@@ -540,7 +553,7 @@ fn a_read_only_role_is_enough_and_slow_queries_answer_503() {
     loaded(&w, &db);
     let role = format!("ro_{}", db.name);
     for sql in [
-        format!("CREATE ROLE {role} LOGIN PASSWORD 'ro-pass'"),
+        format!("CREATE ROLE {role} NOLOGIN"),
         format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name),
         format!("GRANT USAGE ON SCHEMA public TO {role}"),
         format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"),
@@ -548,8 +561,10 @@ fn a_read_only_role_is_enough_and_slow_queries_answer_503() {
     ] {
         db.query(&sql);
     }
-    let (_, port, _) = cluster_info();
-    let url = format!("postgresql://{role}:ro-pass@127.0.0.1:{port}/{}", db.name);
+    // The test cluster lets only its own user in (pg_hba): the server's
+    // sessions take the read-only role at connection start, so every query
+    // runs with that role's privileges alone.
+    let url = format!("{} options='-c role={role}'", db.conninfo);
     let s = serve_with(&w, &db, &[], &[("DATABASE_URL", url.as_str())]);
     let cli = cli_json(&w, &db, &["weekly", "--region", "Prague"]);
     assert_eq!(get_json(&s, "/api/weekly?region=Prague"), cli);
