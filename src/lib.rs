@@ -6,7 +6,7 @@
 //! checks it):
 //!
 //! ```text
-//! cmd ─▶ ingest ─▶ analytics ─▶ notify ─▶ db ─▶ embedded ─▶ kernel
+//! cmd ─▶ serve ─▶ ingest ─▶ lifecycle ─▶ analytics ─▶ notify ─▶ db ─▶ embedded ─▶ kernel
 //! ```
 //!
 //! - [`cmd`]: the command line, one file per subcommand.
@@ -21,6 +21,8 @@
 //!   written beside a file, `status`.
 //! - [`db`]: connecting (TLS), migrations, ledger, dimension dictionaries,
 //!   COPY feeding.
+//! - [`serve`]: the HTTP API, live events and dashboard (`tripload serve`).
+//! - [`lifecycle`]: unload, replace and retain files' trips with the rollups exact.
 //! - [`embedded`]: the local PostgreSQL cluster tripload starts when no
 //!   database URL is given.
 //! - [`gen`]: synthetic trip files for tests and benchmarks.
@@ -35,3 +37,4 @@ pub mod ingest;
 pub mod kernel;
 pub mod lifecycle;
 pub mod notify;
+pub mod serve;

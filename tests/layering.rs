@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["analytics"],
     &["lifecycle"],
     &["ingest"],
+    &["serve"],
     &["cmd"],
 ];
 

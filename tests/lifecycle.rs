@@ -581,7 +581,9 @@ fn plain_db(w: &Work) -> TestDb {
     ));
     ok(&tripload(w, &db, &["db", "migrate"]));
     assert_eq!(
-        db.count("SELECT count(*) FROM tripload_settings WHERE key = 'time_layout' AND value = 'plain'"),
+        db.count(
+            "SELECT count(*) FROM tripload_settings WHERE key = 'time_layout' AND value = 'plain'"
+        ),
         1
     );
     db

@@ -37,9 +37,17 @@ pub async fn groups(conninfo: &str, q: &Query) -> Result<(f64, Vec<Group>), Quer
     if let Some(region) = &q.region {
         regions::require(&client, region).await?;
     }
+    Ok(groups_on(&client, q).await?)
+}
+
+/// The groups, on an open connection (`tripload serve`).
+pub async fn groups_on(
+    client: &tokio_postgres::Client,
+    q: &Query,
+) -> Result<(f64, Vec<Group>), crate::db::DbError> {
     let cell: f64 = match q.cell_deg {
         Some(c) => c,
-        None => db::grid(&client).await?.deg,
+        None => db::grid(client).await?.deg,
     };
     let [a, b, c, d] = match q.bbox {
         Some(bb) => bb.map(Some),
@@ -97,6 +105,27 @@ fn corner(cell: f64, (ix, iy): (i32, i32)) -> String {
 fn bucket(start: chrono::NaiveTime, minutes: i32) -> String {
     let end = start + chrono::Duration::minutes(minutes as i64);
     format!("{}-{}", start.format("%H:%M"), end.format("%H:%M"))
+}
+
+/// The JSON answer: what `--format json` prints and `GET /api/groups` returns.
+pub fn json(q: &Query, cell: f64, groups: &[Group]) -> serde_json::Value {
+    let ts = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    serde_json::json!({
+        "cell_deg": cell,
+        "bucket_minutes": q.bucket_minutes,
+        "groups": groups.iter().map(|g| serde_json::json!({
+            "trips": g.trips,
+            "region": g.region,
+            "origin_cell": [g.origin_cell.0, g.origin_cell.1],
+            "destination_cell": [g.destination_cell.0, g.destination_cell.1],
+            "origin_corner": [g.origin_cell.0 as f64 * cell, g.origin_cell.1 as f64 * cell],
+            "destination_corner": [g.destination_cell.0 as f64 * cell, g.destination_cell.1 as f64 * cell],
+            "bucket_start": g.bucket_start.format("%H:%M").to_string(),
+            "first_at": ts(&g.first_at),
+            "last_at": ts(&g.last_at),
+            "datasources": g.datasources,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Renders the groups.
@@ -174,24 +203,7 @@ pub fn render(q: &Query, cell: f64, groups: &[Group], format: Format) -> String 
             }
             String::from_utf8_lossy(&w.into_inner().unwrap_or_default()).into_owned()
         }
-        Format::Json => serde_json::json!({
-            "cell_deg": cell,
-            "bucket_minutes": q.bucket_minutes,
-            "groups": groups.iter().map(|g| serde_json::json!({
-                "trips": g.trips,
-                "region": g.region,
-                "origin_cell": [g.origin_cell.0, g.origin_cell.1],
-                "destination_cell": [g.destination_cell.0, g.destination_cell.1],
-                "origin_corner": [g.origin_cell.0 as f64 * cell, g.origin_cell.1 as f64 * cell],
-                "destination_corner": [g.destination_cell.0 as f64 * cell, g.destination_cell.1 as f64 * cell],
-                "bucket_start": g.bucket_start.format("%H:%M").to_string(),
-                "first_at": ts(&g.first_at),
-                "last_at": ts(&g.last_at),
-                "datasources": g.datasources,
-            })).collect::<Vec<_>>(),
-        })
-        .to_string()
-            + "\n",
+        Format::Json => json(q, cell, groups).to_string() + "\n",
     }
 }
 

@@ -73,9 +73,22 @@ pub async fn weeks(
     to: Option<chrono::NaiveDate>,
 ) -> Result<Vec<(chrono::NaiveDate, i64)>, QueryError> {
     let client = db::connect(conninfo).await?;
+    if let Area::Region(name) = area {
+        regions::require(&client, name).await?;
+    }
+    Ok(weeks_on(&client, area, by, from, to).await?)
+}
+
+/// Per-week counts for the area, on an open connection (`tripload serve`).
+pub async fn weeks_on(
+    client: &tokio_postgres::Client,
+    area: &Area,
+    by: By,
+    from: Option<chrono::NaiveDate>,
+    to: Option<chrono::NaiveDate>,
+) -> Result<Vec<(chrono::NaiveDate, i64)>, crate::db::DbError> {
     let rows = match area {
         Area::Region(name) => {
-            regions::require(&client, name).await?;
             client
                 .query(
                     "SELECT week, trips FROM weekly_trips_region($1, $2, $3)",
@@ -96,18 +109,39 @@ pub async fn weeks(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Renders the result.
-pub fn render(area: &Area, by: By, weeks: &[(chrono::NaiveDate, i64)], format: Format) -> String {
+fn describe(area: &Area, by: By) -> String {
+    match area {
+        Area::Region(r) => format!("region {r}"),
+        Area::BBox([a, b, c, d]) => format!("bbox {a},{b},{c},{d} by {}", by.as_str()),
+    }
+}
+
+fn total_and_average(weeks: &[(chrono::NaiveDate, i64)]) -> (i64, f64) {
     let total: i64 = weeks.iter().map(|w| w.1).sum();
     let avg = if weeks.is_empty() {
         0.0
     } else {
         total as f64 / weeks.len() as f64
     };
-    let what = match area {
-        Area::Region(r) => format!("region {r}"),
-        Area::BBox([a, b, c, d]) => format!("bbox {a},{b},{c},{d} by {}", by.as_str()),
-    };
+    (total, avg)
+}
+
+/// The JSON answer: what `--format json` prints and `GET /api/weekly` returns.
+pub fn json(area: &Area, by: By, weeks: &[(chrono::NaiveDate, i64)]) -> serde_json::Value {
+    let (total, avg) = total_and_average(weeks);
+    serde_json::json!({
+        "area": describe(area, by),
+        "weeks": weeks.iter().map(|(w, n)| serde_json::json!({"week": w.to_string(), "trips": n})).collect::<Vec<_>>(),
+        "total_trips": total,
+        "week_count": weeks.len(),
+        "weekly_average": avg,
+    })
+}
+
+/// Renders the result.
+pub fn render(area: &Area, by: By, weeks: &[(chrono::NaiveDate, i64)], format: Format) -> String {
+    let (total, avg) = total_and_average(weeks);
+    let what = describe(area, by);
     match format {
         Format::Table => {
             let mut s = format!("{what}\nweek (Monday)  trips\n");
@@ -127,14 +161,6 @@ pub fn render(area: &Area, by: By, weeks: &[(chrono::NaiveDate, i64)], format: F
             }
             s
         }
-        Format::Json => serde_json::json!({
-            "area": what,
-            "weeks": weeks.iter().map(|(w, n)| serde_json::json!({"week": w.to_string(), "trips": n})).collect::<Vec<_>>(),
-            "total_trips": total,
-            "week_count": weeks.len(),
-            "weekly_average": avg,
-        })
-        .to_string()
-            + "\n",
+        Format::Json => json(area, by, weeks).to_string() + "\n",
     }
 }

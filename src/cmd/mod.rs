@@ -14,6 +14,7 @@ pub mod db;
 pub mod gen;
 pub mod groups;
 pub mod load;
+pub mod serve;
 pub mod status;
 pub mod unload;
 pub mod watch;
@@ -149,6 +150,9 @@ pub enum Command {
     /// the name it was loaded under; or give --file-id.
     #[command(after_help = EXIT_CODES)]
     Unload(unload::UnloadArgs),
+    /// Serve the HTTP API (weekly, groups, files, cells, live events, metrics)
+    /// and the dashboard at http://127.0.0.1:8080/.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs a parsed command line to its exit code (used by `main.rs`): logging,
@@ -192,6 +196,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Groups(args) => groups::run(args, target).await,
         Command::Gen(args) => gen::run(args),
         Command::Unload(args) => unload::run(args, target).await,
+        Command::Serve(args) => serve::run(args, target).await,
     }
 }
 

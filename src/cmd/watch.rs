@@ -26,6 +26,12 @@ pub struct WatchArgs {
     /// moved to failed/ with the history of its attempts in <file>.error.txt.
     #[arg(long, env = "TRIPLOAD_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// Also serve the HTTP API and dashboard on this address, in this process
+    /// (options as for `tripload serve`).
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub server: crate::cmd::serve::ServerOptions,
     #[command(flatten)]
     pub opts: LoadOptions,
 }
@@ -38,6 +44,18 @@ pub async fn run(args: WatchArgs, target: Target) -> u8 {
         Ok(s) => s,
         Err(e) => return setup_error(e),
     };
+    let beside = match crate::cmd::serve::start_beside_watch(
+        args.serve,
+        args.server,
+        &target,
+        &args.landing,
+        &settings,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return setup_error(e),
+    };
     let cfg = crate::ingest::watch::WatchConfig {
         target,
         landing: args.landing,
@@ -46,7 +64,11 @@ pub async fn run(args: WatchArgs, target: Target) -> u8 {
         max_attempts: args.max_attempts,
         settings,
     };
-    match crate::ingest::watch::run(cfg).await {
+    let result = crate::ingest::watch::run(cfg).await;
+    if let Some(b) = beside {
+        b.stop().await;
+    }
+    match result {
         Ok(()) => EXIT_OK,
         Err(e) => setup_error(e),
     }

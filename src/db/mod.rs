@@ -550,10 +550,7 @@ mod tests {
 }
 
 /// Connects, migrates, and returns the connection string.
-pub async fn prepare(
-    target: &Target,
-    chunk_interval: &str,
-) -> Result<(String, Client), DbError> {
+pub async fn prepare(target: &Target, chunk_interval: &str) -> Result<(String, Client), DbError> {
     let conninfo = target.resolve().await?;
     let mut client = connect(&conninfo).await?;
     let layout = migrate(&mut client, chunk_interval).await?;

@@ -177,7 +177,6 @@ pub fn set_threads(threads: Option<usize>, conninfo: &str) {
     tracing::info!("{} parser thread(s)", rayon::current_num_threads());
 }
 
-
 /// The dictionaries of a run (names read before each file), registering new
 /// names through a dedicated autocommit connection, at most `max_new_names`
 /// per file.
