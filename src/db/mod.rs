@@ -500,6 +500,17 @@ pub async fn grid(client: &Client) -> Result<crate::kernel::grid::Grid, DbError>
     })
 }
 
+/// Connects, migrates, and returns the connection string.
+pub async fn prepare(target: &Target, chunk_interval: &str) -> Result<(String, Client), DbError> {
+    let conninfo = target.resolve().await?;
+    let mut client = connect(&conninfo).await?;
+    let layout = migrate(&mut client, chunk_interval).await?;
+    tracing::debug!("schema ready ({layout:?}) at {}", describe(&conninfo));
+    // Names left by files that did not commit (a crash, an outage).
+    dims::reclaim(&conninfo, 1).await?;
+    Ok((conninfo, client))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,15 +558,4 @@ mod tests {
         let long = "x".repeat(1000);
         assert_eq!(clip(&long).chars().count(), 301);
     }
-}
-
-/// Connects, migrates, and returns the connection string.
-pub async fn prepare(target: &Target, chunk_interval: &str) -> Result<(String, Client), DbError> {
-    let conninfo = target.resolve().await?;
-    let mut client = connect(&conninfo).await?;
-    let layout = migrate(&mut client, chunk_interval).await?;
-    tracing::debug!("schema ready ({layout:?}) at {}", describe(&conninfo));
-    // Names left by files that did not commit (a crash, an outage).
-    dims::reclaim(&conninfo, 1).await?;
-    Ok((conninfo, client))
 }
