@@ -14,7 +14,9 @@
 # PGLOADER=0 leaves pgloader out (it takes ~30x longer than the rest).
 # BASELINE_TL=/path/to/tripload adds another build of tripload (same schema),
 # e.g. the previous commit's, as the row `baseline`: a change measured side by
-# side with what it replaces.
+# side with what it replaces. BASELINE_PG_DIR=/path gives the baseline its own
+# embedded cluster there (its own schema and server settings: for a build
+# whose migrations or server configuration differ from this one's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000}
@@ -68,9 +70,26 @@ LOAD CSV
   WITH skip header = 1, fields terminated by ',', fields optionally enclosed by '"', fields escaped by double-quote;
 EOF
 
+if [ -n "${BASELINE_PG_DIR:-}" ]; then
+  [ -n "${BASELINE_TL:-}" ] || { echo "BASELINE_PG_DIR needs BASELINE_TL" >&2; exit 2; }
+  BASELINE_URL=$(TRIPLOAD_PG_DIR=$BASELINE_PG_DIR "$BASELINE_TL" db url)
+  TRIPLOAD_PG_DIR=$BASELINE_PG_DIR "$BASELINE_TL" db migrate >/dev/null
+  psql "$BASELINE_URL" -Atq -c "CREATE TABLE IF NOT EXISTS trips_natural (region text, origin geometry(Point,4326), destination geometry(Point,4326), datetime timestamptz, datasource text)"
+fi
 declare -A T RSS CCPU SCPU
 run_tripload() {
   local key=${1:-tripload}
+  if [ "$key" = baseline ] && [ -n "${BASELINE_PG_DIR:-}" ]; then
+    local main_dir=$TRIPLOAD_PG_DIR main_url=$URL
+    export TRIPLOAD_PG_DIR=$BASELINE_PG_DIR; URL=$BASELINE_URL
+    run_tripload_here "$key"
+    export TRIPLOAD_PG_DIR=$main_dir; URL=$main_url
+  else
+    run_tripload_here "$key"
+  fi
+}
+run_tripload_here() {
+  local key=$1
   reset_db
   mkdir -p "$OUT/landing"; cp "$CSV" "$OUT/landing/in.csv"
   # The copy's dirty pages would otherwise be written back during the load.

@@ -37,4 +37,5 @@ pub mod ingest;
 pub mod kernel;
 pub mod lifecycle;
 pub mod notify;
+pub mod pgtext;
 pub mod serve;

@@ -118,9 +118,20 @@ fn weekly_and_groups_answer_exactly_what_the_cli_prints() {
     let w = Work::new();
     loaded(&w, &db);
     let s = serve(&w, &db);
+    // A region without trips: the CLI exits 2 naming the known regions, the
+    // API answers 400 with the same words.
+    let out = tripload(&w, &db, &["weekly", "--region", "Nowhere"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    for path in ["/api/weekly?region=Nowhere", "/api/groups?region=Nowhere"] {
+        let (code, body) = get(&s, path);
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(
+            body.contains("unknown region") && body.contains("Prague"),
+            "{path}: {body}"
+        );
+    }
     let cases: Vec<(String, Vec<&str>)> = vec![
         ("region=Prague".into(), vec!["--region", "Prague"]),
-        ("region=Nowhere".into(), vec!["--region", "Nowhere"]),
         (format!("bbox={PRAGUE}"), vec!["--bbox", PRAGUE]),
         (
             format!("bbox={PRAGUE}&by=destination"),

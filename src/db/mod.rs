@@ -11,6 +11,8 @@ pub mod ledger;
 pub mod pgtls;
 pub mod schema;
 
+pub use crate::pgtext::{clip, error_text};
+
 pub use layout::TimeLayout;
 pub use schema::migrate;
 
@@ -104,25 +106,6 @@ pub fn fault(e: &tokio_postgres::Error) -> Fault {
     fault_of_code(e.code())
 }
 
-/// Server text as it may appear in messages: control characters escaped
-/// and at most a few hundred characters (it can quote the data).
-pub fn clip(s: &str) -> String {
-    const MAX: usize = 300;
-    let mut out = String::new();
-    for (n, c) in s.chars().enumerate() {
-        if n == MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// What to do about an error, from its SQLSTATE class.
 pub fn advice(e: &tokio_postgres::Error) -> &'static str {
     let Some(code) = e.code() else {
@@ -150,39 +133,6 @@ pub fn advice(e: &tokio_postgres::Error) -> &'static str {
         "42" => "the schema is not what this tripload expects: run `tripload db migrate`",
         _ => "see the server's log for details",
     }
-}
-
-/// The server's message for a database error ("db error" alone says
-/// nothing): severity, message, `[SQLSTATE xxxxx]`, and detail, hint and
-/// context when the server sent them; for other errors (connection, TLS) the
-/// error with its causes.
-pub fn error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(d) = e.as_db_error() {
-        let mut text = format!(
-            "{}: {} [SQLSTATE {}]",
-            d.severity(),
-            clip(d.message()),
-            d.code().code()
-        );
-        for (label, part) in [
-            ("detail", d.detail()),
-            ("server hint", d.hint()),
-            ("context", d.where_()),
-        ] {
-            if let Some(p) = part {
-                text.push_str(&format!("; {label}: {}", clip(p)));
-            }
-        }
-        return text;
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&clip(&s.to_string()));
-        source = s.source();
-    }
-    text
 }
 
 /// One line for a failed statement: what was being done, the server's

@@ -145,7 +145,7 @@ pub(super) fn set_role_password(conninfo: &str, password: &str) -> Result<(), Em
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     let sql = format!("SET log_statement = 'none'; ALTER ROLE {SUPERUSER} PASSWORD '{verifier}'");
     let failed = |what: &str, e: tokio_postgres::Error| EmbeddedError::SetPassword {
-        reason: format!("{what}: {}", crate::db::error_text(&e)),
+        reason: format!("{what}: {}", crate::pgtext::error_text(&e)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 /// Names of throwaway clusters relocated under the fallback root: they are
 /// only removable after their owning process has died, so a later start
 /// sweeps old ones.
-pub(super) const DIR_PREFIX: &str = "eph-";
+use super::layout::EPHEMERAL_DIR_PREFIX as DIR_PREFIX;
 
 impl Embedded {
     /// Ephemeral mode for tests with default options: see

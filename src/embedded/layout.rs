@@ -39,7 +39,7 @@ impl Mode {
         match self {
             Mode::Persistent => hash.to_owned(),
             #[cfg(any(test, feature = "test-support"))]
-            Mode::Ephemeral => format!("{}{hash}", super::ephemeral::DIR_PREFIX),
+            Mode::Ephemeral => format!("{}{hash}", EPHEMERAL_DIR_PREFIX),
         }
     }
 }
@@ -383,6 +383,9 @@ pub(super) fn is_cluster(data_dir: &Path) -> bool {
 pub(super) fn is_empty_dir(dir: &Path) -> bool {
     fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
+
+/// Name prefix of the throwaway clusters' directories (tests and benches).
+pub(super) const EPHEMERAL_DIR_PREFIX: &str = "eph-";
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! One file's failure is reported and the run goes on.
 
 use crate::db::Target;
-use crate::ingest::copy::LoadContext;
+use crate::ingest::context::LoadContext;
 use crate::ingest::loader::{load_one, prune_events, Loader, Role, Settings, SetupError};
 use crate::notify::report::{FileReport, Progress};
 use futures_util::StreamExt;

@@ -12,7 +12,8 @@
 
 use crate::db::dims::DimStore;
 use crate::db::{self, Target};
-use crate::ingest::copy::{load_file, LoadContext};
+use crate::ingest::context::LoadContext;
+use crate::ingest::copy::load_file;
 use crate::notify::events::{hostname, Publisher};
 use crate::notify::report::{FileReport, Progress};
 use std::path::{Path, PathBuf};

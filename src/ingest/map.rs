@@ -8,12 +8,12 @@
 //! that it does not make the whole file resident in this process; the map is
 //! then read once, front to back, and pages are released behind the workers.
 
+use crate::kernel::hash::ContentHash;
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-use xxhash_rust::xxh3::Xxh3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
@@ -175,7 +175,7 @@ impl Opened {
             path: self.path.clone(),
             source,
         };
-        let mut h = Xxh3::new();
+        let mut h = ContentHash::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = 0u64;
         loop {
@@ -187,7 +187,7 @@ impl Opened {
             h.update(&buf[..n]);
             offset += n as u64;
         }
-        Ok(format!("xxh3-128:{:032x}", h.digest128()))
+        Ok(h.finish())
     }
 
     /// A read-only map of the open file.
@@ -231,7 +231,7 @@ pub fn content_hash(path: &Path) -> Result<String, MapError> {
 
 /// Hash of in-memory bytes, the same value [`content_hash`] gives for a file.
 pub fn hash_bytes(bytes: &[u8]) -> String {
-    format!("xxh3-128:{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+    crate::kernel::hash::of(bytes)
 }
 
 /// A read-only map of a whole file (an empty file maps to an empty slice).

@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod backlog;
+pub mod context;
 pub mod copy;
 pub mod discover;
 pub mod encode_stage;

@@ -10,7 +10,7 @@
 
 use crate::analytics::points_writer::Writer;
 use crate::ingest::backlog;
-use crate::ingest::copy::LoadContext;
+use crate::ingest::context::LoadContext;
 use crate::ingest::encode_stage::{encode_stage, EncodeStage};
 use crate::ingest::map::Mapped;
 use crate::ingest::outcome::{classify, Abort, Committed, Failure};

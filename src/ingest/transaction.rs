@@ -14,7 +14,7 @@ use crate::analytics::points_writer::{self, Writer};
 use crate::db::dims::Dims;
 use crate::db::ledger;
 use crate::db::{self};
-use crate::ingest::copy::LoadContext;
+use crate::ingest::context::LoadContext;
 use crate::ingest::map::{self, Mapped};
 use crate::ingest::outcome::{classify, Abort, Committed, Failure};
 use crate::ingest::stream::{self, Input};

@@ -15,6 +15,7 @@ pub mod chunk;
 pub mod encode;
 pub mod excerpt;
 pub mod grid;
+pub mod hash;
 pub mod parse;
 pub mod record;
 pub mod rollup;

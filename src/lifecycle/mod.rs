@@ -122,7 +122,7 @@ fn key_of(text: &str) -> Result<Key, ResolveError> {
     let path = std::path::Path::new(text);
     // Never follows a symlink: only a regular file is hashed.
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
-        return crate::ingest::map::content_hash(path)
+        return hash_file(path)
             .map(Key::Hash)
             .map_err(|e| ResolveError::Unreadable {
                 path: text.to_string(),
@@ -424,6 +424,26 @@ pub fn event(kind: Kind, file: &str, rows: u64, seconds: f64, reason: String) ->
     e.seconds = Some(seconds);
     e.reason = Some(reason);
     e
+}
+
+/// The content hash of the regular file at `path`, opened without
+/// following a link.
+fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut h = crate::kernel::hash::ContentHash::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub struct Retained {
 async fn hypertable(client: &impl tokio_postgres::GenericClient) -> Result<bool, DbError> {
     Ok(client
         .query_one(
-            "SELECT coalesce((SELECT name LIKE '%hypertable%' FROM tripload_schema WHERE version = 2), false)",
+            "SELECT coalesce((SELECT value = 'timescaledb' FROM tripload_settings WHERE key = 'time_layout'), false)",
             &[],
         )
         .await

@@ -147,6 +147,17 @@ pub fn weekly_args(
     Ok((area, by, from, to))
 }
 
+/// A region without trips is a 400 naming the known ones, as the CLI's
+/// exit code 2.
+async fn require_region(client: &tokio_postgres::Client, name: &str) -> Result<(), ApiError> {
+    use crate::analytics::regions::{require, QueryError};
+    match require(client, name).await {
+        Ok(()) => Ok(()),
+        Err(e @ QueryError::UnknownRegion { .. }) => Err(ApiError::BadRequest(e.to_string())),
+        Err(QueryError::Db(d)) => Err(ApiError::Db(d)),
+    }
+}
+
 /// `GET /api/weekly`: what `tripload weekly --format json` prints.
 pub async fn weekly(
     State(state): State<Shared>,
@@ -155,6 +166,9 @@ pub async fn weekly(
     let p = Params::parse(q, WEEKLY_PARAMS)?;
     let (area, by, from, to) = weekly_args(&p)?;
     let client = state.client().await?;
+    if let weekly::Area::Region(name) = &area {
+        require_region(&client, name).await?;
+    }
     let weeks = weekly::weeks_on(&client, &area, by, from, to).await?;
     Ok(Json(weekly::json(&area, by, &weeks)))
 }
@@ -193,6 +207,9 @@ pub async fn groups(
     let p = Params::parse(q, GROUPS_PARAMS)?;
     let query = groups_args(&p)?;
     let client = state.client().await?;
+    if let Some(name) = &query.region {
+        require_region(&client, name).await?;
+    }
     let (cell, found) = groups::groups_on(&client, &query).await?;
     Ok(Json(groups::json(&query, cell, &found)))
 }

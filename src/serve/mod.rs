@@ -130,7 +130,14 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let conninfo = cfg.target.resolve().await?;
+    // Alone, the server never migrates: a schema missing or behind is an
+    // error saying to run `tripload db migrate`. Beside a watcher, the
+    // watcher migrates.
+    let conninfo = if cfg.beside_watch {
+        cfg.target.resolve().await?
+    } else {
+        crate::db::schema::open_for_reading(&cfg.target).await?
+    };
     let pool = pool::Pool::new(&conninfo, cfg.statement_timeout, cfg.max_queries);
     // Fail at start, not at the first request, when the database is away.
     drop(pool.get().await.map_err(|e| match e {

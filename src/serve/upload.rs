@@ -118,7 +118,7 @@ pub async fn put_landing(
         .open(&temp.path)
         .map_err(|e| ApiError::Internal(format!("creating {}: {e}", temp.path.display())))?;
     let limit = state.cfg.max_upload_bytes;
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut hasher = crate::kernel::hash::ContentHash::new();
     let mut size = 0u64;
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
@@ -153,7 +153,7 @@ pub async fn put_landing(
     }
     let _ = std::fs::remove_file(&temp.path);
     temp.keep = true;
-    let id = format!("xxh3-128:{:032x}", hasher.digest128());
+    let id = hasher.finish();
     tracing::info!("received {name} ({size} bytes, {id})");
     Ok((
         StatusCode::ACCEPTED,
