@@ -2,7 +2,7 @@
 //! dependencies point one way,
 //!
 //! ```text
-//! cmd ─▶ ingest ─▶ analytics ─▶ notify ─▶ db ─▶ embedded ─▶ kernel
+//! cmd ─▶ serve ─▶ ingest ─▶ lifecycle ─▶ analytics ─▶ notify ─▶ db ─▶ embedded ─▶ kernel, pgtext, exit
 //! ```
 //!
 //! a module imports only from its own folder or from a folder below it; the
