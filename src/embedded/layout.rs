@@ -385,6 +385,7 @@ pub(super) fn is_empty_dir(dir: &Path) -> bool {
 }
 
 /// Name prefix of the throwaway clusters' directories (tests and benches).
+#[cfg(any(test, feature = "test-support"))]
 pub(super) const EPHEMERAL_DIR_PREFIX: &str = "eph-";
 
 #[cfg(test)]
