@@ -194,9 +194,31 @@ pub fn fresh_db() -> TestDb {
     );
     block_on(async {
         let c = client(&cl.emb.conninfo("postgres")).await;
-        c.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE tpl"))
-            .await
-            .expect("create test db");
+        // CREATE DATABASE … TEMPLATE fails (55006) while any session is
+        // connected to the template: a terminated backend may still be
+        // exiting, or TimescaleDB's scheduler may have started again, so
+        // close them and try again for a while before giving up.
+        let mut tries = 0;
+        loop {
+            match c
+                .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE tpl"))
+                .await
+            {
+                Ok(()) => break,
+                Err(e)
+                    if tries < 100
+                        && e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) =>
+                {
+                    tries += 1;
+                    // TimescaleDB's scheduler may have come back to it.
+                    let _ = c
+                        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'tpl'")
+                        .await;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("create test db: {e:?}"),
+            }
+        }
         if test_layout() == "plain" {
             c.batch_execute(&format!(
                 "ALTER DATABASE {name} SET tripload.time_layout = 'plain'"
