@@ -426,6 +426,21 @@ pub fn event(kind: Kind, file: &str, rows: u64, seconds: f64, reason: String) ->
     e
 }
 
+/// A `--dry-run`'s answer: what would go (exit 0), or why it cannot be
+/// said (exit 1).
+pub(crate) fn print_dry_run(plan: Result<String, impl std::fmt::Display>) -> u8 {
+    match plan {
+        Ok(text) => {
+            println!("{text}");
+            crate::exit::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            crate::exit::EXIT_FILES_FAILED
+        }
+    }
+}
+
 /// The content hash of the regular file at `path`, opened without
 /// following a link.
 fn hash_file(path: &std::path::Path) -> std::io::Result<String> {

@@ -379,16 +379,7 @@ pub async fn command(conninfo: &str, older: &OlderThan, dry_run: bool) -> u8 {
         }
     };
     if dry_run {
-        return match plan(&client, &cut).await {
-            Ok(text) => {
-                println!("{text}");
-                crate::exit::EXIT_OK
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                crate::exit::EXIT_FILES_FAILED
-            }
-        };
+        return super::print_dry_run(plan(&client, &cut).await);
     }
     match retain(&mut client, &cut, &older.text()).await {
         Ok(r) => {

@@ -678,16 +678,7 @@ pub async fn command(conninfo: &str, spec: FileSpec, dry_run: bool, wait: bool) 
         }
     };
     if dry_run {
-        return match plan(&client, &file).await {
-            Ok(text) => {
-                println!("{text}");
-                crate::exit::EXIT_OK
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                crate::exit::EXIT_FILES_FAILED
-            }
-        };
+        return super::print_dry_run(plan(&client, &file).await);
     }
     match unload(&mut client, file.file_id).await {
         Ok(r) => {
