@@ -31,7 +31,7 @@
 //! rows say which (on a hypertable, only those chunks are searched).
 
 use crate::analytics::compact;
-use crate::analytics::points::{self, Pt, StoredRow};
+use crate::analytics::points::{self, Pt};
 use crate::analytics::rollup::{self, CellWeeks, Grid, Rollup};
 use crate::db::{query_err, DbError};
 use crate::lifecycle::{
@@ -97,6 +97,61 @@ pub async fn unload_in(
 ) -> Result<Removed, LifecycleError> {
     let start = Instant::now();
     crate::lifecycle::lock(tx).await?;
+    let state = lock_ledger_row(tx, file_id).await?;
+    let mut removed = Removed {
+        file_id,
+        file_name: state.file_name.clone(),
+        ..Removed::default()
+    };
+    // Merged (wholly or in part) into the compacted rows: the contribution
+    // is needed to subtract it.
+    let contribution = if state.merged() {
+        let (trips, r) = delete_trips_returning(tx, file_id).await?;
+        removed.trips = trips;
+        Some(r)
+    } else {
+        removed.trips = delete_trips(tx, file_id, state.range).await?;
+        None
+    };
+    remove_region_rollups(tx, &state, contribution.as_ref(), &mut removed).await?;
+    remove_cell_rollups(tx, file_id, contribution, &mut removed).await?;
+    retire_ledger_row(tx, file_id, by, how, removed.trips).await?;
+    record_event(
+        tx,
+        &event(
+            kind,
+            &state.file_name,
+            removed.trips,
+            start.elapsed().as_secs_f64(),
+            format!("{how} by {by}; file id {file_id}"),
+        ),
+    )
+    .await?;
+    Ok(removed)
+}
+
+/// What the ledger and the rollups say of a committed file, read with its
+/// ledger row locked.
+struct FileState {
+    file_name: String,
+    /// Still on the compaction list: some of its rows may be merged.
+    listed: bool,
+    own_region_week: bool,
+    own_region_source: bool,
+    /// The weeks its trips span (from its rollup rows), when it has its own.
+    range: (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ),
+}
+
+impl FileState {
+    fn merged(&self) -> bool {
+        self.listed || !self.own_region_week
+    }
+}
+
+async fn lock_ledger_row(tx: &Transaction<'_>, file_id: i32) -> Result<FileState, LifecycleError> {
     let Some(row) = tx
         .query_opt(
             "SELECT f.file_name,
@@ -114,90 +169,95 @@ pub async fn unload_in(
     else {
         return Err(LifecycleError::Gone(file_id));
     };
-    let file_name: String = row.get(0);
-    let (listed, own_region_week, own_region_source): (bool, bool, bool) =
-        (row.get(1), row.get(2), row.get(3));
-    let range: (
-        Option<chrono::DateTime<chrono::Utc>>,
-        Option<chrono::DateTime<chrono::Utc>>,
-    ) = (row.get(4), row.get(5));
-    // Merged (wholly or in part) into the compacted rows: the contribution
-    // is needed to subtract it.
-    let merged = listed || !own_region_week;
-    let mut removed = Removed {
-        file_id,
-        file_name: file_name.clone(),
-        ..Removed::default()
-    };
-    let contribution = if merged {
-        let (trips, r) = delete_trips_returning(tx, file_id).await?;
-        removed.trips = trips;
-        Some(r)
-    } else {
-        removed.trips = delete_trips(tx, file_id, range).await?;
-        None
-    };
+    Ok(FileState {
+        file_name: row.get(0),
+        listed: row.get(1),
+        own_region_week: row.get(2),
+        own_region_source: row.get(3),
+        range: (row.get(4), row.get(5)),
+    })
+}
 
-    // Region rollups: all of a file's rows move in one compaction
-    // transaction, so they are either all its own or all merged.
-    let n = tx
-        .execute(
-            "DELETE FROM rollup_region_week WHERE file_id = $1",
-            &[&file_id],
-        )
-        .await
-        .map_err(query_err("deleting the file's rollup_region_week rows"))?;
-    removed.own_rows += n;
-    let n = tx
-        .execute(
-            "DELETE FROM rollup_region_source WHERE file_id = $1",
-            &[&file_id],
-        )
-        .await
-        .map_err(query_err("deleting the file's rollup_region_source rows"))?;
-    removed.own_rows += n;
-    if let Some(c) = &contribution {
-        if !own_region_week {
+/// Region rollups: all of a file's rows move in one compaction transaction,
+/// so they are either all its own (deleted) or all merged (subtracted).
+async fn remove_region_rollups(
+    tx: &Transaction<'_>,
+    state: &FileState,
+    contribution: Option<&Rollup>,
+    removed: &mut Removed,
+) -> Result<(), LifecycleError> {
+    for table in ["rollup_region_week", "rollup_region_source"] {
+        removed.own_rows += tx
+            .execute(
+                &format!("DELETE FROM {table} WHERE file_id = $1"),
+                &[&removed.file_id],
+            )
+            .await
+            .map_err(query_err(format!("deleting the file's {table} rows")))?;
+    }
+    if let Some(c) = contribution {
+        if !state.own_region_week {
             removed.compacted_region_rows += subtract_region_week(tx, c).await?;
         }
-        if !own_region_source {
+        if !state.own_region_source {
             removed.compacted_region_rows += subtract_region_source(tx, c).await?;
         }
     }
+    Ok(())
+}
 
-    // Cells: per cell, its own rows or merged.
+/// Cells: per cell, the file's own rows are deleted and its part of merged
+/// rows is subtracted.
+async fn remove_cell_rollups(
+    tx: &Transaction<'_>,
+    file_id: i32,
+    contribution: Option<Rollup>,
+    removed: &mut Removed,
+) -> Result<(), LifecycleError> {
     let own_week_cells = delete_own_cells(tx, "rollup_cell_week", file_id).await?;
     let own_point_cells = delete_own_cells(tx, "rollup_cell_points", file_id).await?;
     removed.own_rows += own_week_cells.1 + own_point_cells.1;
-    if let Some(c) = contribution {
-        let mut scratch = points::Scratch::default();
-        let (grouped, lens) = scratch.group(&c.pending);
-        let mut counts = CellWeeks::default();
-        rollup::count_grouped(&mut counts, grouped, lens);
-        let week_cells: Vec<(CellKey, Vec<(i32, i64)>)> = counts
-            .iter()
-            .filter(|(k, _)| !own_week_cells.0.contains(*k))
-            .map(|(k, w)| (*k, w.weeks()))
-            .collect();
-        subtract_cell_weeks(tx, &week_cells).await?;
-        let mut at = 0;
-        let mut point_cells: Vec<&[Pt]> = Vec::new();
-        for &len in lens {
-            let cell = &grouped[at..at + len];
-            at += len;
-            if !own_point_cells
-                .0
-                .contains(&(cell[0].side, cell[0].ix, cell[0].iy))
-            {
-                point_cells.push(cell);
-            }
-        }
-        removed.compacted_cells = point_cells.len().max(week_cells.len());
-        for batch in point_cells.chunks(CELLS_PER_BATCH) {
-            subtract_cell_points(tx, batch, &mut points::Scratch::default()).await?;
+    let Some(c) = contribution else {
+        return Ok(());
+    };
+    let mut scratch = points::Scratch::default();
+    let (grouped, lens) = scratch.group(&c.pending);
+    let mut counts = CellWeeks::default();
+    rollup::count_grouped(&mut counts, grouped, lens);
+    let week_cells: Vec<(CellKey, Vec<(i32, i64)>)> = counts
+        .iter()
+        .filter(|(k, _)| !own_week_cells.0.contains(*k))
+        .map(|(k, w)| (*k, w.weeks()))
+        .collect();
+    subtract_cell_weeks(tx, &week_cells).await?;
+    let mut at = 0;
+    let mut point_cells: Vec<&[Pt]> = Vec::new();
+    for &len in lens {
+        let cell = &grouped[at..at + len];
+        at += len;
+        if !own_point_cells
+            .0
+            .contains(&(cell[0].side, cell[0].ix, cell[0].iy))
+        {
+            point_cells.push(cell);
         }
     }
+    removed.compacted_cells = point_cells.len().max(week_cells.len());
+    for batch in point_cells.chunks(CELLS_PER_BATCH) {
+        subtract_cell_points(tx, batch, &mut points::Scratch::default()).await?;
+    }
+    Ok(())
+}
 
+/// Takes the file off the compaction list and moves its ledger row to
+/// `load_files_removed` (who, how, when): the same bytes may load again.
+async fn retire_ledger_row(
+    tx: &Transaction<'_>,
+    file_id: i32,
+    by: &str,
+    how: &str,
+    trips: u64,
+) -> Result<(), LifecycleError> {
     tx.execute(
         "DELETE FROM rollup_uncompacted WHERE file_id = $1",
         &[&file_id],
@@ -210,24 +270,13 @@ pub async fn unload_in(
                                          committed_at, loaded_by, removed_by, how, trips_removed)
          SELECT file_id, content_hash, file_name, size_bytes, rows_loaded, committed_at, loaded_by,
                 $2, $3, $4 FROM d",
-        &[&file_id, &by, &how, &(removed.trips as i64)],
+        &[&file_id, &by, &how, &(trips as i64)],
     )
     .await
     .map_err(query_err(
         "moving the file's ledger row to load_files_removed",
     ))?;
-    record_event(
-        tx,
-        &event(
-            kind,
-            &file_name,
-            removed.trips,
-            start.elapsed().as_secs_f64(),
-            format!("{how} by {by}; file id {file_id}"),
-        ),
-    )
-    .await?;
-    Ok(removed)
+    Ok(())
 }
 
 /// Deletes the file's trips, within the weeks its rollup rows name (chunk
@@ -566,20 +615,7 @@ async fn subtract_cell_points(
         .map_err(query_err("reading the compacted cell points"))?;
     let mut pts: Vec<Pt> = Vec::new();
     for r in &rows {
-        let (weeks, ends): (Vec<i32>, Vec<i32>) = (r.get(3), r.get(4));
-        points::decode_row(
-            StoredRow {
-                side: r.get::<_, i8>(0) as u8,
-                ix: r.get(1),
-                iy: r.get(2),
-                weeks: &weeks,
-                ends: &ends,
-                lons: r.get(5),
-                lats_sorted: r.get(6),
-                lat_pos: r.get(7),
-            },
-            &mut pts,
-        )?;
+        compact::decode_returned(r, 0, &mut pts)?;
     }
     drop(rows);
     let mut gone: FxHashMap<(CellKey, PointKey), u32> = FxHashMap::default();
