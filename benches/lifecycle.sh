@@ -55,9 +55,10 @@ psql_ -c "CREATE INDEX IF NOT EXISTS trips_file_brin ON trips USING brin (file_i
 # Retention: one month dropped while 1, 2 or 4 months are kept.
 for months in 1 2 4; do
   empty_db
-  "$TL" load -q "$CSV" --processed-dir "$OUT/processed-lc" >/dev/null || true
-  rm -rf "$OUT/processed-lc"
+  # load moves what it loads: a copy, so the CSV stays for the next round.
   cp "$CSV" "$OUT/landing-lc/t.csv"
+  "$TL" load -q "$OUT/landing-lc/t.csv" --processed-dir "$OUT/processed-lc" >/dev/null
+  rm -rf "$OUT/processed-lc"
   # Keep the first (1 + months) months of the year: the rest is deleted by
   # hand (timing only: the rollups then count trips that are gone).
   psql_ -c "DELETE FROM trips WHERE datetime >= date '2018-01-01' + make_interval(months => 1 + $months)"
