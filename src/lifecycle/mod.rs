@@ -10,6 +10,7 @@
 
 pub mod replace;
 pub mod retain;
+mod subtract;
 pub mod unload;
 
 use crate::db::{query_err, DbError};
