@@ -195,7 +195,10 @@ fn load_mails_one_report_per_run_with_the_figures() {
         ["a-sample.csv", "loaded", "100", "0"]
     );
     assert!(row(&html, "a-sample.csv").contains("#1a7f37"));
-    assert_eq!(cells(row(&html, "b-dirty.csv"))[..4], ["b-dirty.csv", "loaded", "1", "1"]);
+    assert_eq!(
+        cells(row(&html, "b-dirty.csv"))[..4],
+        ["b-dirty.csv", "loaded", "1", "1"]
+    );
     assert!(row(&html, "c-broken.csv").contains("#cf222e"));
     assert_eq!(cells(row(&html, "c-broken.csv"))[1], "failed");
     assert_eq!(
@@ -204,21 +207,40 @@ fn load_mails_one_report_per_run_with_the_figures() {
     );
     assert_eq!(
         cells(row(&html, "data-row=\"rolled-back\"")),
-        ["Lines rejected in files that were rolled back (not in the total)", "3", ""]
+        [
+            "Lines rejected in files that were rolled back (not in the total)",
+            "3",
+            ""
+        ]
     );
     assert!(html.contains("latitude 95"), "{html}");
     assert!(html.contains("missing required column(s)"), "{html}");
     // Who loaded, and when.
-    assert!(html.contains(&format!("data-field=\"host\">{}<", host())), "{html}");
+    assert!(
+        html.contains(&format!("data-field=\"host\">{}<", host())),
+        "{html}"
+    );
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    assert!(html.contains(&format!("data-field=\"at\">{today} ")), "{html}");
+    assert!(
+        html.contains(&format!("data-field=\"at\">{today} ")),
+        "{html}"
+    );
     // Inline styles only (mail clients drop style sheets), nothing to run,
     // and the user's file name as text.
-    assert!(!html.contains("<style") && !html.contains("<link"), "{html}");
+    assert!(
+        !html.contains("<style") && !html.contains("<link"),
+        "{html}"
+    );
     assert!(!html.to_lowercase().contains("<script"), "{html}");
     assert!(html.contains(SCRIPT_HTML), "{html}");
-    assert_eq!(cells(row(&html, SCRIPT_HTML))[..4], [SCRIPT_NAME, "failed", "0", "3"]);
-    assert!(html.contains(&format!("Rejected lines in {SCRIPT_HTML}")), "{html}");
+    assert_eq!(
+        cells(row(&html, SCRIPT_HTML))[..4],
+        [SCRIPT_NAME, "failed", "0", "3"]
+    );
+    assert!(
+        html.contains(&format!("Rejected lines in {SCRIPT_HTML}")),
+        "{html}"
+    );
     // No dashboard configured: no links.
     assert!(!html.contains("<a ") && !html.contains("#file="), "{html}");
     assert!(!text.contains("dashboard"), "{text}");
@@ -313,10 +335,19 @@ fn the_html_report_links_each_file_to_the_dashboard_when_configured() {
         m.headers.get_first_value("Subject").unwrap(),
         "[tripload] 1 file loaded, 1 failed, 1 already loaded"
     );
-    assert!(html.contains("href=\"http://dash.example:8080/\""), "{html}");
+    assert!(
+        html.contains("href=\"http://dash.example:8080/\""),
+        "{html}"
+    );
     let again = row(&html, "again.csv");
-    assert!(again.contains("href=\"http://dash.example:8080/#file=again.csv\""), "{again}");
-    assert!(again.contains("#9a6700"), "already loaded is amber: {again}");
+    assert!(
+        again.contains("href=\"http://dash.example:8080/#file=again.csv\""),
+        "{again}"
+    );
+    assert!(
+        again.contains("#9a6700"),
+        "already loaded is amber: {again}"
+    );
     assert_eq!(cells(again)[..3], ["again.csv", "already loaded", "0"]);
     let link = row(&html, "link.csv");
     assert!(link.contains("#8250df"), "refused is purple: {link}");

@@ -133,7 +133,11 @@ impl LoadOptions {
         if self.jobs == 0 || self.threads == Some(0) {
             return Err("--jobs and --threads must be at least 1".into());
         }
-        if let Some(u) = self.dashboard_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        if let Some(u) = self
+            .dashboard_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
             crate::notify::mail::check_dashboard_url(u)?;
         }
         let mail = self.mail()?;

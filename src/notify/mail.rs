@@ -383,12 +383,7 @@ pub fn file_text(r: &FileReport) -> String {
 
 /// Plain-text body for a set of files: who and when, each file, the totals.
 pub fn text(reports: &[FileReport], meta: &Meta) -> String {
-    let mut s = format!(
-        "{}\nloader {}, {}\n",
-        subject(reports),
-        meta.host,
-        meta.at
-    );
+    let mut s = format!("{}\nloader {}, {}\n", subject(reports), meta.host, meta.at);
     if let Some(u) = &meta.dashboard_url {
         s.push_str(&format!("dashboard: {u}/\n"));
     }
@@ -579,7 +574,13 @@ mod tests {
             meta.file_link("a b<script>&#x.csv").unwrap(),
             "https://dash.example:8080/#file=a%20b%3Cscript%3E%26%23x.csv"
         );
-        for bad in ["dash.example", "ftp://x", "http://", "http://a b", "http://x/#y"] {
+        for bad in [
+            "dash.example",
+            "ftp://x",
+            "http://",
+            "http://a b",
+            "http://x/#y",
+        ] {
             assert!(check_dashboard_url(bad).is_err(), "{bad}");
         }
     }

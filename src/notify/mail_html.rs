@@ -36,6 +36,15 @@ pub fn look(s: &Status) -> Look {
     Look { word, fg, bg }
 }
 
+/// The order of the statuses in the totals row.
+const ORDER: [&str; 5] = [
+    "loaded",
+    "already loaded",
+    "failed",
+    "error, will retry",
+    "refused",
+];
+
 /// `s` safe in HTML text and in quoted attribute values.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -69,11 +78,11 @@ fn detail(s: &Status) -> Option<String> {
         } => Some(format!(
             "same content as {file_name}, committed {committed_at}; nothing loaded"
         )),
-        Status::Failed { reason } => Some(format!("rolled back, moved to failed/: {reason}")),
+        Status::Failed { reason } => Some(format!("moved to failed/: {reason}")),
         Status::Error { reason } => Some(format!(
-            "database or machine problem, left in place to retry: {reason}"
+            "a database or machine problem, left in place to retry: {reason}"
         )),
-        Status::Refused { reason } => Some(format!("never opened: {reason}")),
+        Status::Refused { reason } => Some(reason.clone()),
     }
 }
 
@@ -148,17 +157,16 @@ fn total_rows(reports: &[FileReport]) -> String {
         .filter(|r| r.status == Status::Loaded)
         .map(|r| r.rows_loaded)
         .sum();
-    let mut counts: Vec<(&'static str, &'static str, usize)> = Vec::new();
-    for r in reports {
-        let l = look(&r.status);
-        match counts.iter_mut().find(|c| c.0 == l.word) {
-            Some(c) => c.2 += 1,
-            None => counts.push((l.word, l.fg, 1)),
-        }
-    }
-    let summary: Vec<String> = counts
+    let summary: Vec<String> = ORDER
         .iter()
-        .map(|(w, fg, n)| format!("<span style=\"color:{fg}\">{n} {w}</span>"))
+        .filter_map(|word| {
+            let of_kind = || reports.iter().filter(|r| look(&r.status).word == *word);
+            let fg = look(&of_kind().next()?.status).fg;
+            Some(format!(
+                "<span style=\"color:{fg}\">{} {word}</span>",
+                of_kind().count()
+            ))
+        })
         .collect();
     let cell = format!("padding:8px;border-top:2px solid {LINE};background:{BG};font-weight:600");
     let files = if reports.len() == 1 { "file" } else { "files" };
@@ -201,7 +209,9 @@ fn rejects_sections(reports: &[FileReport]) -> String {
             th("why", false)
         ));
         let cell = "padding:4px 8px;border-top:1px solid #eaeef2;vertical-align:top";
-        for (line, col, reason) in crate::notify::mail::first_rejects(r, crate::notify::mail::SHOWN_REJECTS) {
+        for (line, col, reason) in
+            crate::notify::mail::first_rejects(r, crate::notify::mail::SHOWN_REJECTS)
+        {
             h.push_str(&format!(
                 "<tr><td style=\"{cell};text-align:right\">{}</td><td style=\"{cell};font-family:ui-monospace,Menlo,Consolas,monospace\">{}</td><td style=\"{cell}\">{}</td></tr>",
                 esc(&line),
@@ -263,7 +273,7 @@ pub fn render(subject: &str, reports: &[FileReport], meta: &Meta) -> String {
     h.push_str("</table>");
     h.push_str(&rejects_sections(reports));
     h.push_str(&format!(
-        "</td></tr><tr><td style=\"padding:8px 16px;color:{MUTED};font-size:12px\">Sent by tripload on {}. Lines rejected in a failed file were rolled back with it and are counted apart from the loaded files'.</td></tr></table></td></tr></table></body></html>",
+        "</td></tr><tr><td style=\"padding:8px 16px;color:{MUTED};font-size:12px\">Sent by tripload on {}.</td></tr></table></td></tr></table></body></html>",
         esc(&meta.host)
     ));
     h
@@ -279,6 +289,71 @@ mod tests {
             esc("<script>alert('x&y')</script>\""),
             "&lt;script&gt;alert(&#39;x&amp;y&#39;)&lt;/script&gt;&quot;"
         );
+    }
+
+    fn report(name: &str, status: Status) -> FileReport {
+        FileReport {
+            path: name.into(),
+            size: 1,
+            status,
+            rows_loaded: 0,
+            rows_rejected: 0,
+            blank_lines: 0,
+            header_lines: 0,
+            seconds: 1.0,
+            now_at: None,
+            rejects_file: None,
+        }
+    }
+
+    #[test]
+    fn each_file_row_has_its_status_colour_and_reason() {
+        let rs = [
+            report("l.csv", Status::Loaded),
+            report(
+                "a.csv",
+                Status::AlreadyLoaded {
+                    file_name: "l.csv".into(),
+                    committed_at: "then".into(),
+                },
+            ),
+            report(
+                "f.csv",
+                Status::Failed {
+                    reason: "bad <b>".into(),
+                },
+            ),
+            report(
+                "e.csv",
+                Status::Error {
+                    reason: "db away".into(),
+                },
+            ),
+            report(
+                "r.csv",
+                Status::Refused {
+                    reason: "a link".into(),
+                },
+            ),
+        ];
+        let meta = Meta {
+            host: "h<1>".into(),
+            at: "now".into(),
+            dashboard_url: None,
+        };
+        let h = render("[tripload] s", &rs, &meta);
+        for r in &rs {
+            let name = r.path.display().to_string();
+            let at = h.find(&format!("<strong>{name}</strong>")).unwrap();
+            let row = &h[h[..at].rfind("<tr").unwrap()..at];
+            assert!(row.contains(&format!("data-status=\"{}\"", look(&r.status).word)));
+            assert!(row.contains(look(&r.status).fg), "{name}: {row}");
+        }
+        assert!(h.contains("bad &lt;b&gt;") && h.contains("db away") && h.contains("a link"));
+        assert!(h.contains("h&lt;1&gt;") && !h.contains("<1>"));
+        assert!(h.contains(
+            "1 loaded</span> &middot; <span style=\"color:#9a6700\">1 already loaded</span>"
+        ));
     }
 
     #[test]
