@@ -3,6 +3,7 @@
 //! (`<file>.report.txt`), and a mail server that is down or refuses us is
 //! logged and retried, never failing or blocking a load.
 
+use crate::notify::mail_html::{first_rejects, rejected, Meta, SHOWN_REJECTS};
 use crate::notify::report::{FileReport, Status};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -190,31 +191,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Lines rejected in a set of reports: in committed files (their good rows
-/// are in the database), and in files rolled back with all their rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rejected {
-    pub committed: u64,
-    pub rolled_back: u64,
-}
-
-pub fn rejected(reports: &[FileReport]) -> Rejected {
-    let mut r = Rejected {
-        committed: 0,
-        rolled_back: 0,
-    };
-    for f in reports {
-        match f.status {
-            Status::Loaded => r.committed += f.rows_rejected,
-            Status::AlreadyLoaded { .. } => {}
-            Status::Failed { .. } | Status::Error { .. } | Status::Refused { .. } => {
-                r.rolled_back += f.rows_rejected
-            }
-        }
-    }
-    r
-}
-
 fn lines(n: u64) -> String {
     format!("{n} {}", if n == 1 { "line" } else { "lines" })
 }
@@ -249,44 +225,14 @@ pub fn subject(reports: &[FileReport]) -> String {
     s
 }
 
-/// What a report says besides the files: who loaded them, when, and where
-/// the dashboard is.
-#[derive(Debug, Clone)]
-pub struct Meta {
-    pub host: String,
-    /// `YYYY-MM-DD HH:MM:SS UTC`.
-    pub at: String,
-    pub dashboard_url: Option<String>,
-}
-
-/// Characters kept as they are in a `#file=` fragment; everything else is
-/// percent-encoded (what JavaScript's `decodeURIComponent` undoes).
-const FRAGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-impl Meta {
-    /// This host, now, and the configured dashboard.
-    pub fn now(cfg: &MailConfig) -> Meta {
-        Meta {
-            host: crate::notify::events::hostname(),
-            at: chrono::Utc::now()
-                .format("%Y-%m-%d %H:%M:%S UTC")
-                .to_string(),
-            dashboard_url: cfg.dashboard_url.clone(),
-        }
-    }
-
-    /// `URL/#file=NAME` (the dashboard highlights that file).
-    pub fn file_link(&self, name: &str) -> Option<String> {
-        self.dashboard_url.as_ref().map(|u| {
-            format!(
-                "{u}/#file={}",
-                percent_encoding::utf8_percent_encode(name, FRAGMENT)
-            )
-        })
+/// This host, now, and the configured dashboard.
+fn meta_now(cfg: &MailConfig) -> Meta {
+    Meta {
+        host: crate::notify::events::hostname(),
+        at: chrono::Utc::now()
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
+        dashboard_url: cfg.dashboard_url.clone(),
     }
 }
 
@@ -321,29 +267,6 @@ fn status_text(r: &FileReport) -> String {
         Status::Refused { reason } => format!("REFUSED: {reason}"),
     }
 }
-
-/// The first few rejects (line, column, reason) from the rejects file.
-pub(crate) fn first_rejects(r: &FileReport, n: usize) -> Vec<(String, String, String)> {
-    let Some(path) = &r.rejects_file else {
-        return Vec::new();
-    };
-    let Ok(mut rdr) = csv::Reader::from_path(path) else {
-        return Vec::new();
-    };
-    rdr.records()
-        .filter_map(|r| r.ok())
-        .take(n)
-        .map(|rec| {
-            (
-                rec.get(1).unwrap_or("").to_string(),
-                rec.get(2).unwrap_or("").to_string(),
-                rec.get(3).unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
-pub(crate) const SHOWN_REJECTS: usize = 5;
 
 /// Plain-text body for one file.
 pub fn file_text(r: &FileReport) -> String {
@@ -436,7 +359,7 @@ pub fn message(cfg: &MailConfig, reports: &[FileReport]) -> Result<Message, Mail
             MailError::Address(cfg.from.clone(), e.to_string())
         })?;
     let subject = subject(reports);
-    let meta = Meta::now(cfg);
+    let meta = meta_now(cfg);
     let mut b = Message::builder().from(from).subject(subject.clone());
     for to in &cfg.to {
         b = b.to(to.parse().map_err(|e: lettre::address::AddressError| {
@@ -504,6 +427,7 @@ pub async fn deliver(cfg: &MailConfig, reports: &[FileReport]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::mail_html::Rejected;
 
     fn report(status: Status) -> FileReport {
         FileReport {

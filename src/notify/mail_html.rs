@@ -3,9 +3,88 @@
 //! layout, inline styles only, no scripts, images or external resources.
 //! Every value that comes from outside (file names, reasons, paths, rejected
 //! lines) is HTML-escaped; links to the dashboard percent-encode the name.
+//! Also what both parts of a report count and show: rejected lines split by
+//! outcome, the report's [`Meta`], the first rejects of a file.
 
-use crate::notify::mail::{rejected, Meta};
 use crate::notify::report::{FileReport, Status};
+
+/// Lines rejected in a set of reports: in committed files (their good rows
+/// are in the database), and in files rolled back with all their rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub committed: u64,
+    pub rolled_back: u64,
+}
+
+pub fn rejected(reports: &[FileReport]) -> Rejected {
+    let mut r = Rejected {
+        committed: 0,
+        rolled_back: 0,
+    };
+    for f in reports {
+        match f.status {
+            Status::Loaded => r.committed += f.rows_rejected,
+            Status::AlreadyLoaded { .. } => {}
+            Status::Failed { .. } | Status::Error { .. } | Status::Refused { .. } => {
+                r.rolled_back += f.rows_rejected
+            }
+        }
+    }
+    r
+}
+
+/// What a report says besides the files: who loaded them, when, and where
+/// the dashboard is.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub host: String,
+    /// `YYYY-MM-DD HH:MM:SS UTC`.
+    pub at: String,
+    pub dashboard_url: Option<String>,
+}
+
+/// Characters kept as they are in a `#file=` fragment; everything else is
+/// percent-encoded (what JavaScript's `decodeURIComponent` undoes).
+const FRAGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+impl Meta {
+    /// `URL/#file=NAME` (the dashboard highlights that file).
+    pub fn file_link(&self, name: &str) -> Option<String> {
+        self.dashboard_url.as_ref().map(|u| {
+            format!(
+                "{u}/#file={}",
+                percent_encoding::utf8_percent_encode(name, FRAGMENT)
+            )
+        })
+    }
+}
+
+/// The first few rejects (line, column, reason) from the rejects file.
+pub fn first_rejects(r: &FileReport, n: usize) -> Vec<(String, String, String)> {
+    let Some(path) = &r.rejects_file else {
+        return Vec::new();
+    };
+    let Ok(mut rdr) = csv::Reader::from_path(path) else {
+        return Vec::new();
+    };
+    rdr.records()
+        .filter_map(|r| r.ok())
+        .take(n)
+        .map(|rec| {
+            (
+                rec.get(1).unwrap_or("").to_string(),
+                rec.get(2).unwrap_or("").to_string(),
+                rec.get(3).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+pub const SHOWN_REJECTS: usize = 5;
 
 /// The dashboard's palette (src/serve/assets/dashboard.css).
 const INK: &str = "#1f2328";
@@ -209,9 +288,7 @@ fn rejects_sections(reports: &[FileReport]) -> String {
             th("why", false)
         ));
         let cell = "padding:4px 8px;border-top:1px solid #eaeef2;vertical-align:top";
-        for (line, col, reason) in
-            crate::notify::mail::first_rejects(r, crate::notify::mail::SHOWN_REJECTS)
-        {
+        for (line, col, reason) in first_rejects(r, SHOWN_REJECTS) {
             h.push_str(&format!(
                 "<tr><td style=\"{cell};text-align:right\">{}</td><td style=\"{cell};font-family:ui-monospace,Menlo,Consolas,monospace\">{}</td><td style=\"{cell}\">{}</td></tr>",
                 esc(&line),
