@@ -32,6 +32,12 @@ fn serve_with(w: &Work, db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> Se
     for (k, v) in env {
         cmd.env(k, v);
     }
+    spawn_listening(cmd, "")
+}
+
+/// Spawns a command that serves and waits until it has said that it
+/// listens, and said `also` (after or before that).
+fn spawn_listening(mut cmd: std::process::Command, also: &str) -> Server {
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -45,8 +51,18 @@ fn serve_with(w: &Work, db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> Se
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut said = Vec::new();
+    let mut said: Vec<String> = Vec::new();
+    let mut base = None;
     loop {
+        if let Some(base) = base
+            .as_ref()
+            .filter(|_| said.iter().any(|l| l.contains(also)))
+        {
+            return Server {
+                child,
+                base: format!("http://{base}"),
+            };
+        }
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| {
@@ -56,14 +72,10 @@ fn serve_with(w: &Work, db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> Se
                     said.join("\n")
                 )
             });
-        said.push(line.clone());
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split('/').next().unwrap().to_string();
-            return Server {
-                child,
-                base: format!("http://{addr}"),
-            };
+            base = Some(rest.split('/').next().unwrap().to_string());
         }
+        said.push(line);
     }
 }
 
@@ -437,6 +449,203 @@ fn event_stream_delivers_a_load_in_order_and_resumes_after_last_event_id() {
     let b = recent.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(b.0, *last_id);
     assert!(a.0 < b.0);
+}
+
+#[test]
+fn watch_serve_loads_serves_and_stops_on_sigterm() {
+    let db = fresh_db();
+    let w = Work::new();
+    let mut s = spawn_listening(
+        tripload_cmd(&w, &db, &["watch", "landing", "--serve", "127.0.0.1:0"]),
+        "watching ",
+    );
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // The watcher has migrated the schema: the event stream can start.
+    let live = sse(&s, "?catch_up=0", None);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(
+        w.path("landing/.ws.csv"),
+        tripload::gen::trips_csv(5_000, 4),
+    )
+    .unwrap();
+    std::fs::rename(w.path("landing/.ws.csv"), w.path("landing/ws.csv")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        let (id, e) = live
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the committed event before the deadline");
+        assert_eq!(e["file"], "ws.csv", "{e}");
+        if e["event"] == "committed" {
+            break (id, e);
+        }
+    };
+    assert_eq!(committed.1["rows"], 5_000);
+    assert!(w.exists("processed/ws.csv"));
+
+    let files = get_json(&s, "/api/files");
+    let f = &files["files"][0];
+    assert_eq!(f["file"], "ws.csv", "{files}");
+    assert_eq!(f["status"], "committed");
+    assert_eq!(f["rows_loaded"], 5_000);
+    assert_eq!(get_json(&s, "/healthz")["status"], "ok");
+
+    // SIGTERM stops the watcher and the server (the open event stream
+    // included), exit 0, nothing listens any more.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "{addr} still accepts connections"
+    );
+    assert!(
+        matches!(
+            live.recv_timeout(Duration::from_secs(5)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        ),
+        "the event stream did not end"
+    );
+}
+
+/// Headless Chromium driven over WebDriver (Debian's chromium-driver).
+struct Browser {
+    driver: Child,
+    url: String,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = agent().delete(&self.url).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// A WebDriver command's `value`.
+fn webdriver(req: ureq::Request, body: Value) -> Value {
+    let resp = req
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string());
+    let (code, text) = match resp {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("webdriver: {e}"),
+    };
+    assert_eq!(code, 200, "webdriver: {text}");
+    serde_json::from_str::<Value>(&text).unwrap()["value"].clone()
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is needed: apt-get install -y chromium chromium-driver");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent().get(&format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"]}}}});
+        let mut b = Browser {
+            driver,
+            url: String::new(),
+        };
+        let v = webdriver(agent().post(&format!("{base}/session")), caps);
+        b.url = format!("{base}/session/{}", v["sessionId"].as_str().unwrap());
+        b
+    }
+
+    fn goto(&self, url: &str) {
+        webdriver(
+            agent().post(&format!("{}/url", self.url)),
+            serde_json::json!({ "url": url }),
+        );
+    }
+
+    /// Runs `script` (a function body) until it returns something other
+    /// than null, and returns that.
+    fn wait_for(&self, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = webdriver(
+                agent().post(&format!("{}/execute/sync", self.url)),
+                serde_json::json!({ "script": script, "args": [] }),
+            );
+            if !v.is_null() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {script}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Once the committed files are shown: the highlighted rows' files, and the
+/// note naming the file (null while the note is hidden).
+const FOCUS_STATE: &str = "
+    if (document.querySelectorAll('#files tbody tr').length < 2) return null;
+    const note = document.getElementById('focus-note');
+    return {
+        focused: [...document.querySelectorAll('tr.focus')].map((r) => r.dataset.file),
+        note: note.hidden ? null : document.getElementById('focus-name').textContent,
+    };";
+
+#[test]
+fn the_dashboard_highlights_the_file_a_link_names() {
+    let db = fresh_db();
+    let w = Work::new();
+    loaded(&w, &db);
+    let name = "o d&<x>.csv";
+    w.land(name, &tripload::gen::trips_csv(10, 5));
+    let out = tripload(&w, &db, &["load", "landing", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = serve(&w, &db);
+    let b = Browser::start();
+    // As a mailed report links it: the name percent-encoded.
+    b.goto(&format!("{}/#file=o%20d%26%3Cx%3E.csv", s.base));
+    // Its rows (committed files, and recent outcomes once the event stream
+    // has caught up) and only those are highlighted.
+    let only = |st: &Value, file: &str| {
+        let f = st["focused"].as_array().unwrap();
+        !f.is_empty() && f.iter().all(|x| x == file)
+    };
+    let st = b.wait_for(FOCUS_STATE);
+    assert!(only(&st, name), "{st}");
+    assert_eq!(st["note"], name);
+    // Another file, by changing the fragment.
+    webdriver(
+        agent().post(&format!("{}/execute/sync", b.url)),
+        serde_json::json!({ "script": "location.hash = 'file=sample.csv'", "args": [] }),
+    );
+    let st = b.wait_for(&format!(
+        "return document.getElementById('focus-name').textContent === 'sample.csv' ? (() => {{ {FOCUS_STATE} }})() : null;"
+    ));
+    assert!(only(&st, "sample.csv"), "{st}");
+    // Without a fragment nothing is highlighted.
+    b.goto(&format!("{}/", s.base));
+    let st = b.wait_for(FOCUS_STATE);
+    assert_eq!(st["focused"], serde_json::json!([]), "{st}");
+    assert!(st["note"].is_null(), "{st}");
 }
 
 #[test]
