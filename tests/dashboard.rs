@@ -2,7 +2,8 @@
 //! `chromium-driver`, which `scripts/setup.sh` installs in test mode), driven
 //! over WebDriver: while a real `tripload load` runs, the page shows the
 //! file's progress bar and then its committed row count; a region picked in
-//! the form shows the weekly average the CLI prints; a screenshot is saved
+//! the form, and a box dragged on the map, show the weekly average the CLI
+//! prints; a screenshot is saved
 //! (to `$TRIPLOAD_SCREENSHOT` when set: that is how docs/dashboard.png is
 //! made).
 //!
@@ -12,7 +13,9 @@ mod common;
 use common::serve::serve;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
 use serde_json::{json, Value};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -149,6 +152,79 @@ new MutationObserver(() => {
 return true;
 "#;
 
+/// Where a longitude/latitude is on the map, in viewport pixels (from the
+/// page's own projection).
+const MAP_POINTS: &str = r#"
+const canvas = document.getElementById('map');
+canvas.scrollIntoView({ block: 'center' });
+const p = projector(canvas), r = canvas.getBoundingClientRect();
+return arguments[0].map(([lon, lat]) => [
+  Math.round(r.left + (p.x(lon) * r.width) / canvas.width),
+  Math.round(r.top + (p.y(lat) * r.height) / canvas.height),
+]);
+"#;
+
+/// Drags a box on the map with the mouse, as a person would: the page asks
+/// for that box's weekly counts (by origin) and shows the CLI's average.
+async fn drag_a_box_around_prague(c: &Client, w: &Work, db: &TestDb) {
+    use fantoccini::actions::{InputSource, MouseActions, PointerAction, MOUSE_BUTTON_LEFT};
+    let points = c
+        .execute(MAP_POINTS, vec![json!([[14.25, 49.95], [14.65, 50.15]])])
+        .await
+        .expect("project the box");
+    let xy = |i: usize| {
+        let p = &points[i];
+        (p[0].as_f64().expect("x"), p[1].as_f64().expect("y"))
+    };
+    let ((x0, y0), (x1, y1)) = (xy(0), xy(1));
+    assert!(
+        x1 - x0 >= 4.0 && y0 - y1 >= 4.0,
+        "the box is too small to drag: {points}"
+    );
+    let drag = MouseActions::new("mouse".into())
+        .then(PointerAction::MoveTo {
+            duration: None,
+            x: x0,
+            y: y0,
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        })
+        .then(PointerAction::MoveTo {
+            duration: Some(Duration::from_millis(200)),
+            x: x1,
+            y: y1,
+        })
+        .then(PointerAction::Up {
+            button: MOUSE_BUTTON_LEFT,
+        });
+    c.perform_actions(drag).await.expect("drag a box");
+    let shown = wait_for(
+        c,
+        "the box's weekly average",
+        20,
+        r#"const a = document.getElementById('avg'), area = document.getElementById('area').textContent;
+           return area.startsWith('bbox ') && map.box && a.dataset.value
+             ? { area, box: map.box.join(','), value: a.dataset.value } : null"#,
+    )
+    .await;
+    let bbox = shown["box"].as_str().expect("the box");
+    let out = tripload(w, db, &["weekly", "--bbox", bbox, "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cli: Value = serde_json::from_str(&stdout(&out)).expect("weekly JSON");
+    assert!(cli["total_trips"].as_i64().unwrap_or(0) > 100, "{cli}");
+    assert_eq!(shown["area"], cli["area"], "{shown} vs {cli}");
+    let page_avg: f64 = shown["value"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("not a number: {shown}"));
+    assert_eq!(
+        Some(page_avg),
+        cli["weekly_average"].as_f64(),
+        "{shown} vs {cli}"
+    );
+}
+
 fn screenshot_path(w: &Work) -> PathBuf {
     match std::env::var("TRIPLOAD_SCREENSHOT") {
         Ok(p) if !p.is_empty() => Path::new(env!("CARGO_MANIFEST_DIR")).join(p),
@@ -174,9 +250,14 @@ fn dashboard_shows_a_load_live_and_the_weekly_average_the_cli_prints() {
         .expect("runtime");
     rt.block_on(async {
         let c = browser(&driver, &w.path("profile")).await;
-        let result = drive(&c, &s.base, &w, &db).await;
+        // The browser is closed whatever happens (no Chromium left behind).
+        let result = AssertUnwindSafe(drive(&c, &s.base, &w, &db))
+            .catch_unwind()
+            .await;
         let _ = c.close().await;
-        result
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     });
 }
 
@@ -296,7 +377,7 @@ async fn drive(c: &Client, base: &str, w: &Work, db: &TestDb) {
         .unwrap_or_else(|| panic!("not a number: {shown}"));
     assert_eq!(page_avg, cli_avg, "{shown} vs {cli}");
     assert_eq!(shown["text"], format!("{cli_avg:.3}"), "{shown}");
-    // The groups table filled too (the screenshot shows it).
+    // The groups table filled too.
     wait_for(
         c,
         "Prague's trip groups",
@@ -304,6 +385,18 @@ async fn drive(c: &Client, base: &str, w: &Work, db: &TestDb) {
         "return document.querySelectorAll('#groups tbody tr').length > 0 ? true : null",
     )
     .await;
+
+    drag_a_box_around_prague(c, w, db).await;
+    c.find(Locator::Css("#zoom-box"))
+        .await
+        .expect("#zoom-box")
+        .click()
+        .await
+        .expect("zoom to the box");
+    c.execute("window.scrollTo(0, 0); return true", vec![])
+        .await
+        .expect("scroll to the top");
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let png = c.screenshot().await.expect("screenshot");
     assert!(
