@@ -4,84 +4,12 @@
 //! listening rules, uploads, and a read-only database role.
 
 mod common;
+use common::serve::{serve, serve_with, spawn_listening, Server};
 use common::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// A running `tripload serve` (killed when dropped).
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the server on a free loopback port with `extra` arguments and
-/// waits until it listens (it prints its address on stderr).
-fn serve_with(w: &Work, db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--landing", "landing"];
-    args.extend_from_slice(extra);
-    let mut cmd = tripload_cmd(w, db, &args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    spawn_listening(cmd, "")
-}
-
-/// Spawns a command that serves and waits until it has said that it
-/// listens, and said `also` (after or before that).
-fn spawn_listening(mut cmd: std::process::Command, also: &str) -> Server {
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tripload serve");
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut said: Vec<String> = Vec::new();
-    let mut base = None;
-    loop {
-        if let Some(base) = base
-            .as_ref()
-            .filter(|_| said.iter().any(|l| l.contains(also)))
-        {
-            return Server {
-                child,
-                base: format!("http://{base}"),
-            };
-        }
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not start: {:?}\n{}",
-                    child.try_wait(),
-                    said.join("\n")
-                )
-            });
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            base = Some(rest.split('/').next().unwrap().to_string());
-        }
-        said.push(line);
-    }
-}
-
-fn serve(w: &Work, db: &TestDb) -> Server {
-    serve_with(w, db, &[], &[])
-}
 
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
@@ -225,6 +153,8 @@ fn every_class_of_bad_input_is_a_400_that_says_what() {
         ("/api/weekly?region=Prague&by=sideways", "by="),
         ("/api/weekly?region=Prague&from=2018-13-01", "YYYY-MM-DD"),
         ("/api/weekly?region=Prague&to=yesterday", "YYYY-MM-DD"),
+        ("/api/weekly?region=Prague&from=2018-5-1", "YYYY-MM-DD"),
+        ("/api/cells?to=%2B2018-05-01", "YYYY-MM-DD"),
         (
             "/api/weekly?region=Prague&from=2018-06-01&to=2018-05-01",
             "after",
@@ -732,6 +662,10 @@ fn uploads_need_the_flag_and_the_token_and_land_complete() {
         "{code} {body}"
     );
     assert!(!w.exists("landing/big.csv"));
+    let (code, body) = put(&s, "empty.csv", b"", Some("tok"));
+    assert_eq!(code, 400, "an empty body lands nothing: {body}");
+    assert!(body.contains("empty"), "{body}");
+    assert!(!w.exists("landing/empty.csv"));
     let (code, body) = put(&s, "a.csv", &sample(), Some("tok"));
     assert_eq!(code, 202, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

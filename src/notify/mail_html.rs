@@ -380,6 +380,7 @@ mod tests {
             seconds: 1.0,
             now_at: None,
             rejects_file: None,
+            failed_at: Default::default(),
         }
     }
 
