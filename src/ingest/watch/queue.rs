@@ -87,7 +87,7 @@ impl Queue {
                 }
             } else if !self.ready.contains(&p) {
                 self.pending
-                    .insert(p, (Some(identity_of(&m)), Instant::now()));
+                    .insert(p, (Some(Identity::of(&m)), Instant::now()));
             }
         }
         refused
@@ -116,7 +116,7 @@ impl Queue {
             if !m.file_type().is_file() {
                 refused.extend(self.refuse(p, &m));
             } else if !self.ready.contains(&p) && !self.pending.contains_key(&p) {
-                self.pending.insert(p, (Some(identity_of(&m)), now));
+                self.pending.insert(p, (Some(Identity::of(&m)), now));
             }
         }
         refused
@@ -155,13 +155,6 @@ impl Queue {
                 }
             }
         }
-    }
-}
-
-pub(super) fn identity_of(m: &std::fs::Metadata) -> Identity {
-    Identity {
-        size: m.len(),
-        modified: m.modified().ok(),
     }
 }
 
