@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 TRIPLOAD_SETUP_TESTS=1 scripts/setup.sh
-cargo test --release "$@"
+cargo test --release --workspace "$@"

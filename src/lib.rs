@@ -11,7 +11,9 @@
 //!
 //! - [`cmd`]: the command line, one file per subcommand.
 //! - [`kernel`]: the pure core — chunk, record, parse, encode, grid, rollup
-//!   partials (bytes in, values out); it imports nothing outside itself.
+//!   partials (bytes in, values out) — is its own crate, `crates/kernel`
+//!   (`tripload-kernel`), so the compiler keeps it free of I/O and of this
+//!   crate; re-exported here as `tripload::kernel`.
 //! - [`ingest`]: discover → map → loader → copy (one file: transaction =
 //!   claim → stream → verify → rollups → commit) → archive; `load` and
 //!   `watch` drive it.
@@ -34,8 +36,9 @@ pub mod embedded;
 pub mod exit;
 pub mod gen;
 pub mod ingest;
-pub mod kernel;
 pub mod lifecycle;
 pub mod notify;
 pub mod pgtext;
 pub mod serve;
+
+pub use tripload_kernel as kernel;

@@ -5,9 +5,12 @@
 //! cmd ─▶ serve ─▶ ingest ─▶ lifecycle ─▶ analytics ─▶ notify ─▶ db ─▶ embedded ─▶ kernel, pgtext, exit
 //! ```
 //!
-//! a module imports only from its own folder or from a folder below it; the
-//! pure `kernel` imports nothing outside `kernel`; and the files of one folder
-//! do not import each other in a cycle. Comments and `#[cfg(test)]` modules
+//! a module imports only from its own folder or from a folder below it, and
+//! the files of one folder do not import each other in a cycle. The pure
+//! `kernel` is a crate of its own (`crates/kernel`, re-exported as
+//! `tripload::kernel`): the compiler keeps tripload out of it; this file
+//! checks that it depends only on small pure crates, does no I/O and has no
+//! cycle between its files either. Comments and `#[cfg(test)]` modules
 //! are not imports (a test may use anything).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -134,7 +137,7 @@ fn paths(code: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-fn dependencies_point_one_way_and_kernel_is_pure() {
+fn dependencies_point_one_way() {
     let root = src();
     let mut files = Vec::new();
     rust_files(&root, &mut files);
@@ -192,16 +195,10 @@ fn dependencies_point_one_way_and_kernel_is_pure() {
                 known_seen.insert(k.0);
                 continue;
             }
-            problems.push(if module == "kernel" {
-                format!(
-                    "src/{name}: the kernel imports crate::{to}::{sub} (only kernel may be used)"
-                )
-            } else {
-                format!(
-                    "src/{name}: `{module}` imports crate::{to}::{sub}, which is not below it ({})",
-                    "cmd → ingest → analytics → notify → db → embedded → kernel"
-                )
-            });
+            problems.push(format!(
+                "src/{name}: `{module}` imports crate::{to}::{sub}, which is not below it ({})",
+                "cmd → ingest → analytics → notify → db → embedded → kernel"
+            ));
         }
     }
     for k in KNOWN {
@@ -254,6 +251,101 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<String> {
     graph
         .keys()
         .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+/// What the kernel crate may depend on: small crates that do no I/O.
+const KERNEL_DEPENDENCIES: &[&str] = &[
+    "geo-types",
+    "memchr",
+    "rustc-hash",
+    "thiserror",
+    "xxhash-rust",
+];
+
+/// What the kernel's code may not name (tests aside).
+const KERNEL_FORBIDDEN: &[&str] = &[
+    "std::fs",
+    "std::net",
+    "std::process",
+    "std::env",
+    "std::thread",
+    "std::io",
+];
+
+fn kernel_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/kernel")
+}
+
+/// The names under `[dependencies]` in a Cargo.toml.
+fn dependencies(manifest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[dependencies]";
+        } else if inside && !line.is_empty() && !line.starts_with('#') {
+            if let Some((name, _)) = line.split_once('=') {
+                out.push(name.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn kernel_is_a_pure_crate() {
+    let dir = kernel_dir();
+    let manifest =
+        std::fs::read_to_string(dir.join("Cargo.toml")).expect("crates/kernel/Cargo.toml");
+    let deps = dependencies(&manifest);
+    assert!(!deps.is_empty(), "read the kernel's dependencies");
+    let mut problems: Vec<String> = deps
+        .iter()
+        .filter(|d| !KERNEL_DEPENDENCIES.contains(&d.as_str()))
+        .map(|d| {
+            format!("crates/kernel/Cargo.toml: depends on `{d}` (allowed: {KERNEL_DEPENDENCIES:?})")
+        })
+        .collect();
+    let mut files = Vec::new();
+    rust_files(&dir.join("src"), &mut files);
+    assert!(
+        files.len() >= 8,
+        "found the kernel's sources in {}",
+        dir.display()
+    );
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &files {
+        let name = f
+            .file_stem()
+            .expect("a file name")
+            .to_string_lossy()
+            .to_string();
+        let code = code(&std::fs::read_to_string(f).expect("readable source"));
+        for bad in KERNEL_FORBIDDEN {
+            if code.contains(bad) {
+                problems.push(format!(
+                    "crates/kernel/src/{name}.rs: uses {bad} (the kernel does no I/O)"
+                ));
+            }
+        }
+        for (to, _) in paths(&code) {
+            if to != "super" && to != name && name != "lib" {
+                graph.entry(name.clone()).or_default().insert(to);
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&graph) {
+        problems.push(format!(
+            "crates/kernel/src/: files import each other in a cycle: {cycle}"
+        ));
+    }
+    assert!(problems.is_empty(), "\n  {}", problems.join("\n  "));
+}
+
+#[test]
+fn the_kernel_check_reads_dependencies() {
+    let manifest = "[package]\nname = \"k\"\n\n[dependencies]\nmemchr = \"2\"\n# a comment\ntokio = { version = \"1\" }\n\n[dev-dependencies]\nchrono = \"0.4\"\n";
+    assert_eq!(dependencies(manifest), vec!["memchr", "tokio"]);
 }
 
 #[test]

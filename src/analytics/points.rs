@@ -161,49 +161,37 @@ pub fn decode_row(r: StoredRow<'_>, out: &mut Vec<Pt>) -> Result<(), RowError> {
     Ok(())
 }
 
-impl Pt {
-    const ZERO: Pt = Pt {
-        side: 0,
-        ix: 0,
-        iy: 0,
-        week: 0,
-        lon: 0.0,
-        lat: 0.0,
+/// A point as it is spilled to a partition file: longitude, latitude, and
+/// the week with the side in its lowest bit (the cell follows from the grid).
+fn spill_bytes(p: Pt) -> [u8; PT_BYTES] {
+    debug_assert!(p.side == ORIGIN || p.side == DESTINATION);
+    debug_assert!((-(1 << 30)..1 << 30).contains(&p.week));
+    let tag = (p.week << 1) | i32::from(p.side == DESTINATION);
+    let mut b = [0u8; PT_BYTES];
+    b[0..8].copy_from_slice(&p.lon.to_le_bytes());
+    b[8..16].copy_from_slice(&p.lat.to_le_bytes());
+    b[16..20].copy_from_slice(&tag.to_le_bytes());
+    b
+}
+
+/// The point [`spill_bytes`] wrote, its cell placed on `grid`.
+fn from_spill(b: &[u8], grid: &Grid) -> Pt {
+    let f = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        f64::from_le_bytes(a)
     };
-
-    fn to_bytes(self) -> [u8; PT_BYTES] {
-        debug_assert!(self.side == ORIGIN || self.side == DESTINATION);
-        debug_assert!((-(1 << 30)..1 << 30).contains(&self.week));
-        let tag = (self.week << 1) | i32::from(self.side == DESTINATION);
-        let mut b = [0u8; PT_BYTES];
-        b[0..8].copy_from_slice(&self.lon.to_le_bytes());
-        b[8..16].copy_from_slice(&self.lat.to_le_bytes());
-        b[16..20].copy_from_slice(&tag.to_le_bytes());
-        b
-    }
-
-    fn from_bytes(b: &[u8], grid: &Grid) -> Pt {
-        let f = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[at..at + 8]);
-            f64::from_le_bytes(a)
-        };
-        let mut t = [0u8; 4];
-        t.copy_from_slice(&b[16..20]);
-        let tag = i32::from_le_bytes(t);
-        let (lon, lat) = (f(0), f(8));
-        Pt {
-            side: if tag & 1 == 1 { DESTINATION } else { ORIGIN },
-            ix: grid.cell(lon),
-            iy: grid.cell(lat),
-            week: tag >> 1,
-            lon,
-            lat,
-        }
-    }
-
-    fn cell(&self) -> (u8, i32, i32) {
-        (self.side, self.ix, self.iy)
+    let mut t = [0u8; 4];
+    t.copy_from_slice(&b[16..20]);
+    let tag = i32::from_le_bytes(t);
+    let (lon, lat) = (f(0), f(8));
+    Pt {
+        side: if tag & 1 == 1 { DESTINATION } else { ORIGIN },
+        ix: grid.cell(lon),
+        iy: grid.cell(lat),
+        week: tag >> 1,
+        lon,
+        lat,
     }
 }
 
@@ -430,7 +418,7 @@ impl Spill {
             Spill::Files(files, _) => {
                 let n = files.len();
                 for p in pts {
-                    files[partition_of(p, n)].write_all(&p.to_bytes())?;
+                    files[partition_of(p, n)].write_all(&spill_bytes(*p))?;
                 }
             }
         }
@@ -456,7 +444,7 @@ impl Spill {
                     // The partition's file and its pages go now.
                     drop(f);
                     pts.clear();
-                    pts.extend(raw.chunks_exact(PT_BYTES).map(|b| Pt::from_bytes(b, &grid)));
+                    pts.extend(raw.chunks_exact(PT_BYTES).map(|b| from_spill(b, &grid)));
                     if !each(&pts) {
                         break;
                     }

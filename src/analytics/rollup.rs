@@ -49,39 +49,38 @@ fn day(d: i32) -> String {
         .unwrap_or_default()
 }
 
-/// COPY text rows (tab-separated) for each rollup table.
-impl Rollup {
-    /// `rollup_region_week (file_id, region_id, week, trips)`
-    pub fn region_week_rows(&self, file_id: i32) -> String {
-        let mut out = String::new();
-        for ((r, w), n) in &self.region_week {
-            let _ = writeln!(out, "{file_id}\t{r}\t{}\t{n}", day(*w));
-        }
-        out
-    }
+// COPY text rows (tab-separated) for each rollup table.
 
-    /// `rollup_region_source (file_id, region_id, datasource_id, trips, last_at)`
-    pub fn region_source_rows(&self, file_id: i32) -> String {
-        let mut out = String::new();
-        for ((r, d), (n, last)) in &self.region_source {
-            let _ = writeln!(out, "{file_id}\t{r}\t{d}\t{n}\t{}", ts(*last));
-        }
-        out
+/// `rollup_region_week (file_id, region_id, week, trips)`
+pub fn region_week_rows(rollup: &Rollup, file_id: i32) -> String {
+    let mut out = String::new();
+    for ((r, w), n) in &rollup.region_week {
+        let _ = writeln!(out, "{file_id}\t{r}\t{}\t{n}", day(*w));
     }
+    out
+}
 
-    /// `rollup_cell_week (file_id, side, ix, iy, week, trips)`
-    /// One row per cell with its weeks and counts as arrays: a file then
-    /// writes one row per cell it touches instead of one per cell and week,
-    /// which keeps the rollup's COPY and index small next to the trips.
-    /// Call [`Rollup::fold`] first: pending trips are not in these rows.
-    pub fn cell_week_rows(&self, file_id: i32) -> String {
-        debug_assert!(self.pending.is_empty(), "fold() before writing");
-        cell_week_rows(&self.cell_week, file_id)
+/// `rollup_region_source (file_id, region_id, datasource_id, trips, last_at)`
+pub fn region_source_rows(rollup: &Rollup, file_id: i32) -> String {
+    let mut out = String::new();
+    for ((r, d), (n, last)) in &rollup.region_source {
+        let _ = writeln!(out, "{file_id}\t{r}\t{d}\t{n}\t{}", ts(*last));
     }
+    out
+}
+
+/// `rollup_cell_week (file_id, side, ix, iy, weeks, trips)` rows of a
+/// file's rollup. One row per cell with its weeks and counts as arrays: a
+/// file then writes one row per cell it touches instead of one per cell and
+/// week, which keeps the rollup's COPY and index small next to the trips.
+/// Call [`Rollup::fold`] first: pending trips are not in these rows.
+pub fn rollup_cell_week_rows(r: &Rollup, file_id: i32) -> String {
+    debug_assert!(r.pending.is_empty(), "fold() before writing");
+    cell_week_rows(&r.cell_week, file_id)
 }
 
 /// `rollup_cell_week (file_id, side, ix, iy, weeks, trips)` rows of `cells`
-/// (see [`Rollup::cell_week_rows`]).
+/// (see [`rollup_cell_week_rows`]).
 pub fn cell_week_rows(cells: &CellWeeks, file_id: i32) -> String {
     let mut out = String::new();
     for (&(side, ix, iy), counts) in cells {

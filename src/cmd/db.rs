@@ -1,9 +1,11 @@
 //! `tripload db`: migrate the schema, start/stop the embedded server, print
 //! its URL, build the optional spatial indexes, compact the rollups.
 
-use super::{EXIT_OK, EXIT_SETUP};
+use super::{print_dry_run, EXIT_FILES_FAILED, EXIT_OK, EXIT_SETUP};
 use crate::db::Target;
+use crate::lifecycle::retain::{self, OlderThan};
 use clap::Subcommand;
+use std::time::Instant;
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
@@ -40,8 +42,8 @@ pub enum DbCommand {
     /// is rounded down to the Monday (00:00 UTC) that starts its week.
     Retain {
         /// A date (YYYY-MM-DD) or an interval back from now ('90 days', '6 months').
-        #[arg(long, value_parser = crate::lifecycle::retain::OlderThan::parse)]
-        older_than: crate::lifecycle::retain::OlderThan,
+        #[arg(long, value_parser = OlderThan::parse)]
+        older_than: OlderThan,
         /// Say what would be dropped; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -55,9 +57,7 @@ pub async fn run(cmd: DbCommand, target: Target) -> u8 {
     } = &cmd
     {
         return match crate::db::prepare(&target, "7 days").await {
-            Ok((conninfo, _)) => {
-                crate::lifecycle::retain::command(&conninfo, older_than, *dry_run).await
-            }
+            Ok((conninfo, _)) => retain(&conninfo, older_than, *dry_run).await,
             Err(e) => {
                 eprintln!("error: {e}");
                 EXIT_SETUP
@@ -69,6 +69,46 @@ pub async fn run(cmd: DbCommand, target: Target) -> u8 {
         Err(e) => {
             eprintln!("error: {e:#}");
             EXIT_SETUP
+        }
+    }
+}
+
+/// `tripload db retain`: prints what went (or with `dry_run` what would);
+/// returns the exit code.
+async fn retain(conninfo: &str, older: &OlderThan, dry_run: bool) -> u8 {
+    let start = Instant::now();
+    let mut client = match crate::db::connect(conninfo).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    let cut = match retain::cutoff(&client, older).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    if dry_run {
+        return print_dry_run(retain::plan(&client, &cut).await);
+    }
+    match retain::retain(&mut client, &cut, &older.text()).await {
+        Ok(r) => {
+            println!(
+                "retained the trips from {cut} on: dropped {} trips ({} whole chunks), deleted {} and cut {} rollup rows, in {:.2} s",
+                r.trips,
+                r.chunks,
+                r.rollup_rows_deleted,
+                r.rollup_rows_cut,
+                start.elapsed().as_secs_f64()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: retention before {}: {e}", cut.at.format("%Y-%m-%d"));
+            EXIT_FILES_FAILED
         }
     }
 }

@@ -3,10 +3,12 @@
 //! options `load` and `watch` share, and their check into
 //! [`Settings`](crate::ingest::loader::Settings).
 
-use super::{setup_error, EXIT_FILES_FAILED, EXIT_OK, EXIT_SETUP};
+use super::{setup_error, EXIT_FILES_FAILED, EXIT_LOADING, EXIT_OK, EXIT_SETUP};
 use crate::db::Target;
 use crate::ingest::load::LoadConfig;
 use crate::ingest::loader::SetupError;
+use crate::lifecycle::replace::Policy;
+use crate::lifecycle::{resolve, FileSpec, ResolveError};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -158,9 +160,9 @@ impl LoadOptions {
             mail,
             events_retention_days: self.events_retention_days,
             replace: if self.replace_versions {
-                crate::lifecycle::replace::Policy::Versions
+                Policy::Versions
             } else {
-                crate::lifecycle::replace::Policy::None
+                Policy::None
             },
         })
     }
@@ -199,7 +201,7 @@ pub async fn run(args: LoadArgs, target: Target) -> u8 {
     };
     if let Some(old) = &args.replace {
         let interval = settings.chunk_interval.clone();
-        match crate::lifecycle::replace::policy_for(&target, &args.paths, old, &interval).await {
+        match replace_policy(&target, &args.paths, old, &interval).await {
             Ok(p) => settings.replace = p,
             Err(code) => return code,
         }
@@ -215,7 +217,7 @@ pub async fn run(args: LoadArgs, target: Target) -> u8 {
             if !reports.is_empty() {
                 print!("{}", crate::notify::report::summary_table(&reports));
             }
-            crate::lifecycle::replace::print_done(&reports);
+            print_replaced(&reports);
             if reports.iter().all(|r| r.ok()) {
                 EXIT_OK
             } else {
@@ -228,6 +230,68 @@ pub async fn run(args: LoadArgs, target: Target) -> u8 {
                 eprintln!("no file was moved.");
             }
             EXIT_SETUP
+        }
+    }
+}
+
+/// The policy for `load --replace OLD`: exactly one regular file to load,
+/// and OLD a committed file (`id:N` names a file id). An error is printed
+/// and its exit code returned (2, or 3 when OLD is still loading).
+async fn replace_policy(
+    target: &crate::db::Target,
+    paths: &[std::path::PathBuf],
+    old: &str,
+    chunk_interval: &str,
+) -> Result<Policy, u8> {
+    let one_file =
+        matches!(paths, [p] if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file()));
+    if !one_file {
+        eprintln!(
+            "error: --replace needs exactly one file to load (a regular file, not a directory)"
+        );
+        return Err(EXIT_SETUP);
+    }
+    let spec = match old.strip_prefix("id:").map(str::parse::<i32>) {
+        Some(Ok(id)) => FileSpec::Id(id),
+        Some(Err(_)) => {
+            eprintln!("error: --replace {old:?}: expected id:N with a file id");
+            return Err(EXIT_SETUP);
+        }
+        None => FileSpec::Text(old.to_string()),
+    };
+    let mut client = match crate::db::prepare(target, chunk_interval).await {
+        Ok((_, c)) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(EXIT_SETUP);
+        }
+    };
+    match resolve(&mut client, &spec, false).await {
+        Ok(f) => Ok(Policy::File {
+            file_id: f.file_id,
+            content_hash: f.content_hash,
+        }),
+        Err(e) => {
+            eprintln!("error: --replace: {e}; nothing was loaded");
+            Err(match e {
+                ResolveError::Loading { .. } => EXIT_LOADING,
+                _ => EXIT_SETUP,
+            })
+        }
+    }
+}
+
+/// Prints what the committed files of `reports` replaced.
+fn print_replaced(reports: &[crate::notify::report::FileReport]) {
+    for (name, new_id, r) in crate::lifecycle::replace::take_done() {
+        let committed = reports.iter().any(|f| {
+            f.status == crate::notify::report::Status::Loaded
+                && f.path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy() == name)
+        });
+        if committed {
+            println!("{name} (file id {new_id}) replaced {r}");
         }
     }
 }

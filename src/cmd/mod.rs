@@ -205,3 +205,18 @@ fn setup_error(e: impl std::fmt::Display) -> u8 {
     eprintln!("error: {e}");
     EXIT_SETUP
 }
+
+/// A `--dry-run`'s answer: what would go (exit 0), or why it cannot be
+/// said (exit 1).
+fn print_dry_run(plan: Result<String, impl std::fmt::Display>) -> u8 {
+    match plan {
+        Ok(text) => {
+            println!("{text}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FILES_FAILED
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! `tripload unload`: remove one loaded file — its trips, rollups and cell
 //! points (also once compacted) and its ledger row — in one transaction.
 
-use super::EXIT_SETUP;
+use super::{print_dry_run, EXIT_FILES_FAILED, EXIT_LOADING, EXIT_OK, EXIT_SETUP};
 use crate::db::Target;
+use crate::lifecycle::{self, resolve, unload::plan, FileSpec, ResolveError};
 use clap::Args;
+use std::time::Instant;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["file", "file_id"])))]
@@ -23,17 +25,55 @@ pub struct UnloadArgs {
 
 pub async fn run(args: UnloadArgs, target: Target) -> u8 {
     let spec = match (args.file_id, args.file) {
-        (Some(id), _) => crate::lifecycle::FileSpec::Id(id),
-        (None, Some(f)) => crate::lifecycle::FileSpec::Text(f),
+        (Some(id), _) => FileSpec::Id(id),
+        (None, Some(f)) => FileSpec::Text(f),
         (None, None) => return EXIT_SETUP,
     };
     match crate::db::prepare(&target, "7 days").await {
-        Ok((conninfo, _)) => {
-            crate::lifecycle::unload::command(&conninfo, spec, args.dry_run, args.wait).await
-        }
+        Ok((conninfo, _)) => unload(&conninfo, spec, args.dry_run, args.wait).await,
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_SETUP
+        }
+    }
+}
+
+/// `tripload unload`: resolves `spec`, unloads it (or with `dry_run` says
+/// what would go), prints the outcome; returns the exit code.
+async fn unload(conninfo: &str, spec: FileSpec, dry_run: bool, wait: bool) -> u8 {
+    let start = Instant::now();
+    let mut client = match crate::db::connect(conninfo).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    let file = match resolve(&mut client, &spec, wait).await {
+        Ok(f) => f,
+        Err(e @ ResolveError::Loading { .. }) => {
+            eprintln!("error: {e}");
+            return EXIT_LOADING;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    if dry_run {
+        return print_dry_run(plan(&client, &file).await);
+    }
+    match lifecycle::unload::unload(&mut client, file.file_id).await {
+        Ok(r) => {
+            println!(
+                "unloaded {r} in {:.2} s; the same bytes can be loaded again",
+                start.elapsed().as_secs_f64()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: unloading {}: {e}", file.file_name);
+            EXIT_FILES_FAILED
         }
     }
 }

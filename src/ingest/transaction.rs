@@ -11,6 +11,7 @@
 //! registered) is cleaned up after.
 
 use crate::analytics::points_writer::{self, Writer};
+use crate::analytics::rollup;
 use crate::db::dims::Dims;
 use crate::db::ledger;
 use crate::db::{self};
@@ -341,19 +342,19 @@ async fn write_rollups(tx: &Transaction<'_>, file_id: i32, r: Rollup) -> Result<
     copy_text(
         tx,
         "rollup_region_week (file_id, region_id, week, trips)",
-        r.region_week_rows(file_id),
+        rollup::region_week_rows(&r, file_id),
     )
     .await?;
     copy_text(
         tx,
         "rollup_region_source (file_id, region_id, datasource_id, trips, last_at)",
-        r.region_source_rows(file_id),
+        rollup::region_source_rows(&r, file_id),
     )
     .await?;
     copy_text(
         tx,
         "rollup_cell_week (file_id, side, ix, iy, weeks, trips)",
-        r.cell_week_rows(file_id),
+        rollup::rollup_cell_week_rows(&r, file_id),
     )
     .await
 }

@@ -17,8 +17,6 @@ use crate::db::{query_err, DbError};
 use crate::notify::events::{Event, Kind, CHANNEL};
 use tokio_postgres::{Client, Transaction};
 
-pub use crate::exit::EXIT_LOADING;
-
 /// Why a lifecycle operation did not happen (nothing was changed).
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -433,21 +431,6 @@ pub fn event(kind: Kind, file: &str, rows: u64, seconds: f64, reason: String) ->
     e.seconds = Some(seconds);
     e.reason = Some(reason);
     e
-}
-
-/// A `--dry-run`'s answer: what would go (exit 0), or why it cannot be
-/// said (exit 1).
-pub(crate) fn print_dry_run(plan: Result<String, impl std::fmt::Display>) -> u8 {
-    match plan {
-        Ok(text) => {
-            println!("{text}");
-            crate::exit::EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            crate::exit::EXIT_FILES_FAILED
-        }
-    }
 }
 
 /// The content hash of the regular file at `path`, opened without

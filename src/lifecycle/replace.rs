@@ -15,7 +15,7 @@
 
 use crate::db::query_err;
 use crate::lifecycle::unload::{unload_in as unload_file, Removed};
-use crate::lifecycle::{resolve, who, FileSpec, LifecycleError, ResolveError, EXIT_LOADING};
+use crate::lifecycle::{who, LifecycleError};
 use crate::notify::events::Kind;
 use std::sync::Mutex;
 use tokio_postgres::Transaction;
@@ -120,68 +120,6 @@ pub async fn unload_in(
         }
     }
     Ok(())
-}
-
-/// The policy for `load --replace OLD`: exactly one regular file to load,
-/// and OLD a committed file (`id:N` names a file id). An error is printed
-/// and its exit code returned (2, or 3 when OLD is still loading).
-pub async fn policy_for(
-    target: &crate::db::Target,
-    paths: &[std::path::PathBuf],
-    old: &str,
-    chunk_interval: &str,
-) -> Result<Policy, u8> {
-    let one_file =
-        matches!(paths, [p] if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file()));
-    if !one_file {
-        eprintln!(
-            "error: --replace needs exactly one file to load (a regular file, not a directory)"
-        );
-        return Err(crate::exit::EXIT_SETUP);
-    }
-    let spec = match old.strip_prefix("id:").map(str::parse::<i32>) {
-        Some(Ok(id)) => FileSpec::Id(id),
-        Some(Err(_)) => {
-            eprintln!("error: --replace {old:?}: expected id:N with a file id");
-            return Err(crate::exit::EXIT_SETUP);
-        }
-        None => FileSpec::Text(old.to_string()),
-    };
-    let mut client = match crate::db::prepare(target, chunk_interval).await {
-        Ok((_, c)) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Err(crate::exit::EXIT_SETUP);
-        }
-    };
-    match resolve(&mut client, &spec, false).await {
-        Ok(f) => Ok(Policy::File {
-            file_id: f.file_id,
-            content_hash: f.content_hash,
-        }),
-        Err(e) => {
-            eprintln!("error: --replace: {e}; nothing was loaded");
-            Err(match e {
-                ResolveError::Loading { .. } => EXIT_LOADING,
-                _ => crate::exit::EXIT_SETUP,
-            })
-        }
-    }
-}
-
-/// Prints what the committed files of `reports` replaced.
-pub fn print_done(reports: &[crate::notify::report::FileReport]) {
-    for (name, new_id, r) in take_done() {
-        let committed = reports.iter().any(|f| {
-            f.status == crate::notify::report::Status::Loaded
-                && f.path
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy() == name)
-        });
-        if committed {
-            println!("{name} (file id {new_id}) replaced {r}");
-        }
-    }
 }
 
 /// The committed files of the highest version below `new_name`'s.

@@ -356,7 +356,7 @@ async fn cut_cell_points(tx: &Transaction<'_>, week: i32) -> Result<(u64, u64), 
 }
 
 /// What a retention would drop, for `--dry-run` (read only).
-async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
+pub async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
     let chunks: i64 = if hypertable(client).await? {
         client
             .query_one(
@@ -385,46 +385,6 @@ async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
         "dry run: would drop the trips before {cut}: {trips} trips ({chunks} whole chunks), \
          {rw} rollup_region_week rows, and cut or delete {cw} rollup_cell_week and {cp} rollup_cell_points rows; nothing was changed"
     ))
-}
-
-/// `tripload db retain`: prints what went (or with `dry_run` what would);
-/// returns the exit code.
-pub async fn command(conninfo: &str, older: &OlderThan, dry_run: bool) -> u8 {
-    let start = Instant::now();
-    let mut client = match crate::db::connect(conninfo).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::exit::EXIT_SETUP;
-        }
-    };
-    let cut = match cutoff(&client, older).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::exit::EXIT_SETUP;
-        }
-    };
-    if dry_run {
-        return super::print_dry_run(plan(&client, &cut).await);
-    }
-    match retain(&mut client, &cut, &older.text()).await {
-        Ok(r) => {
-            println!(
-                "retained the trips from {cut} on: dropped {} trips ({} whole chunks), deleted {} and cut {} rollup rows, in {:.2} s",
-                r.trips,
-                r.chunks,
-                r.rollup_rows_deleted,
-                r.rollup_rows_cut,
-                start.elapsed().as_secs_f64()
-            );
-            crate::exit::EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: retention before {}: {e}", cut.at.format("%Y-%m-%d"));
-            crate::exit::EXIT_FILES_FAILED
-        }
-    }
 }
 
 /// One run of a retention policy (`watch --retain`): drops what is older

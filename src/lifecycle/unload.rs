@@ -37,10 +37,7 @@ use crate::lifecycle::subtract::{
     subtract_cell_points, subtract_cell_weeks, subtract_region_source, subtract_region_week,
     CellKey, CELLS_PER_BATCH,
 };
-use crate::lifecycle::{
-    event, record_event, resolve, who, FileSpec, LedgerFile, LifecycleError, ResolveError,
-    EXIT_LOADING,
-};
+use crate::lifecycle::{event, record_event, who, LedgerFile, LifecycleError};
 use crate::notify::events::Kind;
 use futures_util::{pin_mut, TryStreamExt};
 use rustc_hash::FxHashSet;
@@ -364,7 +361,7 @@ async fn delete_own_cells(
 }
 
 /// What an unload would remove, for `--dry-run` (read only).
-async fn plan(client: &tokio_postgres::Client, f: &LedgerFile) -> Result<String, DbError> {
+pub async fn plan(client: &tokio_postgres::Client, f: &LedgerFile) -> Result<String, DbError> {
     let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM trips WHERE file_id = $1),
@@ -391,46 +388,6 @@ async fn plan(client: &tokio_postgres::Client, f: &LedgerFile) -> Result<String,
             ""
         }
     ))
-}
-
-/// `tripload unload`: resolves `spec`, unloads it (or with `dry_run` says
-/// what would go), prints the outcome; returns the exit code.
-pub async fn command(conninfo: &str, spec: FileSpec, dry_run: bool, wait: bool) -> u8 {
-    let start = Instant::now();
-    let mut client = match crate::db::connect(conninfo).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::exit::EXIT_SETUP;
-        }
-    };
-    let file = match resolve(&mut client, &spec, wait).await {
-        Ok(f) => f,
-        Err(e @ ResolveError::Loading { .. }) => {
-            eprintln!("error: {e}");
-            return EXIT_LOADING;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::exit::EXIT_SETUP;
-        }
-    };
-    if dry_run {
-        return super::print_dry_run(plan(&client, &file).await);
-    }
-    match unload(&mut client, file.file_id).await {
-        Ok(r) => {
-            println!(
-                "unloaded {r} in {:.2} s; the same bytes can be loaded again",
-                start.elapsed().as_secs_f64()
-            );
-            crate::exit::EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: unloading {}: {e}", file.file_name);
-            crate::exit::EXIT_FILES_FAILED
-        }
-    }
 }
 
 /// Unloads `file_id` in a transaction of its own.

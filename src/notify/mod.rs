@@ -8,3 +8,4 @@ pub mod mail_html;
 pub mod report;
 pub mod sidecar;
 pub mod status;
+pub mod subscribe;

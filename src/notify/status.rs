@@ -3,9 +3,8 @@
 //! from the event table.
 
 use crate::db::{self, query_err, DbError};
-use crate::notify::events::{Event, CHANNEL};
-use futures_util::StreamExt;
-use tokio_postgres::AsyncMessage;
+use crate::notify::events::Event;
+use crate::notify::subscribe::{Past, Subscription};
 
 /// One line for a person.
 pub fn human(e: &Event) -> String {
@@ -111,62 +110,26 @@ pub async fn follow(
     json: bool,
     max_events: Option<u64>,
 ) -> Result<(), DbError> {
-    let (client, mut connection) = crate::db::open(conninfo).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!("event subscription lost: {}", db::error_text(&e));
-                    break;
-                }
-            }
-        }
-    });
-    // Subscribe first, then catch up: nothing falls between the two.
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .map_err(query_err("subscribing to events"))?;
-    let rows = client
-        .query(
-            "SELECT (payload || jsonb_build_object('id', id))::text FROM ingestion_events ORDER BY id DESC LIMIT $1",
-            &[&catch_up],
-        )
-        .await
-        .map_err(query_err("reading recent events"))?;
-    let mut last_id = client
-        .query_one("SELECT coalesce(max(id), 0) FROM ingestion_events", &[])
-        .await
-        .map_err(query_err("reading recent events"))?
-        .get::<_, i64>(0);
+    let mut sub = Subscription::open(conninfo).await?;
     let mut printed = 0u64;
-    for r in rows.iter().rev() {
-        if let Ok(e) = serde_json::from_str::<Event>(r.get::<_, &str>(0)) {
+    for (_, payload) in sub.past(Past::Last(catch_up)).await? {
+        if let Ok(e) = serde_json::from_str::<Event>(&payload) {
             print(&e, json);
         }
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
         let payload = tokio::select! {
-            p = rx.recv() => match p { Some(p) => p, None => break },
+            p = sub.live.recv() => match p { Some(p) => p, None => break },
             _ = tokio::signal::ctrl_c() => break,
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => break,
         };
         let Ok(e) = serde_json::from_str::<Event>(&payload) else {
             continue;
         };
-        if e.id.unwrap_or(i64::MAX) <= last_id {
+        if !sub.is_new(e.id) {
             continue;
         }
-        last_id = e.id.unwrap_or(last_id);
         print(&e, json);
         printed += 1;
         if max_events.is_some_and(|m| printed >= m) {

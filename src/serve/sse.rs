@@ -1,11 +1,10 @@
 //! `GET /api/events`: the ingestion events as Server-Sent Events. Each client
 //! gets its own connection that LISTENs on `tripload_events`; it subscribes
 //! first, then catches up from `ingestion_events` (after `Last-Event-ID`, or
-//! the last `catch_up` events), then passes on each notification newer than
-//! what it sent. `id:` is the event's id in the table, `data:` the v1 payload.
+//! the last `catch_up` events), then passes on each notification of an event
+//! it has not sent (`notify::subscribe`). `id:` is the event's id in the table, `data:` the v1 payload.
 
-use crate::db::{self, query_err};
-use crate::notify::events::CHANNEL;
+use crate::notify::subscribe::{Past, Subscription};
 use crate::serve::api::Params;
 use crate::serve::error::ApiError;
 use crate::serve::Shared;
@@ -15,7 +14,6 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use std::collections::VecDeque;
-use tokio_postgres::AsyncMessage;
 
 /// Events sent from the table in one catch-up at most.
 const MAX_CATCH_UP: i64 = 10_000;
@@ -23,11 +21,9 @@ const MAX_CATCH_UP: i64 = 10_000;
 /// One stream's state: what to send next, and the connection that feeds it
 /// (dropped with the stream, which ends the LISTEN session).
 struct Feed {
-    _client: tokio_postgres::Client,
+    sub: Subscription,
     _permit: tokio::sync::OwnedSemaphorePermit,
     backlog: VecDeque<(i64, String)>,
-    live: tokio::sync::mpsc::UnboundedReceiver<String>,
-    last_id: i64,
 }
 
 impl Feed {
@@ -36,12 +32,11 @@ impl Feed {
             if let Some((id, payload)) = self.backlog.pop_front() {
                 return Some((sse(id, payload), self));
             }
-            let payload = self.live.recv().await?;
+            let payload = self.sub.live.recv().await?;
             let Some(id) = payload_id(&payload) else {
                 continue;
             };
-            if id > self.last_id {
-                self.last_id = id;
+            if self.sub.is_new(Some(id)) {
                 return Some((sse(id, payload), self));
             }
         }
@@ -108,64 +103,18 @@ async fn subscribe(
     catch_up: i64,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Feed, ApiError> {
-    let (client, mut connection) = db::open(conninfo).await?;
-    let (tx, live) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(
-                        "event stream lost its database connection: {}",
-                        db::error_text(&e)
-                    );
-                    break;
-                }
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .map_err(query_err("subscribing to events"))?;
-    let rows = match after {
-        Some(id) => {
-            client
-                .query(
-                    "SELECT id, (payload || jsonb_build_object('id', id))::text
-                     FROM ingestion_events WHERE id > $1 ORDER BY id LIMIT $2",
-                    &[&id, &MAX_CATCH_UP],
-                )
-                .await
-        }
-        None => {
-            client
-                .query(
-                    "SELECT id, payload FROM (
-                         SELECT id, (payload || jsonb_build_object('id', id))::text AS payload
-                         FROM ingestion_events ORDER BY id DESC LIMIT $1) last
-                     ORDER BY id",
-                    &[&catch_up],
-                )
-                .await
-        }
-    }
-    .map_err(query_err("reading past events"))?;
-    let backlog: VecDeque<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    // Notifications of events the catch-up already read are skipped by id;
-    // a notification arrives for every event inserted after the LISTEN.
-    let last_id = backlog.back().map(|b| b.0).unwrap_or(after.unwrap_or(0));
+    let mut sub = Subscription::open(conninfo).await?;
+    let past = match after {
+        Some(id) => Past::After {
+            id,
+            limit: MAX_CATCH_UP,
+        },
+        None => Past::Last(catch_up),
+    };
+    let backlog = sub.past(past).await?.into();
     Ok(Feed {
-        _client: client,
+        sub,
         _permit: permit,
         backlog,
-        live,
-        last_id,
     })
 }

@@ -6,7 +6,7 @@
 //! rule the schema enforces is checked here first, with a message that names
 //! the column.
 
-use crate::kernel::record::{FieldError, Fields};
+use crate::record::{FieldError, Fields};
 use geo_types::Point;
 use std::fmt;
 
@@ -74,7 +74,7 @@ pub struct Header {
     /// Physical lines before `data_start` (BOM, blank lines, header).
     pub lines_before_data: u64,
     /// A longer record fails the file (`--max-record-bytes`; see
-    /// [`crate::kernel::record::check_record`]).
+    /// [`crate::record::check_record`]).
     pub max_record_bytes: usize,
 }
 
@@ -91,7 +91,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
     let mut pos = if buf.starts_with(BOM) { BOM.len() } else { 0 };
     let mut lines = 0u64;
     let span = loop {
-        let Some(span) = crate::kernel::record::next_record(buf, pos) else {
+        let Some(span) = crate::record::next_record(buf, pos) else {
             return Err(HeaderError::Empty);
         };
         lines += span.lines;
@@ -121,11 +121,11 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
         {
             Some(&c) if index[c as usize] != usize::MAX => {
                 return Err(HeaderError::DuplicateColumn {
-                    name: crate::kernel::excerpt::quoted(name),
+                    name: crate::excerpt::quoted(name),
                 })
             }
             Some(&c) => index[c as usize] = i,
-            None => ignored.push(crate::kernel::excerpt::quoted(name)),
+            None => ignored.push(crate::excerpt::quoted(name)),
         }
         names.push(name);
     }
@@ -137,9 +137,9 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
     if !missing.is_empty() {
         return Err(HeaderError::MissingColumns {
             missing: missing.join(", "),
-            found: crate::kernel::excerpt::excerpt(
+            found: crate::excerpt::excerpt(
                 names.join(", ").as_bytes(),
-                crate::kernel::excerpt::MESSAGE_BYTES,
+                crate::excerpt::MESSAGE_BYTES,
             ),
         });
     }
@@ -149,7 +149,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, HeaderError> {
         ignored,
         data_start: span.next,
         lines_before_data: lines,
-        max_record_bytes: crate::kernel::record::DEFAULT_MAX_RECORD_BYTES,
+        max_record_bytes: crate::record::DEFAULT_MAX_RECORD_BYTES,
     })
 }
 
@@ -166,7 +166,7 @@ pub enum RowError {
     NotUtf8,
     #[error("value is longer than {max} bytes")]
     TooLong { max: usize },
-    #[error("value contains the control character {} at byte {at}; names must be printable text", crate::kernel::excerpt::excerpt(&[*byte], 8))]
+    #[error("value contains the control character {} at byte {at}; names must be printable text", crate::excerpt::excerpt(&[*byte], 8))]
     ControlCharacter { byte: u8, at: usize },
     #[error("expected a WKT point like `POINT (14.42 50.08)`, found {0:?}")]
     NotAPoint(String),
@@ -278,7 +278,7 @@ pub fn parse_name(raw: &str) -> Result<&str, RowError> {
 
 /// A value quoted in a reason: capped, control characters escaped.
 fn lossy(raw: &[u8]) -> String {
-    crate::kernel::excerpt::excerpt(raw, 80)
+    crate::excerpt::excerpt(raw, 80)
 }
 
 /// WKT `POINT (lon lat)`: any case, any ASCII spacing, optional space before `(`.

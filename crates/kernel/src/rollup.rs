@@ -7,7 +7,7 @@
 //! Every map is bounded by regions × datasources × cells × weeks, never by
 //! the number of rows.
 
-use crate::kernel::grid::{week_of, Grid, Pt, DESTINATION, ORIGIN};
+use crate::grid::{week_of, Grid, Pt, DESTINATION, ORIGIN};
 use rustc_hash::FxHashMap as HashMap;
 
 /// Trip counts by week for one cell: dense counters from the first week

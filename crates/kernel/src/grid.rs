@@ -53,6 +53,23 @@ pub struct Pt {
     pub lat: f64,
 }
 
+impl Pt {
+    /// A placeholder (origin side, cell (0, 0), day 0, at 0°, 0°).
+    pub const ZERO: Pt = Pt {
+        side: 0,
+        ix: 0,
+        iy: 0,
+        week: 0,
+        lon: 0.0,
+        lat: 0.0,
+    };
+
+    /// The cell it lies in: `(side, ix, iy)`.
+    pub fn cell(&self) -> (u8, i32, i32) {
+        (self.side, self.ix, self.iy)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,7 +80,7 @@ mod tests {
         assert_eq!(g.cell(14.4973), 1449);
         assert_eq!(g.cell(-0.001), -1);
         assert_eq!(
-            g.bucket(crate::kernel::parse::parse_datetime(b"2018-05-28 09:03:40").unwrap()),
+            g.bucket(crate::parse::parse_datetime(b"2018-05-28 09:03:40").unwrap()),
             9
         );
     }

@@ -1,7 +1,7 @@
 //! Splits a buffer into chunks that end on record boundaries (no I/O).
 //!
 //! One sequential pass decides each boundary with the same quote-parity rule as
-//! [`crate::kernel::record::next_record`]: counting `"` since the last boundary (memchr
+//! [`crate::record::next_record`]: counting `"` since the last boundary (memchr
 //! speed) tells whether the target offset is inside a quoted field, then the
 //! scan moves to the first `\n` outside quotes. Boundaries are found lazily, one
 //! chunk ahead of the workers, so only the pages in flight are touched.
@@ -11,7 +11,7 @@
 //! over the limit and fails the file anyway, so the chunk ends there instead
 //! of scanning on (a stray quote would otherwise be followed to the end of
 //! the file). The record cut there is judged by
-//! [`crate::kernel::record::check_record`] on its first `limit + 1` bytes, exactly
+//! [`crate::record::check_record`] on its first `limit + 1` bytes, exactly
 //! as a sequential parse judges it.
 
 use memchr::{memchr2, memchr_iter};

@@ -161,7 +161,7 @@ impl RecordError {
 /// Checks a framed record (`content` of a [`RecordSpan`] starting at physical
 /// `line`) against the two rules that fail a file. A record longer than `max`
 /// is judged on its first `max + 1` bytes only, so a chunk that ends inside
-/// an over-long record (see [`crate::kernel::chunk`]) gives the same error as the
+/// an over-long record (see [`crate::chunk`]) gives the same error as the
 /// whole file.
 pub fn check_record(
     record: &[u8],

@@ -7,8 +7,12 @@
 //!            ──encode─▶ binary COPY buffers (+ the chunk's rollup partials)
 //! ```
 //! [`grid`] places a point in its cell and week; [`rollup`] holds the
-//! partials and their merge. Nothing here imports anything outside `kernel`
-//! (`tests/layering.rs` checks it).
+//! partials and their merge. A crate of its own (`tripload-kernel`) whose
+//! only dependencies are small pure crates (memchr, geo-types, xxhash,
+//! rustc-hash, thiserror): the compiler, not a convention, keeps tripload's
+//! database, file and network code out of it (`tests/layering.rs` also
+//! checks that none of its files uses `std::fs`, `std::net` or
+//! `std::process`). `tripload` re-exports it as `tripload::kernel`.
 //! [`excerpt`] bounds and escapes any raw input shown to people.
 
 pub mod chunk;

@@ -6,8 +6,8 @@
 //! for each field an i32 length and the value in the type's `recv` format;
 //! geometry goes as EWKB (little-endian point with SRID 4326).
 
-use crate::kernel::parse::{parse_trip, Header, RowError, RowFault};
-use crate::kernel::record::{check_record, next_record, Fields, RecordError};
+use crate::parse::{parse_trip, Header, RowError, RowFault};
+use crate::record::{check_record, next_record, Fields, RecordError};
 use geo_types::Point;
 
 /// Columns in the order the tuples carry them.
@@ -153,7 +153,7 @@ pub struct Encoded {
     /// Bytes of input the chunk covered.
     pub bytes: usize,
     /// Aggregates of the chunk's trips (when rollups are maintained).
-    pub rollup: crate::kernel::rollup::Rollup,
+    pub rollup: crate::rollup::Rollup,
 }
 
 /// Frames, validates and encodes every record of `chunk` (which starts and
@@ -166,7 +166,7 @@ pub fn encode_chunk<E>(
     header: &Header,
     file_id: i32,
     dict: &dyn Dictionary<E>,
-    grid: Option<&crate::kernel::grid::Grid>,
+    grid: Option<&crate::grid::Grid>,
 ) -> Result<Encoded, E> {
     let mut out = Encoded {
         tuples: Vec::with_capacity(chunk.len() / 100 * TUPLE_BYTES + TUPLE_BYTES),
@@ -229,7 +229,7 @@ struct RecordEncoder<'a, E> {
     header: &'a Header,
     file_id: i32,
     dict: &'a dyn Dictionary<E>,
-    grid: Option<&'a crate::kernel::grid::Grid>,
+    grid: Option<&'a crate::grid::Grid>,
     fields: Fields,
     names: NameCache,
 }
@@ -316,7 +316,7 @@ pub fn encode_in_chunks<E>(
         lines: header.lines_before_data,
         ..FileOutcome::default()
     };
-    let chunks = crate::kernel::chunk::Chunker::new(buf, header.data_start, target)
+    let chunks = crate::chunk::Chunker::new(buf, header.data_start, target)
         .max_record_bytes(header.max_record_bytes);
     for r in chunks {
         let enc = encode_chunk(&buf[r], header, 1, dict, None)?;
@@ -407,7 +407,7 @@ mod tests {
             ));
         }
         let buf = csv.into_bytes();
-        let header = crate::kernel::parse::parse_header(&buf).unwrap();
+        let header = crate::parse::parse_header(&buf).unwrap();
         let dims = Names::default();
         let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
         assert_eq!(e.rows, 200);
@@ -420,8 +420,8 @@ mod tests {
         }
     }
 
-    fn encode_all(buf: &[u8], max: usize) -> (crate::kernel::parse::Header, Encoded) {
-        let mut header = crate::kernel::parse::parse_header(buf).unwrap();
+    fn encode_all(buf: &[u8], max: usize) -> (crate::parse::Header, Encoded) {
+        let mut header = crate::parse::parse_header(buf).unwrap();
         header.max_record_bytes = max;
         let dims = Names::default();
         let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
@@ -521,7 +521,7 @@ mod tests {
                     b"Turin,POINT (7.6 45.0),POINT (7.7 45.1),2018-05-29 11:00:00,x\xff\n",
                 );
             }
-            let header = crate::kernel::parse::parse_header(&buf).unwrap();
+            let header = crate::parse::parse_header(&buf).unwrap();
             let dims = Names::default();
             let e = encode_chunk(&buf[header.data_start..], &header, 1, &dims, None).unwrap();
             assert_eq!(e.rows, 3, "with a non-UTF-8 row: {bad}");
@@ -537,7 +537,7 @@ mod tests {
                 assert_eq!(e.rejects[0].line, 4);
                 assert_eq!(
                     e.rejects[0].fault.column,
-                    Some(crate::kernel::parse::Column::Datasource)
+                    Some(crate::parse::Column::Datasource)
                 );
                 assert_eq!(e.rejects[0].fault.error, RowError::NotUtf8);
             } else {
