@@ -307,6 +307,11 @@ fn unloading_a_file_with_rollup_rows_of_its_own() {
     let (db, w) = (fresh_db(), Work::new());
     load_uncompacted(&w, &db, &[("a.csv", &a), ("b.csv", &b), ("c.csv", &c)]);
     assert_eq!(db.count("SELECT count(*) FROM rollup_uncompacted"), 3);
+    // Not built by the migrations (its upkeep slows every load); on request.
+    let brin = "SELECT count(*) FROM pg_indexes WHERE indexname = 'trips_file_brin'";
+    assert_eq!(db.count(brin), 0);
+    ok(&tripload(&w, &db, &["db", "index", "--by-file"]));
+    assert_eq!(db.count(brin), 1);
     let id: i32 = db.query("SELECT file_id FROM load_files WHERE file_name = 'b.csv'")[0].get(0);
     let out = tripload(&w, &db, &["unload", "--file-id", &id.to_string()]);
     ok(&out);

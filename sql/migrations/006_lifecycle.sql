@@ -1,14 +1,11 @@
 -- Data lifecycle (src/lifecycle/): unloading or replacing one file, and
 -- retention of recent trips, with the rollups kept exact.
 
--- A file's trips are found by file_id without scanning the table: COPY
--- appends a file's rows together, so each range of 128 pages holds one or a
--- few file ids and a BRIN index (a few pages per million rows, nearly free to
--- maintain during COPY) narrows the DELETE to the file's pages. On a
--- hypertable the index is created on every chunk. autosummarize: ranges
--- filled by COPY are summarized by autovacuum soon after, not only at the
--- next VACUUM (an unsummarized range is read by every lookup).
-CREATE INDEX IF NOT EXISTS trips_file_brin ON trips USING brin (file_id) WITH (autosummarize = on);
+-- No index on trips(file_id): a BRIN index would narrow an unload's DELETE
+-- to the file's pages, but its upkeep on every COPY row slows every load
+-- (docs/benchmarks.md). An unload searches the file's weeks instead (chunk
+-- exclusion on a hypertable, the datetime BRIN on a plain table); where
+-- files are unloaded often, `tripload db index --by-file` adds the BRIN.
 
 -- Retention touches only the rollup rows that start before the cut-off.
 CREATE INDEX IF NOT EXISTS rollup_cell_points_first_week ON rollup_cell_points ((weeks[1]));

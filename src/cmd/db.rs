@@ -28,12 +28,20 @@ pub enum DbCommand {
         #[arg(long)]
         tcp: bool,
     },
-    /// Build indexes after loading: --spatial adds GiST indexes on origin and
-    /// destination for ad-hoc spatial SQL (they slow later loads: drop them
-    /// before a large load).
+    /// Build optional indexes on trips. Each one slows every later load
+    /// (its upkeep runs for every row COPY writes): build one only for what
+    /// it speeds up.
+    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["spatial", "by_file"])))]
     Index {
-        #[arg(long, required = true)]
+        /// GiST indexes on origin and destination, for ad-hoc spatial SQL
+        /// (`weekly` and `groups` do not need them).
+        #[arg(long)]
         spatial: bool,
+        /// A BRIN index on file_id, so that `unload` and `load --replace`
+        /// find a file's trips without scanning the weeks it spans (worth it
+        /// where files are unloaded or replaced often).
+        #[arg(long)]
+        by_file: bool,
     },
     /// Merge the rollup rows of small files (loaded since the last
     /// compaction) into compacted rows; loads and watch do this by themselves.
@@ -113,6 +121,20 @@ async fn retain(conninfo: &str, older: &OlderThan, dry_run: bool) -> u8 {
     }
 }
 
+/// `db index --spatial`.
+const SPATIAL_INDEXES: &str =
+    "CREATE INDEX IF NOT EXISTS trips_origin_gist ON trips USING gist (origin);
+     CREATE INDEX IF NOT EXISTS trips_destination_gist ON trips USING gist (destination);
+     ANALYZE trips;";
+
+/// `db index --by-file`: COPY appends a file's rows together, so each range
+/// of 128 pages holds one or a few file ids. autosummarize: ranges filled by
+/// COPY are summarized by autovacuum soon after, not only at the next VACUUM
+/// (an unsummarized range is read by every lookup). On a hypertable the
+/// index is created on every chunk.
+const BY_FILE_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS trips_file_brin ON trips USING brin (file_id) WITH (autosummarize = on)";
+
 async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
     match cmd {
         DbCommand::Migrate { chunk_interval } => {
@@ -133,21 +155,23 @@ async fn db_command(cmd: DbCommand, target: Target) -> anyhow::Result<()> {
                     .await??;
             println!("{}", if stopped { "stopped" } else { "not running" });
         }
-        DbCommand::Index { .. } => {
+        DbCommand::Index { spatial, by_file } => {
             let (conninfo, _) = crate::db::prepare(&target, "7 days").await?;
             let client = crate::db::connect(&conninfo).await?;
-            let start = std::time::Instant::now();
-            client
-                .batch_execute(
-                    "CREATE INDEX IF NOT EXISTS trips_origin_gist ON trips USING gist (origin);
-                     CREATE INDEX IF NOT EXISTS trips_destination_gist ON trips USING gist (destination);
-                     ANALYZE trips;",
-                )
-                .await?;
-            println!(
-                "spatial indexes on trips(origin) and trips(destination) ready in {:.1} s",
-                start.elapsed().as_secs_f64()
-            );
+            for (wanted, sql, what) in [
+                (
+                    spatial,
+                    SPATIAL_INDEXES,
+                    "spatial indexes on trips(origin) and trips(destination)",
+                ),
+                (by_file, BY_FILE_INDEX, "BRIN index on trips(file_id)"),
+            ] {
+                if wanted {
+                    let start = Instant::now();
+                    client.batch_execute(sql).await?;
+                    println!("{what} ready in {:.1} s", start.elapsed().as_secs_f64());
+                }
+            }
         }
         DbCommand::Compact => {
             let (conninfo, _) = crate::db::prepare(&target, "7 days").await?;

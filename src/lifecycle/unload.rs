@@ -26,9 +26,10 @@
 //! lifecycle lock and the compaction lock shared for its transaction
 //! ([`crate::lifecycle::lock`]), so no compaction moves rows under it.
 //!
-//! The trips are found by the BRIN index on `trips(file_id)` (a file's rows
-//! are contiguous), within the file's weeks when its own `rollup_region_week`
-//! rows say which (on a hypertable, only those chunks are searched).
+//! The trips are searched within the file's weeks when its own
+//! `rollup_region_week` rows say which (on a hypertable, only those chunks;
+//! on a plain table, through the `datetime` BRIN index), and found directly
+//! where `tripload db index --by-file` built a BRIN index on `file_id`.
 
 use crate::analytics::points::{self, Pt};
 use crate::analytics::rollup::{self, CellWeeks, Grid, Rollup};
