@@ -195,6 +195,12 @@ fn files_cells_health_metrics_openapi_and_dashboard() {
     assert_eq!(f["rows_loaded"], 100);
     assert_eq!(f["rows_rejected"], 0);
     assert!(f["content_hash"].as_str().unwrap().starts_with("xxh3-128:"));
+    // By file name (the dashboard's link to a file older than its list).
+    let named = get_json(&s, "/api/files?file=sample.csv");
+    assert_eq!(named["files"].as_array().map(Vec::len), Some(1), "{named}");
+    assert_eq!(named["files"][0]["file"], "sample.csv");
+    let none = get_json(&s, "/api/files?file=other.csv");
+    assert_eq!(none["files"].as_array().map(Vec::len), Some(0), "{none}");
 
     // Cells: trips per origin cell add up to every trip; a window narrows them.
     let cells = get_json(&s, "/api/cells?by=origin");

@@ -3,8 +3,8 @@
 //! (`<file>.report.txt`), and a mail server that is down or refuses us is
 //! logged and retried, never failing or blocking a load.
 
-use crate::notify::mail_html::{first_rejects, rejected, Meta, SHOWN_REJECTS};
-use crate::notify::report::{FileReport, Status};
+use crate::notify::mail_html::{first_rejects, Meta, SHOWN_REJECTS};
+use crate::notify::report::{rejected, FileReport, Status};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::time::Duration;
@@ -427,7 +427,7 @@ pub async fn deliver(cfg: &MailConfig, reports: &[FileReport]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::mail_html::Rejected;
+    use crate::notify::report::Rejected;
 
     fn report(status: Status) -> FileReport {
         FileReport {

@@ -6,32 +6,7 @@
 //! Also what both parts of a report count and show: rejected lines split by
 //! outcome, the report's [`Meta`], the first rejects of a file.
 
-use crate::notify::report::{FileReport, Status};
-
-/// Lines rejected in a set of reports: in committed files (their good rows
-/// are in the database), and in files rolled back with all their rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rejected {
-    pub committed: u64,
-    pub rolled_back: u64,
-}
-
-pub fn rejected(reports: &[FileReport]) -> Rejected {
-    let mut r = Rejected {
-        committed: 0,
-        rolled_back: 0,
-    };
-    for f in reports {
-        match f.status {
-            Status::Loaded => r.committed += f.rows_rejected,
-            Status::AlreadyLoaded { .. } => {}
-            Status::Failed { .. } | Status::Error { .. } | Status::Refused { .. } => {
-                r.rolled_back += f.rows_rejected
-            }
-        }
-    }
-    r
-}
+use crate::notify::report::{rejected, FileReport, Status};
 
 /// What a report says besides the files: who loaded them, when, and where
 /// the dashboard is.

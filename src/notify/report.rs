@@ -214,7 +214,32 @@ fn status_word(s: &Status) -> &'static str {
     }
 }
 
-/// The end-of-run table: file, status, rows loaded, rejected, seconds, rows/s.
+/// Lines rejected in a set of reports: in committed files (their good rows
+/// are in the database), and in files rolled back with all their rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub committed: u64,
+    pub rolled_back: u64,
+}
+
+pub fn rejected(reports: &[FileReport]) -> Rejected {
+    let mut r = Rejected {
+        committed: 0,
+        rolled_back: 0,
+    };
+    for f in reports {
+        match f.status {
+            Status::Loaded => r.committed += f.rows_rejected,
+            Status::AlreadyLoaded { .. } => {}
+            Status::Failed { .. } | Status::Error { .. } | Status::Refused { .. } => {
+                r.rolled_back += f.rows_rejected
+            }
+        }
+    }
+    r
+}
+
+/// The widest cell of each column.
 fn column_widths<R: AsRef<[String]>>(rows: &[R]) -> Vec<usize> {
     let mut widths: Vec<usize> = Vec::new();
     for r in rows {
@@ -252,6 +277,8 @@ pub fn aligned<R: AsRef<[String]>>(rows: &[R], right: impl Fn(usize) -> bool) ->
         .collect()
 }
 
+/// The end-of-run table: file, status, rows loaded, rejected, seconds,
+/// rows/s, a total row, then what went wrong per file.
 pub fn summary_table(reports: &[FileReport]) -> String {
     let mut rows: Vec<[String; 6]> = vec![[
         "file".into(),
@@ -275,13 +302,15 @@ pub fn summary_table(reports: &[FileReport]) -> String {
         ]);
     }
     let total_rows: u64 = reports.iter().map(|r| r.rows_loaded).sum();
-    let total_rej: u64 = reports.iter().map(|r| r.rows_rejected).sum();
+    // Lines rejected in committed files only: a failed file's rejected
+    // lines went back with all its rows (said below the table).
+    let rej = rejected(reports);
     let ok = reports.iter().filter(|r| r.ok()).count();
     rows.push([
         format!("total ({} files)", reports.len()),
         format!("{ok} ok, {} not", reports.len() - ok),
         total_rows.to_string(),
-        total_rej.to_string(),
+        rej.committed.to_string(),
         String::new(),
         String::new(),
     ]);
@@ -293,6 +322,12 @@ pub fn summary_table(reports: &[FileReport]) -> String {
             out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 10));
             out.push('\n');
         }
+    }
+    if rej.rolled_back > 0 {
+        out.push_str(&format!(
+            "the total counts rejected lines of loaded files; {} more were in failed files (rolled back with them)\n",
+            rej.rolled_back
+        ));
     }
     for r in reports {
         match &r.status {
@@ -318,4 +353,53 @@ pub fn summary_table(reports: &[FileReport]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, status: Status, loaded: u64, rejected: u64) -> FileReport {
+        FileReport {
+            path: PathBuf::from(name),
+            size: 0,
+            status,
+            rows_loaded: loaded,
+            rows_rejected: rejected,
+            blank_lines: 0,
+            header_lines: 0,
+            seconds: 1.0,
+            now_at: None,
+            rejects_file: None,
+            failed_at: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_total_counts_rejected_lines_of_loaded_files_only() {
+        let table = summary_table(&[
+            report("a.csv", Status::Loaded, 100, 2),
+            report("b.csv", Status::Loaded, 50, 1),
+            report(
+                "c.csv",
+                Status::Failed {
+                    reason: "too many rejects".into(),
+                },
+                0,
+                7,
+            ),
+        ]);
+        let total = table
+            .lines()
+            .find(|l| l.starts_with("total"))
+            .expect("a total row");
+        let cells: Vec<&str> = total.split_whitespace().collect();
+        assert_eq!(cells[cells.len() - 2..], ["150", "3"], "{table}");
+        assert!(
+            table.contains("7 more were in failed files (rolled back with them)"),
+            "{table}"
+        );
+        let clean = summary_table(&[report("a.csv", Status::Loaded, 100, 2)]);
+        assert!(!clean.contains("failed files"), "{clean}");
+    }
 }

@@ -232,22 +232,25 @@ pub async fn groups(
     Ok(Json(groups::json(&query, cell, &found)))
 }
 
-/// `GET /api/files?limit=N`: the most recent files of the ledger, newest first.
+/// `GET /api/files?limit=N[&file=NAME]`: the most recent files of the
+/// ledger, newest first; with `file`, only those of that file name (a
+/// mailed report's link to a file older than the dashboard's list).
 pub async fn files(
     State(state): State<Shared>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = Params::parse(q, &["limit"])?;
+    let p = Params::parse(q, &["limit", "file"])?;
     let limit = p.int("limit", 50, 1, 1000)?;
+    let name: Option<&str> = p.get("file");
     let client = state.client().await?;
     let rows = client
         .query(
             "SELECT file_id, file_name, content_hash, size_bytes, rows_loaded, rows_rejected,
                     load_seconds, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
                     to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), loaded_by
-             FROM load_files WHERE committed_at IS NOT NULL
+             FROM load_files WHERE committed_at IS NOT NULL AND ($2::text IS NULL OR file_name = $2)
              ORDER BY file_id DESC LIMIT $1",
-            &[&limit],
+            &[&limit, &name],
         )
         .await
         .map_err(query_err("reading the ledger"))?;

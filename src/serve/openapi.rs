@@ -166,7 +166,10 @@ fn groups() {}
 
 #[utoipa::path(get, path = "/api/files", tag = "ingestion",
     description = "Committed files from the ledger, newest first.",
-    params(("limit" = Option<i64>, Query, description = "1 to 1000 (default 50)", minimum = 1, maximum = 1000)),
+    params(
+        ("limit" = Option<i64>, Query, description = "1 to 1000 (default 50)", minimum = 1, maximum = 1000),
+        ("file" = Option<String>, Query, description = "Only the files of this file name"),
+    ),
     responses(
         (status = 200, body = FilesDoc),
         (status = 400, body = ErrorDoc),

@@ -159,6 +159,11 @@ function scheduleRefresh() {
 async function loadFiles() {
   try {
     const { files } = await api("/api/files?limit=20");
+    // A linked file older than the twenty: its rows too, at the end.
+    if (focusFile && !files.some((f) => f.file === focusFile)) {
+      const asked = await api("/api/files?limit=5&file=" + encodeURIComponent(focusFile));
+      files.push(...asked.files);
+    }
     const body = $("files").tBodies[0];
     body.replaceChildren(...files.map((f) => {
       const r = document.createElement("tr");
@@ -379,7 +384,7 @@ function setupForm() {
   for (const id of ["by", "from", "to"]) $(id).addEventListener("change", loadCells);
 }
 
-window.addEventListener("hashchange", readFocus);
+window.addEventListener("hashchange", () => { readFocus(); loadFiles(); });
 $("focus-clear").addEventListener("click", (ev) => {
   ev.preventDefault();
   history.replaceState(null, "", location.pathname);
