@@ -7,8 +7,9 @@
 //! `tripload_settings`, and it never changes afterwards. The loader and the
 //! queries never look at the layout: COPY, the rollups and the query
 //! functions read and write `trips` the same way in every layout. Adding a
-//! layout (e.g. a distributed table) is a variant here with its probe in
-//! [`TimeLayout::usability`], and its branch in migration 2.
+//! layout is a variant here with its probe in [`TimeLayout::usability`], and
+//! its branch in migration 2. The Citus layout also distributes the tables
+//! (migration 7, `sql/migrations/007_citus.sql`).
 
 use crate::db::{query_err, DbError};
 use tokio_postgres::GenericClient;
@@ -20,6 +21,10 @@ pub enum TimeLayout {
     Hypertable,
     /// A plain table with a BRIN index on `datetime`.
     PlainBrin,
+    /// A Citus distributed table (by `file_id`, co-located with the rollups;
+    /// `sql/migrations/007_citus.sql`) with a BRIN index on `datetime` in
+    /// every shard.
+    Citus,
 }
 
 /// The server setting that names the layout for a new database, e.g.
@@ -45,13 +50,20 @@ pub enum LayoutError {
 
 impl TimeLayout {
     /// The layouts in the order a new database gets them.
-    pub const PREFERENCE: [TimeLayout; 2] = [TimeLayout::Hypertable, TimeLayout::PlainBrin];
+    /// Citus first: a database where it is created asked for it (and
+    /// TimescaleDB cannot share a database with it).
+    pub const PREFERENCE: [TimeLayout; 3] = [
+        TimeLayout::Citus,
+        TimeLayout::Hypertable,
+        TimeLayout::PlainBrin,
+    ];
 
     /// The name recorded in `tripload_settings` and accepted by [`SETTING`].
     pub fn name(self) -> &'static str {
         match self {
             TimeLayout::Hypertable => "timescaledb",
             TimeLayout::PlainBrin => "plain",
+            TimeLayout::Citus => "citus",
         }
     }
 
@@ -70,6 +82,7 @@ impl TimeLayout {
         match self {
             TimeLayout::PlainBrin => Ok(Usability::Usable),
             TimeLayout::Hypertable => timescaledb_usability(client).await,
+            TimeLayout::Citus => citus_usability(client).await,
         }
     }
 
@@ -163,6 +176,36 @@ async fn timescaledb_usability(client: &impl GenericClient) -> Result<Usability,
     })
 }
 
+/// Citus is usable when it is created in this database and this node is
+/// the coordinator (a worker's tables are shards, not loaded directly).
+async fn citus_usability(client: &impl GenericClient) -> Result<Usability, DbError> {
+    let created: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .await
+        .map_err(query_err("checking for Citus"))?
+        .get(0);
+    if !created {
+        return Ok(Usability::Unusable(
+            "the citus extension is not created in this database (CREATE EXTENSION citus)".into(),
+        ));
+    }
+    let coordinator: bool = client
+        .query_one("SELECT citus_is_coordinator()", &[])
+        .await
+        .map_err(query_err(
+            "asking Citus whether this node is the coordinator",
+        ))?
+        .get(0);
+    Ok(if coordinator {
+        Usability::Usable
+    } else {
+        Usability::Unusable("this is a Citus worker: point DATABASE_URL at the coordinator".into())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +221,7 @@ mod tests {
                 layout.name()
             );
         }
-        assert_eq!(TimeLayout::from_name("citus"), None);
+        assert_eq!(TimeLayout::from_name("citus"), Some(TimeLayout::Citus));
+        assert_eq!(TimeLayout::from_name("distributed"), None);
     }
 }

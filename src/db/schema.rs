@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lifecycle: unload, replace, retain",
         sql: include_str!("../../sql/migrations/006_lifecycle.sql"),
     },
+    Migration {
+        version: 7,
+        name: "citus: distributed tables",
+        sql: include_str!("../../sql/migrations/007_citus.sql"),
+    },
 ];
 
 /// The migration that applies the [`TimeLayout`].

@@ -13,6 +13,8 @@
 //! binary.
 #![allow(dead_code)]
 
+pub mod citus;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
