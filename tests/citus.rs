@@ -341,3 +341,101 @@ fn a_coordinator_and_two_workers_form_a_cluster() {
         );
     }
 }
+
+#[test]
+fn a_worker_stopped_mid_load_rolls_the_file_back_everywhere_and_it_loads_once_back() {
+    if skip_without_citus(
+        "a_worker_stopped_mid_load_rolls_the_file_back_everywhere_and_it_loads_once_back",
+    ) {
+        return;
+    }
+    let mut cluster = CitusCluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    land(dir, "first.csv", &sample());
+    let out = tripload(&cluster, dir, &["load", "landing"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The next file gets file_id 2: hold its shard of trips on its worker
+    // (a lock its COPY waits for), so that the load is mid-COPY, its ledger
+    // row written on the coordinator, when that worker stops.
+    let row = &cluster.query(
+        0,
+        "SELECT s.shardid, s.nodeport FROM citus_shards s
+         WHERE s.table_name = 'trips'::regclass
+           AND s.shardid = get_shard_id_for_distribution_column('trips', 2)",
+    )[0];
+    let (shard, port): (i64, i32) = (row.get(0), row.get(1));
+    let worker = (1..=2)
+        .find(|&w| cluster.nodes[w].port as i32 == port)
+        .unwrap();
+    let other = 3 - worker;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let conninfo = format!("{} sslmode=disable", cluster.conninfo(worker));
+    let holder = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.batch_execute(&format!(
+            "BEGIN; SET LOCAL citus.enable_manual_changes_to_shards = on; LOCK TABLE trips_{shard} IN SHARE MODE"
+        ))
+            .await
+            .unwrap();
+        c
+    });
+    land(dir, "big.csv", &tripload::gen::trips_csv(20_000, 9));
+    let mut load = Command::new(env!("CARGO_BIN_EXE_tripload"))
+        .current_dir(dir)
+        .env("DATABASE_URL", cluster.conninfo(0))
+        .env_remove("TRIPLOAD_PG_DIR")
+        .args(["load", "landing"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiting = format!(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'trips_{shard}'::regclass AND NOT granted"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cluster.count(worker, &waiting) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the COPY never reached the worker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(cluster.count(0, "SELECT count(*) FROM load_files"), 1);
+    cluster.stop(worker);
+    drop(holder);
+    let out = load.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Left in landing for the next run; nothing of it anywhere.
+    assert!(dir.join("landing/big.csv").exists(), "{}", stderr(&out));
+    assert_eq!(cluster.count(0, "SELECT count(*) FROM load_files"), 1);
+    assert_eq!(
+        cluster.count(0, "SELECT count(*) FROM pg_prepared_xacts"),
+        0
+    );
+    assert_eq!(
+        cluster.count(other, "SELECT count(*) FROM pg_prepared_xacts"),
+        0
+    );
+
+    // The worker is back: nothing of the file there either (no prepared
+    // transaction left for recovery), and the file loads.
+    cluster.restart(worker);
+    cluster.batch(0, "SELECT recover_prepared_transactions()");
+    assert_eq!(prepared(&cluster), 0);
+    assert_eq!(trips_per_worker(&cluster).iter().sum::<i64>(), 100);
+    let out = tripload(&cluster, dir, &["load", "landing"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(trips_per_worker(&cluster).iter().sum::<i64>(), 20_100);
+    assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 20_100);
+    assert_eq!(cluster.count(0, "SELECT count(*) FROM load_files"), 2);
+    assert_eq!(prepared(&cluster), 0);
+}
