@@ -389,7 +389,7 @@ fn a_worker_stopped_mid_load_rolls_the_file_back_everywhere_and_it_loads_once_ba
         c
     });
     land(dir, "big.csv", &tripload::gen::trips_csv(20_000, 9));
-    let mut load = Command::new(env!("CARGO_BIN_EXE_tripload"))
+    let load = Command::new(env!("CARGO_BIN_EXE_tripload"))
         .current_dir(dir)
         .env("DATABASE_URL", cluster.conninfo(0))
         .env_remove("TRIPLOAD_PG_DIR")
