@@ -34,6 +34,26 @@ if [ "${TRIPLOAD_SETUP_TESTS:-0}" = 1 ] && ! command -v openssl >/dev/null; then
   sudo_if_needed apt-get update -q
   sudo_if_needed apt-get install -y -q openssl
 fi
+# The dashboard test drives Debian's headless Chromium over WebDriver.
+if [ "${TRIPLOAD_SETUP_TESTS:-0}" = 1 ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  echo "setup: installing chromium and chromium-driver (the dashboard test)" >&2
+  sudo_if_needed apt-get update -q
+  sudo_if_needed apt-get install -y -q chromium chromium-driver
+fi
+# The API fuzz test runs schemathesis (PyPI, pinned) from a virtualenv of
+# Debian's python3; tests/serve_fuzz.rs looks for it at the same place.
+schemathesis_version=4.32.5
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/tripload/venv"
+if [ "${TRIPLOAD_SETUP_TESTS:-0}" = 1 ] \
+  && [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
+  echo "setup: installing schemathesis $schemathesis_version into $venv (the API fuzz test)" >&2
+  if ! dpkg -s python3-venv >/dev/null 2>&1; then
+    sudo_if_needed apt-get update -q
+    sudo_if_needed apt-get install -y -q python3-venv
+  fi
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$schemathesis_version"
+fi
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found: install the Rust toolchain (https://rustup.rs)" >&2
   exit 1

@@ -65,6 +65,15 @@ fn a_stray_quote_fails_the_file_naming_its_line() {
         let at = format!("line 11, column {column}: a quoted field opens here");
         assert!(why.contains(&at) && why.contains(says), "{why}");
         assert!(so.contains(&at), "{so}");
+        // The position as fields, in the error file and in the event.
+        assert!(
+            why.contains(&format!("\nline: 11\ncolumn: {column}\n")),
+            "{why}"
+        );
+        let ev = event_payloads(&db, "failed").pop().expect("a failed event");
+        assert_eq!(ev["line"], 11, "{ev}");
+        assert_eq!(ev["column"], column.to_string(), "{ev}");
+        assert!(ev.get("sqlstate").is_none(), "{ev}");
         // Sent again after a fix, it loads: nothing was recorded as loaded.
         let fixed = String::from_utf8(content.clone())
             .unwrap()
@@ -231,6 +240,9 @@ fn a_strict_file_lists_every_bad_line() {
         let failed = event_payloads(&db, "failed");
         assert_eq!(failed[0]["rows_rejected"], bad.len() as u64);
         assert!(failed[0]["reason"].as_str().unwrap().contains(&count));
+        // Where: the first bad line, as a field.
+        assert_eq!(failed[0]["line"], bad[0], "{}", failed[0]);
+        assert!(why.contains(&format!("\nline: {}\n", bad[0])), "{why}");
     }
 }
 

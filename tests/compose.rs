@@ -14,7 +14,10 @@
 //! - images are pinned (a tag that is not `latest`, or a digest);
 //! - the database has a healthcheck, dependencies wait on real conditions, and
 //!   the watcher's landing directory and its siblings are on one volume;
-//! - the image copies what the build compiles in (include_str!).
+//! - the image copies what the build compiles in (include_str!);
+//! - every published port is bound to the host's loopback, and a tripload
+//!   server listening beyond loopback inside its container has a token the
+//!   operator must set (compose refuses to start without it).
 
 use clap::Parser;
 use serde_yaml::Value;
@@ -73,6 +76,26 @@ fn env_example() -> BTreeMap<String, String> {
         }
     }
     report(".env.example", problems);
+    vars
+}
+
+/// What an operator must set: variables .env.example leaves empty that the
+/// compose file requires (`${NAME:?why}`).
+fn operator_set(vars: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let compose = read("docker-compose.yml");
+    vars.iter()
+        .filter(|(k, v)| v.is_empty() && compose.contains(&format!("${{{k}:?")))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The variables as in a deployment: .env.example with a value for each one
+/// the operator must set.
+fn deployed_env() -> BTreeMap<String, String> {
+    let mut vars = env_example();
+    for k in operator_set(&vars) {
+        vars.insert(k, "operator-set-value".into());
+    }
     vars
 }
 
@@ -600,7 +623,7 @@ fn dockerfile_runs_real_tripload_commands() {
 
 #[test]
 fn compose_runs_real_tripload_commands_and_variables() {
-    let vars = env_example();
+    let vars = deployed_env();
     let docker = Dockerfile::load();
     let compose = compose();
     let services = tripload_services(&compose, &vars, &docker);
@@ -747,7 +770,7 @@ fn compose_runs_real_tripload_commands_and_variables() {
 
 #[test]
 fn compose_variables_are_defined_in_env_example() {
-    let vars = env_example();
+    let vars = deployed_env();
     let compose = compose();
     let mut all = Vec::new();
     strings(&compose, &mut all);
@@ -800,7 +823,7 @@ fn pinned(image: &str) -> Result<(), String> {
 
 #[test]
 fn images_are_pinned() {
-    let vars = env_example();
+    let vars = deployed_env();
     let compose = compose();
     let mut problems = Vec::new();
     for (name, svc) in services(&compose) {
@@ -828,7 +851,7 @@ fn images_are_pinned() {
 
 #[test]
 fn db_is_healthchecked_and_dependencies_are_real() {
-    let vars = env_example();
+    let vars = deployed_env();
     let compose = compose();
     let docker = Dockerfile::load();
     let all = services(&compose);
@@ -945,4 +968,149 @@ fn image_contains_what_the_build_compiles_in() {
         }
     }
     report("Dockerfile build inputs", problems);
+}
+
+/// A published port's host address (`ports:` short or long syntax).
+fn port_host_ip(p: &Value, vars: &BTreeMap<String, String>) -> (String, Option<String>) {
+    match p {
+        Value::Mapping(_) => (format!("{p:?}"), p.get("host_ip").map(|h| text(h, vars))),
+        other => {
+            // [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]; an IPv6 host in [].
+            let spec = text(other, vars);
+            let host = if let Some(rest) = spec.strip_prefix('[') {
+                rest.split_once(']').map(|(h, _)| h.to_string())
+            } else {
+                let parts: Vec<&str> = spec.split(':').collect();
+                (parts.len() == 3).then(|| parts[0].to_string())
+            };
+            (spec, host)
+        }
+    }
+}
+
+#[test]
+fn ports_are_published_on_loopback_only_and_the_server_needs_a_token() {
+    let vars = deployed_env();
+    let example = env_example();
+    let compose = compose();
+    let docker = Dockerfile::load();
+    let mut problems = Vec::new();
+    for (name, svc) in services(&compose) {
+        for p in svc
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let (spec, host) = port_host_ip(p, &vars);
+            let loopback = host
+                .as_deref()
+                .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| ip.is_loopback());
+            if !loopback {
+                problems.push(format!(
+                    "service {name}: port {spec} is published beyond the host's loopback (use 127.0.0.1:HOST:CONTAINER)"
+                ));
+            }
+        }
+    }
+    let mut servers = 0;
+    for s in tripload_services(&compose, &vars, &docker) {
+        let label = format!("service {}", s.name);
+        let listen = match s.command.first().map(String::as_str) {
+            Some("watch") => flag_value(&s.command, "--serve"),
+            Some("serve") => flag_value(&s.command, "--listen")
+                .or_else(|| s.env.get("TRIPLOAD_SERVE_LISTEN").cloned())
+                .or_else(|| Some("127.0.0.1:8080".into())),
+            _ => None,
+        };
+        let Some(listen) = listen else { continue };
+        servers += 1;
+        let addr: std::net::SocketAddr = match listen.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(format!("{label}: listens on {listen:?}: {e}"));
+                continue;
+            }
+        };
+        if !s
+            .svc
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .any(|p| {
+                port_host_ip(p, &vars)
+                    .0
+                    .ends_with(&format!(":{}", addr.port()))
+            })
+        {
+            problems.push(format!(
+                "{label}: the server's port {} is not published",
+                addr.port()
+            ));
+        }
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        // Beyond loopback in the container: tripload needs a token, and the
+        // compose file must not start without one or ship one.
+        if s.command.iter().any(|a| a == "--no-auth") {
+            problems.push(format!("{label}: --no-auth on {listen}"));
+        }
+        let raw = s
+            .svc
+            .get("environment")
+            .and_then(|e| e.get("TRIPLOAD_SERVE_TOKEN"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !raw.starts_with("${TRIPLOAD_SERVE_TOKEN:?") {
+            problems.push(format!(
+                "{label}: listens on {listen} but TRIPLOAD_SERVE_TOKEN is not required (expected ${{TRIPLOAD_SERVE_TOKEN:?…}}, found {raw:?})"
+            ));
+        }
+        if example
+            .get("TRIPLOAD_SERVE_TOKEN")
+            .is_none_or(|v| !v.is_empty())
+        {
+            problems.push(
+                ".env.example must define TRIPLOAD_SERVE_TOKEN empty (a token everyone knows is none)".into(),
+            );
+        }
+        if s.command
+            .iter()
+            .any(|a| a == "--token" || a.starts_with("--token="))
+        {
+            problems.push(format!(
+                "{label}: --token on the command line (visible in ps); use TRIPLOAD_SERVE_TOKEN"
+            ));
+        }
+        // And tripload itself refuses that address without a token.
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripload"));
+        cmd.args(&s.command)
+            .env_clear()
+            .env("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none");
+        let out = cmd.output().expect("run tripload");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) || !err.contains("--token") {
+            problems.push(format!(
+                "{label}: `tripload {}` without a token should be refused (exit 2, naming --token): {:?} {err}",
+                s.command.join(" "),
+                out.status.code()
+            ));
+        }
+    }
+    assert!(servers > 0, "no compose service serves the dashboard");
+    report("published ports and the dashboard's token", problems);
+}
+
+/// The value of `--flag V` or `--flag=V` in an argument list.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        if a == flag {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix(&format!("{flag}=")).map(String::from)
+        }
+    })
 }

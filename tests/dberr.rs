@@ -55,6 +55,8 @@ fn a_name_the_server_refuses_fails_the_file_with_its_sqlstate() {
     assert!(!w.exists("landing/tokyo.csv"));
     let why = w.read("failed/tokyo.csv.error.txt");
     assert!(why.contains("SQLSTATE 22P05"), "{why}");
+    // And as a field of its own.
+    assert!(why.contains("\nsqlstate: 22P05\n"), "{why}");
     assert!(why.contains("LATIN1"), "the server's message: {why}");
     assert!(why.contains("region \"東京\""), "{why}");
     assert!(!why.contains("db error"), "{why}");

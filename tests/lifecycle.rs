@@ -644,3 +644,69 @@ fn retention_keeps_the_rollups_exact_on_a_plain_table() {
     let db = plain_db(&w);
     retention(db, w, false);
 }
+
+#[test]
+fn watch_retain_drops_the_old_weeks_of_files_as_they_land() {
+    let (db, w) = (fresh_db(), Work::new());
+    ok(&tripload(&w, &db, &["db", "migrate"]));
+    let a = csv(A, 71);
+    std::fs::create_dir_all(w.path("landing")).expect("landing");
+    let mut watcher = tripload_cmd(
+        &w,
+        &db,
+        &[
+            "watch",
+            "landing",
+            "--quiet",
+            "--quiet-period",
+            "0.5",
+            "--retain",
+            "2018-07-05",
+            "--retain-every",
+            "1",
+        ],
+    )
+    .spawn()
+    .expect("start watcher");
+    // Renamed into landing: taken at once.
+    std::fs::write(w.path("a.csv.part"), &a).expect("write");
+    std::fs::rename(w.path("a.csv.part"), w.path("landing/a.csv")).expect("rename");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while db.count("SELECT count(*) FROM retention_runs") == 0 {
+        assert!(Instant::now() < deadline, "no retention ran after the load");
+        if let Ok(Some(st)) = watcher.try_wait() {
+            panic!("the watcher ended early: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Later runs find nothing older and record nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    stop_child(&mut watcher);
+    assert_eq!(db.count("SELECT count(*) FROM load_files"), 1);
+    assert_eq!(db.count("SELECT count(*) FROM retention_runs"), 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM trips WHERE datetime < '2018-07-02 00:00:00+00'"),
+        0
+    );
+    let dropped = A as i64 - db.trips();
+    assert!(dropped > 1_000, "{dropped}");
+    assert_eq!(last_event(&db, "retained")["rows"], dropped);
+    let kept = rows_from(&a, "2018-07-02");
+    let (reference, _rw) = reference(&[&kept]);
+    same_as(&w, &db, &reference);
+}
+
+/// SIGTERM, then waits for the process to end (it must exit 0).
+fn stop_child(child: &mut Child) {
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            assert!(st.success(), "watcher exit: {st}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "the watcher did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

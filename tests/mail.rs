@@ -119,6 +119,14 @@ fn load_mails_one_report_per_run_with_the_figures() {
     );
     w.land("b-dirty.csv", &dirty);
     w.land("c-broken.csv", b"region,datetime\nx,y\n");
+    // Over --max-rejects: rolled back; its name is HTML.
+    let mut over = format!("{HEADER}\n").into_bytes();
+    for _ in 0..3 {
+        over.extend_from_slice(
+            b"Turin,POINT (7.6 99.0),POINT (7.7 45.1),2018-05-21 02:54:04,baba_car\n",
+        );
+    }
+    w.land(SCRIPT_NAME, &over);
     let url = format!("smtp://127.0.0.1:{}", server.port);
     let out = tripload(
         &w,
@@ -143,7 +151,8 @@ fn load_mails_one_report_per_run_with_the_figures() {
     use mailparse::MailHeaderMap;
     assert_eq!(
         m.headers.get_first_value("Subject").unwrap(),
-        "[tripload] 2 files loaded, 1 failed, 1 lines rejected"
+        "[tripload] 2 files loaded (1 line rejected), 2 failed (3 lines rejected)",
+        "the rolled-back file's lines are not counted with the loaded ones"
     );
     assert_eq!(
         m.headers.get_first_value("From").unwrap(),
@@ -174,15 +183,196 @@ fn load_mails_one_report_per_run_with_the_figures() {
         "{text}"
     );
     assert!(
-        html.contains("<td>a-sample.csv</td><td>loaded</td><td>100</td><td>0</td>"),
-        "{html}"
+        text.contains("total: 101 rows loaded, 1 line rejected in loaded files; 3 lines rejected in failed files"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("loader {}, ", host())), "{text}");
+
+    // The HTML part: a row per file in its status colour, the totals of the
+    // committed files, the rolled-back file's rejected lines apart.
+    assert_eq!(
+        cells(row(&html, "a-sample.csv"))[..4],
+        ["a-sample.csv", "loaded", "100", "0"]
+    );
+    assert!(row(&html, "a-sample.csv").contains("#1a7f37"));
+    assert_eq!(
+        cells(row(&html, "b-dirty.csv"))[..4],
+        ["b-dirty.csv", "loaded", "1", "1"]
+    );
+    assert!(row(&html, "c-broken.csv").contains("#cf222e"));
+    assert_eq!(cells(row(&html, "c-broken.csv"))[1], "failed");
+    assert_eq!(
+        cells(row(&html, "data-row=\"total\""))[..5],
+        ["Total, 4 files", "2 loaded · 2 failed", "101", "1", ""]
+    );
+    assert_eq!(
+        cells(row(&html, "data-row=\"rolled-back\"")),
+        [
+            "Lines rejected in files that were rolled back (not in the total)",
+            "3",
+            ""
+        ]
     );
     assert!(html.contains("latitude 95"), "{html}");
+    assert!(html.contains("missing required column(s)"), "{html}");
+    // Who loaded, and when.
+    assert!(
+        html.contains(&format!("data-field=\"host\">{}<", host())),
+        "{html}"
+    );
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        html.contains(&format!("data-field=\"at\">{today} ")),
+        "{html}"
+    );
+    // Inline styles only (mail clients drop style sheets), nothing to run,
+    // and the user's file name as text.
+    assert!(
+        !html.contains("<style") && !html.contains("<link"),
+        "{html}"
+    );
+    assert!(!html.to_lowercase().contains("<script"), "{html}");
+    assert!(html.contains(SCRIPT_HTML), "{html}");
+    assert_eq!(
+        cells(row(&html, SCRIPT_HTML))[..4],
+        [SCRIPT_NAME, "failed", "0", "3"]
+    );
+    assert!(
+        html.contains(&format!("Rejected lines in {SCRIPT_HTML}")),
+        "{html}"
+    );
+    // No dashboard configured: no links.
+    assert!(!html.contains("<a ") && !html.contains("#file="), "{html}");
+    assert!(!text.contains("dashboard"), "{text}");
     // And on disk beside each archived file.
     assert!(w
         .read("processed/a-sample.csv.report.txt")
         .contains("rows loaded:    100"));
     assert!(w.read("failed/c-broken.csv.report.txt").contains("FAILED"));
+}
+
+/// A file name that is HTML, and how the report must show it.
+const SCRIPT_NAME: &str = "d<script>alert(1)<.csv";
+const SCRIPT_HTML: &str = "d&lt;script&gt;alert(1)&lt;.csv";
+
+/// What the loader calls its host in reports.
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// The `<tr>…</tr>` of `html` that contains `needle`.
+fn row<'a>(html: &'a str, needle: &str) -> &'a str {
+    let at = html
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in {html}"));
+    let start = html[..at].rfind("<tr").expect("a row");
+    let end = at + html[at..].find("</tr>").expect("row end");
+    &html[start..end]
+}
+
+/// The text of each cell of a row (tags dropped, entities decoded).
+fn cells(row: &str) -> Vec<String> {
+    row.split("<td")
+        .skip(1)
+        .map(|c| {
+            let inner = &c[c.find('>').unwrap() + 1..];
+            let inner = inner.split("</td>").next().unwrap();
+            let mut text = String::new();
+            let mut in_tag = false;
+            for ch in inner.chars() {
+                match ch {
+                    '<' => in_tag = true,
+                    '>' => in_tag = false,
+                    c if !in_tag => text.push(c),
+                    _ => {}
+                }
+            }
+            text.replace("&middot;", "·")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&")
+        })
+        .collect()
+}
+
+#[test]
+fn the_html_report_links_each_file_to_the_dashboard_when_configured() {
+    let db = fresh_db();
+    let w = Work::new();
+    let server = smtp();
+    w.land("a-sample.csv", &sample());
+    let url = format!("smtp://127.0.0.1:{}", server.port);
+    let first = tripload(&w, &db, &["load", "landing", "--quiet"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    // Again under other names: already loaded; a link: refused; a name
+    // that is HTML.
+    w.land("again.csv", &sample());
+    w.land(SCRIPT_NAME, &tripload::gen::trips_csv(10, 3));
+    std::os::unix::fs::symlink(w.path("landing/again.csv"), w.path("landing/link.csv")).unwrap();
+    let out = tripload_cmd(
+        &w,
+        &db,
+        &[
+            "load",
+            "landing",
+            "--quiet",
+            "--smtp-url",
+            &url,
+            "--report-to",
+            "ops@example.com",
+        ],
+    )
+    .env("TRIPLOAD_DASHBOARD_URL", "http://dash.example:8080/")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let mails = received(server.maildir.path(), 1);
+    let (m, text, html) = parts(&mails[0]);
+    use mailparse::MailHeaderMap;
+    assert_eq!(
+        m.headers.get_first_value("Subject").unwrap(),
+        "[tripload] 1 file loaded, 1 failed, 1 already loaded"
+    );
+    assert!(
+        html.contains("href=\"http://dash.example:8080/\""),
+        "{html}"
+    );
+    let again = row(&html, "again.csv");
+    assert!(
+        again.contains("href=\"http://dash.example:8080/#file=again.csv\""),
+        "{again}"
+    );
+    assert!(
+        again.contains("#9a6700"),
+        "already loaded is amber: {again}"
+    );
+    assert_eq!(cells(again)[..3], ["again.csv", "already loaded", "0"]);
+    let link = row(&html, "link.csv");
+    assert!(link.contains("#8250df"), "refused is purple: {link}");
+    assert_eq!(cells(link)[1], "refused");
+    // The name percent-encoded in the link, escaped in the text.
+    let script = row(&html, SCRIPT_HTML);
+    assert!(
+        script.contains("href=\"http://dash.example:8080/#file=d%3Cscript%3Ealert%281%29%3C.csv\""),
+        "{script}"
+    );
+    assert_eq!(cells(script)[..3], [SCRIPT_NAME, "loaded", "10"]);
+    assert!(!html.to_lowercase().contains("<script"), "{html}");
+    assert!(
+        text.contains("  on the dashboard: http://dash.example:8080/#file=again.csv\n"),
+        "{text}"
+    );
+
+    // A dashboard URL that is not one is a usage error.
+    let out = tripload(
+        &w,
+        &db,
+        &["load", "landing", "--dashboard-url", "dash.example:8080"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--dashboard-url"), "{}", stderr(&out));
 }
 
 #[test]

@@ -4,72 +4,12 @@
 //! listening rules, uploads, and a read-only database role.
 
 mod common;
+use common::serve::{serve, serve_with, spawn_listening, Server};
 use common::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// A running `tripload serve` (killed when dropped).
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the server on a free loopback port with `extra` arguments and
-/// waits until it listens (it prints its address on stderr).
-fn serve_with(w: &Work, db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--landing", "landing"];
-    args.extend_from_slice(extra);
-    let mut cmd = tripload_cmd(w, db, &args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tripload serve");
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut said = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not start: {:?}\n{}",
-                    child.try_wait(),
-                    said.join("\n")
-                )
-            });
-        said.push(line.clone());
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split('/').next().unwrap().to_string();
-            return Server {
-                child,
-                base: format!("http://{addr}"),
-            };
-        }
-    }
-}
-
-fn serve(w: &Work, db: &TestDb) -> Server {
-    serve_with(w, db, &[], &[])
-}
 
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
@@ -213,6 +153,8 @@ fn every_class_of_bad_input_is_a_400_that_says_what() {
         ("/api/weekly?region=Prague&by=sideways", "by="),
         ("/api/weekly?region=Prague&from=2018-13-01", "YYYY-MM-DD"),
         ("/api/weekly?region=Prague&to=yesterday", "YYYY-MM-DD"),
+        ("/api/weekly?region=Prague&from=2018-5-1", "YYYY-MM-DD"),
+        ("/api/cells?to=%2B2018-05-01", "YYYY-MM-DD"),
         (
             "/api/weekly?region=Prague&from=2018-06-01&to=2018-05-01",
             "after",
@@ -440,6 +382,203 @@ fn event_stream_delivers_a_load_in_order_and_resumes_after_last_event_id() {
 }
 
 #[test]
+fn watch_serve_loads_serves_and_stops_on_sigterm() {
+    let db = fresh_db();
+    let w = Work::new();
+    let mut s = spawn_listening(
+        tripload_cmd(&w, &db, &["watch", "landing", "--serve", "127.0.0.1:0"]),
+        "watching ",
+    );
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // The watcher has migrated the schema: the event stream can start.
+    let live = sse(&s, "?catch_up=0", None);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(
+        w.path("landing/.ws.csv"),
+        tripload::gen::trips_csv(5_000, 4),
+    )
+    .unwrap();
+    std::fs::rename(w.path("landing/.ws.csv"), w.path("landing/ws.csv")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        let (id, e) = live
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the committed event before the deadline");
+        assert_eq!(e["file"], "ws.csv", "{e}");
+        if e["event"] == "committed" {
+            break (id, e);
+        }
+    };
+    assert_eq!(committed.1["rows"], 5_000);
+    assert!(w.exists("processed/ws.csv"));
+
+    let files = get_json(&s, "/api/files");
+    let f = &files["files"][0];
+    assert_eq!(f["file"], "ws.csv", "{files}");
+    assert_eq!(f["status"], "committed");
+    assert_eq!(f["rows_loaded"], 5_000);
+    assert_eq!(get_json(&s, "/healthz")["status"], "ok");
+
+    // SIGTERM stops the watcher and the server (the open event stream
+    // included), exit 0, nothing listens any more.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "{addr} still accepts connections"
+    );
+    assert!(
+        matches!(
+            live.recv_timeout(Duration::from_secs(5)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        ),
+        "the event stream did not end"
+    );
+}
+
+/// Headless Chromium driven over WebDriver (Debian's chromium-driver).
+struct Browser {
+    driver: Child,
+    url: String,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = agent().delete(&self.url).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// A WebDriver command's `value`.
+fn webdriver(req: ureq::Request, body: Value) -> Value {
+    let resp = req
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string());
+    let (code, text) = match resp {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("webdriver: {e}"),
+    };
+    assert_eq!(code, 200, "webdriver: {text}");
+    serde_json::from_str::<Value>(&text).unwrap()["value"].clone()
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is needed: apt-get install -y chromium chromium-driver");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent().get(&format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"]}}}});
+        let mut b = Browser {
+            driver,
+            url: String::new(),
+        };
+        let v = webdriver(agent().post(&format!("{base}/session")), caps);
+        b.url = format!("{base}/session/{}", v["sessionId"].as_str().unwrap());
+        b
+    }
+
+    fn goto(&self, url: &str) {
+        webdriver(
+            agent().post(&format!("{}/url", self.url)),
+            serde_json::json!({ "url": url }),
+        );
+    }
+
+    /// Runs `script` (a function body) until it returns something other
+    /// than null, and returns that.
+    fn wait_for(&self, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = webdriver(
+                agent().post(&format!("{}/execute/sync", self.url)),
+                serde_json::json!({ "script": script, "args": [] }),
+            );
+            if !v.is_null() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {script}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Once the committed files are shown: the highlighted rows' files, and the
+/// note naming the file (null while the note is hidden).
+const FOCUS_STATE: &str = "
+    if (document.querySelectorAll('#files tbody tr').length < 2) return null;
+    const note = document.getElementById('focus-note');
+    return {
+        focused: [...document.querySelectorAll('tr.focus')].map((r) => r.dataset.file),
+        note: note.hidden ? null : document.getElementById('focus-name').textContent,
+    };";
+
+#[test]
+fn the_dashboard_highlights_the_file_a_link_names() {
+    let db = fresh_db();
+    let w = Work::new();
+    loaded(&w, &db);
+    let name = "o d&<x>.csv";
+    w.land(name, &tripload::gen::trips_csv(10, 5));
+    let out = tripload(&w, &db, &["load", "landing", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = serve(&w, &db);
+    let b = Browser::start();
+    // As a mailed report links it: the name percent-encoded.
+    b.goto(&format!("{}/#file=o%20d%26%3Cx%3E.csv", s.base));
+    // Its rows (committed files, and recent outcomes once the event stream
+    // has caught up) and only those are highlighted.
+    let only = |st: &Value, file: &str| {
+        let f = st["focused"].as_array().unwrap();
+        !f.is_empty() && f.iter().all(|x| x == file)
+    };
+    let st = b.wait_for(FOCUS_STATE);
+    assert!(only(&st, name), "{st}");
+    assert_eq!(st["note"], name);
+    // Another file, by changing the fragment.
+    webdriver(
+        agent().post(&format!("{}/execute/sync", b.url)),
+        serde_json::json!({ "script": "location.hash = 'file=sample.csv'", "args": [] }),
+    );
+    let st = b.wait_for(&format!(
+        "return document.getElementById('focus-name').textContent === 'sample.csv' ? (() => {{ {FOCUS_STATE} }})() : null;"
+    ));
+    assert!(only(&st, "sample.csv"), "{st}");
+    // Without a fragment nothing is highlighted.
+    b.goto(&format!("{}/", s.base));
+    let st = b.wait_for(FOCUS_STATE);
+    assert_eq!(st["focused"], serde_json::json!([]), "{st}");
+    assert!(st["note"].is_null(), "{st}");
+}
+
+#[test]
 fn a_token_is_required_when_configured_and_non_loopback_needs_one() {
     let db = fresh_db();
     let w = Work::new();
@@ -523,6 +662,10 @@ fn uploads_need_the_flag_and_the_token_and_land_complete() {
         "{code} {body}"
     );
     assert!(!w.exists("landing/big.csv"));
+    let (code, body) = put(&s, "empty.csv", b"", Some("tok"));
+    assert_eq!(code, 400, "an empty body lands nothing: {body}");
+    assert!(body.contains("empty"), "{body}");
+    assert!(!w.exists("landing/empty.csv"));
     let (code, body) = put(&s, "a.csv", &sample(), Some("tok"));
     assert_eq!(code, 202, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -48,7 +48,7 @@ use futures_util::SinkExt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 /// The `file_id` of compacted rows (file ids start at 1).
 pub const COMPACTED: i32 = 0;
@@ -255,14 +255,42 @@ async fn move_cells(
     cells: &[Cell],
     scratch: &mut points::Scratch,
 ) -> Result<(u64, u64), CompactError> {
-    let sides: Vec<i8> = cells.iter().map(|c| c.side).collect();
-    let ixs: Vec<i32> = cells.iter().map(|c| c.ix).collect();
-    let iys: Vec<i32> = cells.iter().map(|c| c.iy).collect();
-    let w0s: Vec<i32> = cells.iter().map(|c| c.w0).collect();
+    let keys = CellKeys {
+        sides: cells.iter().map(|c| c.side).collect(),
+        ixs: cells.iter().map(|c| c.ix).collect(),
+        iys: cells.iter().map(|c| c.iy).collect(),
+        w0s: cells.iter().map(|c| c.w0).collect(),
+    };
     let tx = client
         .transaction()
         .await
         .map_err(query_err("starting a compaction transaction"))?;
+    let (rows_in, rows_out) = merge_cell_points(&tx, files, &keys, scratch).await?;
+    merge_cell_weeks(&tx, files, &keys).await?;
+    tx.commit()
+        .await
+        .map_err(query_err("committing a compaction transaction"))?;
+    Ok((rows_in, rows_out))
+}
+
+/// The cells of one compaction transaction, as the arrays its statements
+/// take: side, ix, iy, and the first week the files bring to the cell.
+struct CellKeys {
+    sides: Vec<i8>,
+    ixs: Vec<i32>,
+    iys: Vec<i32>,
+    w0s: Vec<i32>,
+}
+
+/// Replaces the cell points of `files` in the cells, and the compacted rows
+/// they fall into (the cell's last rows, and rows not yet full), by the
+/// compacted rows of their union. Returns the rows read and written.
+async fn merge_cell_points(
+    tx: &Transaction<'_>,
+    files: &[i32],
+    k: &CellKeys,
+    scratch: &mut points::Scratch,
+) -> Result<(u64, u64), CompactError> {
     let rows = tx
         .query(
             "DELETE FROM rollup_cell_points p
@@ -272,26 +300,13 @@ async fn move_cells(
                      OR (p.file_id = 0 AND (p.weeks[cardinality(p.weeks)] >= c.w0
                                             OR length(p.lons) < $6)))
              RETURNING p.side, p.ix, p.iy, p.weeks, p.ends, p.lons, p.lats_sorted, p.lat_pos",
-            &[&files, &sides, &ixs, &iys, &w0s, &FULL_ROW_BYTES],
+            &[&files, &k.sides, &k.ixs, &k.iys, &k.w0s, &FULL_ROW_BYTES],
         )
         .await
         .map_err(query_err("reading the cell points to compact"))?;
     let mut pts: Vec<Pt> = Vec::new();
     for r in &rows {
-        let (weeks, ends): (Vec<i32>, Vec<i32>) = (r.get(3), r.get(4));
-        points::decode_row(
-            StoredRow {
-                side: r.get::<_, i8>(0) as u8,
-                ix: r.get(1),
-                iy: r.get(2),
-                weeks: &weeks,
-                ends: &ends,
-                lons: r.get(5),
-                lats_sorted: r.get(6),
-                lat_pos: r.get(7),
-            },
-            &mut pts,
-        )?;
+        decode_returned(r, 0, &mut pts)?;
     }
     let rows_in = rows.len() as u64;
     drop(rows);
@@ -304,8 +319,17 @@ async fn move_cells(
         at += n;
     }
     drop(pts);
-    copy_binary(&tx, out).await?;
+    copy_binary(tx, out).await?;
+    Ok((rows_in, rows_out))
+}
 
+/// Replaces the cell/week counts of `files` and the compacted row in each
+/// cell by their sum, as the compacted row.
+async fn merge_cell_weeks(
+    tx: &Transaction<'_>,
+    files: &[i32],
+    k: &CellKeys,
+) -> Result<(), CompactError> {
     let counts = tx
         .query(
             "DELETE FROM rollup_cell_week w
@@ -313,7 +337,7 @@ async fn move_cells(
               WHERE w.side = c.side AND w.ix = c.ix AND w.iy = c.iy
                 AND (w.file_id = ANY($1) OR w.file_id = 0)
              RETURNING w.side, w.ix, w.iy, w.weeks, w.trips",
-            &[&files, &sides, &ixs, &iys],
+            &[&files, &k.sides, &k.ixs, &k.iys],
         )
         .await
         .map_err(query_err("reading the cell/week counts to compact"))?;
@@ -344,10 +368,31 @@ async fn move_cells(
             .await
             .map_err(query_err("writing compacted cell/week counts"))?;
     }
-    tx.commit()
-        .await
-        .map_err(query_err("committing a compaction transaction"))?;
-    Ok((rows_in, rows_out))
+    Ok(())
+}
+
+/// Decodes a `rollup_cell_points` row returned by a statement whose columns,
+/// from `first` on, are side, ix, iy, weeks, ends, lons, lats_sorted,
+/// lat_pos; appends its points to `out`.
+pub(crate) fn decode_returned(
+    r: &tokio_postgres::Row,
+    first: usize,
+    out: &mut Vec<Pt>,
+) -> Result<(), points::RowError> {
+    let (weeks, ends): (Vec<i32>, Vec<i32>) = (r.get(first + 3), r.get(first + 4));
+    points::decode_row(
+        StoredRow {
+            side: r.get::<_, i8>(first) as u8,
+            ix: r.get(first + 1),
+            iy: r.get(first + 2),
+            weeks: &weeks,
+            ends: &ends,
+            lons: r.get(first + 5),
+            lats_sorted: r.get(first + 6),
+            lat_pos: r.get(first + 7),
+        },
+        out,
+    )
 }
 
 /// Binary COPY of encoded cell point rows into `rollup_cell_points`.

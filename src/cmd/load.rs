@@ -111,6 +111,11 @@ pub struct LoadOptions {
         default_value = "tripload@localhost"
     )]
     pub report_from: String,
+    /// The dashboard's address as the report's readers reach it (e.g.
+    /// https://tripload.example:8080): each file in a mailed report links to
+    /// it on the dashboard (URL/#file=NAME).
+    #[arg(long, env = "TRIPLOAD_DASHBOARD_URL", value_name = "URL")]
+    pub dashboard_url: Option<String>,
     /// Days of ingestion_events to keep (0: keep all). Older events are
     /// deleted by `load` at start and by `watch` at start and every hour.
     #[arg(long, env = "TRIPLOAD_EVENTS_RETENTION_DAYS", default_value_t = 30)]
@@ -127,6 +132,13 @@ impl LoadOptions {
     pub(super) fn settings(self) -> Result<crate::ingest::loader::Settings, String> {
         if self.jobs == 0 || self.threads == Some(0) {
             return Err("--jobs and --threads must be at least 1".into());
+        }
+        if let Some(u) = self
+            .dashboard_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            crate::notify::mail::check_dashboard_url(u)?;
         }
         let mail = self.mail()?;
         Ok(crate::ingest::loader::Settings {
@@ -168,6 +180,12 @@ impl LoadOptions {
             to: self.report_to.clone(),
             from: self.report_from.clone(),
             allow_plaintext: self.smtp_allow_plaintext,
+            dashboard_url: self
+                .dashboard_url
+                .as_deref()
+                .filter(|u| !u.trim().is_empty())
+                .map(crate::notify::mail::check_dashboard_url)
+                .transpose()?,
         };
         cfg.check().map_err(|e| e.to_string())?;
         Ok(Some(cfg))

@@ -4,6 +4,7 @@
 use super::load::LoadOptions;
 use super::{setup_error, EXIT_OK};
 use crate::db::Target;
+use crate::lifecycle::retain::OlderThan;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -30,6 +31,15 @@ pub struct WatchArgs {
     /// (options as for `tripload serve`).
     #[arg(long, value_name = "ADDR")]
     pub serve: Option<std::net::SocketAddr>,
+    /// Retention policy: drop the trips older than this interval ('90 days',
+    /// '6 months') or date (YYYY-MM-DD), with the rollups kept exact, at
+    /// start and then every --retain-every seconds (as `tripload db retain
+    /// --older-than`; the cut-off is rounded down to a Monday 00:00 UTC).
+    #[arg(long, env = "TRIPLOAD_RETAIN", value_name = "AGE", value_parser = OlderThan::parse)]
+    pub retain: Option<OlderThan>,
+    /// Seconds between two runs of the --retain policy.
+    #[arg(long, env = "TRIPLOAD_RETAIN_EVERY", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retain_every: u64,
     #[command(flatten)]
     pub server: crate::cmd::serve::ServerOptions,
     #[command(flatten)]
@@ -62,6 +72,8 @@ pub async fn run(args: WatchArgs, target: Target) -> u8 {
         quiet_period: std::time::Duration::from_secs_f64(args.quiet_period),
         report_every: std::time::Duration::from_secs(args.report_every),
         max_attempts: args.max_attempts,
+        retain: args.retain,
+        retain_every: std::time::Duration::from_secs(args.retain_every),
         settings,
     };
     let result = crate::ingest::watch::run(cfg).await;

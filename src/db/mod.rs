@@ -58,6 +58,14 @@ impl DbError {
         }
     }
 
+    /// The server's SQLSTATE, for an error the server raised.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            DbError::Query { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
     /// Whose fault this error is (see [`Fault`]).
     pub fn fault(&self) -> Fault {
         match self {

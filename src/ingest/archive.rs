@@ -168,6 +168,8 @@ pub struct RejectWriter {
     written: u64,
     /// The first reject, as `line N: [column c: ]reason`.
     pub first: Option<String>,
+    /// The first reject's line and column (the field's name).
+    pub first_at: Option<(u64, Option<String>)>,
 }
 
 impl RejectWriter {
@@ -185,6 +187,7 @@ impl RejectWriter {
             listed: 0,
             written: 0,
             first: None,
+            first_at: None,
         }
     }
 
@@ -222,6 +225,7 @@ impl RejectWriter {
                 format!("column {column}: ")
             };
             self.first = Some(format!("line {line}: {col}{reason}"));
+            self.first_at = Some((line, (!column.is_empty()).then(|| column.to_string())));
         }
         self.count += 1;
         self.lines += r.lines;

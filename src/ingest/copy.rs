@@ -10,10 +10,10 @@
 use crate::ingest::archive;
 pub use crate::ingest::context::LoadContext;
 use crate::ingest::map;
-use crate::ingest::outcome::{Abort, Committed, Failure};
+use crate::ingest::outcome::{Abort, Cause, Committed, Failure};
 use crate::ingest::transaction;
 use crate::notify::events::{Event, Kind};
-use crate::notify::report::{FileProgress, FileReport, Status};
+use crate::notify::report::{FailedAt, FileProgress, FileReport, Status};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +44,7 @@ pub async fn load_file(
         seconds: 0.0,
         now_at: Some(path.to_path_buf()),
         rejects_file: None,
+        failed_at: FailedAt::default(),
     };
     let opened = match map::Opened::open(path) {
         Ok(o) => Arc::new(o),
@@ -154,14 +155,15 @@ fn archive_failed(ctx: &LoadContext, mover: &mut Mover, f: Failure, report: &mut
                 report.now_at = Some(dest);
             }
         }
-        Abort::File(reason) => {
+        Abort::File(cause) => {
             report.rows_rejected = f.rejected;
+            report.failed_at = failed_at(&cause);
             report.status = Status::Failed {
-                reason: reason.clone(),
+                reason: cause.message.clone(),
             };
             match mover.to(&ctx.failed_dir_for(path)) {
                 Ok(dest) => {
-                    write_error_file(path, &dest, &reason, f.rejected);
+                    write_error_file(path, &dest, &cause, f.rejected);
                     if let Some(rw) = f.rejects {
                         report.rejects_file = rw.place_beside(&dest).ok().flatten();
                     }
@@ -170,24 +172,46 @@ fn archive_failed(ctx: &LoadContext, mover: &mut Mover, f: Failure, report: &mut
                 Err(e) => tracing::error!("{}: could not move it to failed/: {e}", path.display()),
             }
         }
-        Abort::Env(reason) => {
-            report.status = Status::Error { reason };
+        Abort::Env(cause) => {
+            report.failed_at = failed_at(&cause);
+            report.status = Status::Error {
+                reason: cause.message,
+            };
         }
     }
 }
 
-/// `<file>.error.txt` beside a failed file: why, and what to do.
-fn write_error_file(path: &Path, dest: &Path, reason: &str, rejected: u64) {
-    let text = format!(
-        "file: {}\nfailed: {}\nreason: {reason}\nnothing from this file was committed (the transaction was rolled back).\n{}",
+fn failed_at(c: &Cause) -> FailedAt {
+    FailedAt {
+        line: c.line,
+        column: c.column.clone(),
+        sqlstate: c.sqlstate.clone(),
+    }
+}
+
+/// `<file>.error.txt` beside a failed file: why, where, and what to do.
+fn write_error_file(path: &Path, dest: &Path, cause: &Cause, rejected: u64) {
+    let mut text = format!(
+        "file: {}\nfailed: {}\nreason: {}\n",
         crate::kernel::excerpt::quoted(&path.display().to_string()),
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
-        if rejected > 0 {
-            "the bad lines are listed in the .rejects.csv file beside this one.\nfix them (or raise --max-rejects) and move the file back to the landing directory.\n"
-        } else {
-            "fix the file and move it back to the landing directory.\n"
-        }
+        cause.message
     );
+    if let Some(line) = cause.line {
+        text.push_str(&format!("line: {line}\n"));
+    }
+    if let Some(column) = &cause.column {
+        text.push_str(&format!("column: {column}\n"));
+    }
+    if let Some(code) = &cause.sqlstate {
+        text.push_str(&format!("sqlstate: {code}\n"));
+    }
+    text.push_str("nothing from this file was committed (the transaction was rolled back).\n");
+    text.push_str(if rejected > 0 {
+        "the bad lines are listed in the .rejects.csv file beside this one.\nfix them (or raise --max-rejects) and move the file back to the landing directory.\n"
+    } else {
+        "fix the file and move it back to the landing directory.\n"
+    });
     if let Err(e) = archive::write_error(dest, &text) {
         tracing::error!("{}: could not write the error file: {e}", dest.display());
     }
@@ -206,6 +230,9 @@ pub fn final_event(r: &FileReport, name: &str) -> Event {
     e.rows = Some(r.rows_loaded);
     e.rows_rejected = Some(r.rows_rejected);
     e.seconds = Some(r.seconds);
+    e.line = r.failed_at.line;
+    e.column = r.failed_at.column.clone();
+    e.sqlstate = r.failed_at.sqlstate.clone();
     e.reason = match &r.status {
         Status::Failed { reason } | Status::Error { reason } | Status::Refused { reason } => {
             Some(reason.clone())

@@ -16,7 +16,7 @@ use crate::ingest::archive::RejectWriter;
 use crate::ingest::backlog;
 use crate::ingest::map::Mapped;
 use crate::ingest::ordered;
-use crate::ingest::outcome::{Abort, Committed, Failure, Lines};
+use crate::ingest::outcome::{Abort, Cause, Committed, Failure, Lines};
 use crate::kernel::chunk::Chunker;
 use crate::kernel::encode::encode_chunk;
 use crate::kernel::parse::Header;
@@ -50,27 +50,38 @@ enum Verdict {
     Broken(crate::kernel::record::RecordError),
 }
 
-/// The failure reason for a file that parsed to a [`Verdict`].
-fn verdict_reason(
+/// The failure of a file that parsed to a [`Verdict`], at the line (and
+/// column) of the first bad line, or of the record that broke the framing.
+fn verdict_cause(
     label: &str,
     verdict: &Verdict,
     rejects: &RejectWriter,
     max_rejects: u64,
-) -> String {
+) -> Cause {
     let listed = rejects.listed_note();
     match verdict {
-        Verdict::TooManyRejects => format!(
-            "{label}: {} bad lines, more than --max-rejects {max_rejects}; the first: {}; {listed}; the file was rolled back",
-            rejects.lines,
-            rejects.first.as_deref().unwrap_or("?"),
-        ),
+        Verdict::TooManyRejects => {
+            let cause = Cause::new(format!(
+                "{label}: {} bad lines, more than --max-rejects {max_rejects}; the first: {}; {listed}; the file was rolled back",
+                rejects.lines,
+                rejects.first.as_deref().unwrap_or("?"),
+            ));
+            match &rejects.first_at {
+                Some((line, column)) => cause.at(*line, column.clone()),
+                None => cause,
+            }
+        }
         Verdict::Broken(e) => {
             let before = if rejects.lines > 0 {
                 format!(" ({} bad lines before it; {listed})", rejects.lines)
             } else {
                 String::new()
             };
-            format!("{label}: {e}; the file cannot be read past it and nothing from it was loaded{before}")
+            let (line, column) = e.position();
+            Cause::new(format!(
+                "{label}: {e}; the file cannot be read past it and nothing from it was loaded{before}"
+            ))
+            .at(line, column.map(|c| c.to_string()))
         }
     }
 }
@@ -275,7 +286,7 @@ impl InOrder {
     fn write_rejects(&mut self, enc: &crate::kernel::encode::Encoded) -> bool {
         for r in &enc.rejects {
             if let Err(e) = self.rejects.write(self.line_base + r.line, r) {
-                self.abort = Some(Abort::Env(format!("cannot write the rejects file: {e}")));
+                self.abort = Some(Abort::env(format!("cannot write the rejects file: {e}")));
                 return false;
             }
         }
@@ -301,7 +312,7 @@ impl InOrder {
     fn keep_points(&mut self, enc: &crate::kernel::encode::Encoded) -> bool {
         if let Some(p) = self.points.as_mut() {
             if let Err(e) = p.push(&enc.rollup.pending) {
-                self.abort = Some(Abort::Env(format!(
+                self.abort = Some(Abort::env(format!(
                     "cannot spill the cell points to {}: {e}",
                     std::env::temp_dir().display()
                 )));
@@ -332,7 +343,7 @@ impl InOrder {
         };
         if stx.blocking_send(full).is_err() {
             // The writer stopped; the transaction reports why.
-            self.abort = Some(Abort::Env("the cell points writer stopped".into()));
+            self.abort = Some(Abort::env("the cell points writer stopped"));
             return false;
         }
         true
@@ -351,7 +362,7 @@ impl InOrder {
                 false
             }
             Err(e) => {
-                self.abort = Some(Abort::Env(format!(
+                self.abort = Some(Abort::env(format!(
                     "cannot queue encoded trips in {} (set TMPDIR to a writable directory with room for about the file's size, or --backlog-mib 0): {e}",
                     std::env::temp_dir().display()
                 )));
@@ -367,7 +378,7 @@ impl InOrder {
         if self.abort.is_none() && self.verdict.is_none() && !self.stopped {
             if let (Some((stx, _)), Some(p)) = (&self.segments, self.points.take()) {
                 if stx.blocking_send(p).is_err() {
-                    self.abort = Some(Abort::Env("the cell points writer stopped".into()));
+                    self.abort = Some(Abort::env("the cell points writer stopped"));
                 }
             }
         }
@@ -376,7 +387,7 @@ impl InOrder {
         let abort = self.abort.take().or_else(|| {
             self.verdict
                 .take()
-                .map(|v| Abort::File(verdict_reason(label, &v, rejects, max_rejects)))
+                .map(|v| Abort::File(verdict_cause(label, &v, rejects, max_rejects)))
         });
         let rejected = self.rejects.lines;
         match abort {
@@ -407,7 +418,7 @@ impl InOrder {
 
 /// The abort for temporary files of cell points that cannot be created.
 fn spill_err(e: std::io::Error) -> Abort {
-    Abort::Env(format!(
+    Abort::env(format!(
         "cannot create temporary files for the cell points in {} (set TMPDIR to a writable directory with room for about half the file's size): {e}",
         std::env::temp_dir().display()
     ))

@@ -37,6 +37,16 @@ pub struct Identity {
     pub modified: Option<SystemTime>,
 }
 
+impl Identity {
+    /// The identity that `m` describes.
+    pub fn of(m: &std::fs::Metadata) -> Identity {
+        Identity {
+            size: m.len(),
+            modified: m.modified().ok(),
+        }
+    }
+}
+
 /// What `path` itself is (links not followed): its identity if it is a
 /// regular file, [`MapError::NotRegular`] otherwise.
 pub fn identity(path: &Path) -> Result<Identity, MapError> {
@@ -45,10 +55,7 @@ pub fn identity(path: &Path) -> Result<Identity, MapError> {
         source,
     })?;
     regular(path, &m)?;
-    Ok(Identity {
-        size: m.len(),
-        modified: m.modified().ok(),
-    })
+    Ok(Identity::of(&m))
 }
 
 /// The kind of a non-regular file, for messages.
@@ -149,10 +156,7 @@ impl Opened {
             file,
             path: path.to_path_buf(),
             id: FileId::of(&m),
-            identity: Identity {
-                size: m.len(),
-                modified: m.modified().ok(),
-            },
+            identity: Identity::of(&m),
         })
     }
 

@@ -16,31 +16,100 @@ use crate::kernel::rollup::Rollup;
 #[derive(Debug)]
 pub enum Abort {
     /// The file's fault: it goes to `failed/`.
-    File(String),
+    File(Cause),
     /// Not the file's fault (database, disk): it stays where it is.
-    Env(String),
+    Env(Cause),
     Duplicate(Box<ledger::LoadedFile>),
+}
+
+/// What stopped a file, as fields: the one-line message (what was done,
+/// why, what to do), and where known the place in the file and the server's
+/// SQLSTATE. Reports, the `<file>.error.txt` and events carry the fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cause {
+    pub message: String,
+    /// Physical line of the file (1-based).
+    pub line: Option<u64>,
+    /// The field's name (`origin_coord`), or for a framing error the
+    /// character position in the line (`17`).
+    pub column: Option<String>,
+    /// The server's SQLSTATE, for an error the database raised.
+    pub sqlstate: Option<String>,
+}
+
+impl Cause {
+    pub fn new(message: impl Into<String>) -> Cause {
+        Cause {
+            message: message.into(),
+            ..Cause::default()
+        }
+    }
+
+    /// At `line` (and `column`) of the file.
+    pub fn at(mut self, line: u64, column: Option<String>) -> Cause {
+        self.line = Some(line);
+        self.column = column;
+        self
+    }
+
+    /// Raised by the server with this SQLSTATE.
+    pub fn sqlstate(mut self, code: Option<&tokio_postgres::error::SqlState>) -> Cause {
+        self.sqlstate = code.map(|c| c.code().to_string());
+        self
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Cause {
+        Cause::new(message)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Cause {
+        Cause::new(message)
+    }
 }
 
 impl Abort {
     /// The file's fault or the environment's, as [`Fault`] says.
-    pub fn of(fault: Fault, msg: String) -> Abort {
+    pub fn of(fault: Fault, cause: Cause) -> Abort {
         match fault {
-            Fault::Data => Abort::File(msg),
-            Fault::Environment => Abort::Env(msg),
+            Fault::Data => Abort::File(cause),
+            Fault::Environment => Abort::Env(cause),
         }
+    }
+
+    /// The file's fault.
+    pub fn file(cause: impl Into<Cause>) -> Abort {
+        Abort::File(cause.into())
+    }
+
+    /// The environment's fault.
+    pub fn env(cause: impl Into<Cause>) -> Abort {
+        Abort::Env(cause.into())
     }
 }
 
 impl From<DbError> for Abort {
     fn from(e: DbError) -> Self {
-        Abort::of(e.fault(), e.one_line())
+        Abort::of(e.fault(), Cause::new(e.one_line()).sqlstate(e.code()))
     }
 }
 
 impl From<DimError> for Abort {
     fn from(e: DimError) -> Self {
-        Abort::of(e.fault(), e.to_string())
+        let code = match &e {
+            DimError::Resolve { code, .. } => code.clone(),
+            _ => None,
+        };
+        Abort::of(e.fault(), Cause::new(e.to_string()).sqlstate(code.as_ref()))
     }
 }
 
@@ -48,7 +117,7 @@ impl From<WriteError> for Abort {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Db { what, source } => classify(source, what),
-            other => Abort::Env(other.to_string()),
+            other => Abort::env(other.to_string()),
         }
     }
 }
@@ -57,7 +126,10 @@ impl From<WriteError> for Abort {
 /// [`db::fault`]); the message carries the server's text, the SQLSTATE and
 /// what to do.
 pub fn classify(e: tokio_postgres::Error, what: &str) -> Abort {
-    Abort::of(db::fault(&e), db::explain(what, &e))
+    Abort::of(
+        db::fault(&e),
+        Cause::new(db::explain(what, &e)).sqlstate(e.code()),
+    )
 }
 
 pub struct Committed {

@@ -146,7 +146,7 @@ async fn join(
 ) -> Result<Committed, Failure> {
     let stage = stage
         .await
-        .map_err(|e| Failure::new(Abort::Env(format!("encoding task failed: {e}"))))?;
+        .map_err(|e| Failure::new(Abort::env(format!("encoding task failed: {e}"))))?;
     // A reader that failed stopped the stage early, without an error of its own.
     let reader_error = match reader.await {
         Err(e) => Some(format!("the backlog reader failed: {e}")),
@@ -170,7 +170,7 @@ async fn join(
         (Ok(s), None) => s,
     };
     match reader_error {
-        Some(msg) => Err(Failure::after(Abort::Env(msg), done)),
+        Some(msg) => Err(Failure::after(Abort::env(msg), done)),
         None => Ok(done),
     }
 }
@@ -186,7 +186,7 @@ async fn end_copy(mut sink: Sink, done: Committed) -> Result<(Committed, u64), F
     };
     if copied != done.rows {
         return Err(Failure::after(
-            Abort::Env(format!(
+            Abort::env(format!(
                 "the server stored {copied} rows but {} were sent; rolled back",
                 done.rows
             )),

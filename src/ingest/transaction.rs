@@ -16,7 +16,7 @@ use crate::db::ledger;
 use crate::db::{self};
 use crate::ingest::context::LoadContext;
 use crate::ingest::map::{self, Mapped};
-use crate::ingest::outcome::{classify, Abort, Committed, Failure};
+use crate::ingest::outcome::{classify, Abort, Cause, Committed, Failure};
 use crate::ingest::stream::{self, Input};
 use crate::kernel::parse::{self, Header};
 use crate::kernel::rollup::{CellWeeks, Rollup};
@@ -127,7 +127,8 @@ async fn load_inner(
     );
     // The file this one replaces goes in this transaction (lifecycle::replace).
     if let Err(e) = crate::lifecycle::replace::unload_in(&tx, &ctx.replace, name, file_id).await {
-        return Err(Failure::after(Abort::of(e.fault(), e.to_string()), done));
+        let cause = Cause::new(e.to_string()).sqlstate(e.code());
+        return Err(Failure::after(Abort::of(e.fault(), cause), done));
     }
     if let Err(abort) = commit(ctx, tx, &file_dims, file_id, &done, start).await {
         return Err(Failure::after(abort, done));
@@ -141,8 +142,8 @@ async fn content_hash(opened: &Arc<map::Opened>) -> Result<String, Failure> {
     let o = Arc::clone(opened);
     tokio::task::spawn_blocking(move || o.content_hash())
         .await
-        .map_err(|e| Failure::new(Abort::Env(format!("hashing task failed: {e}"))))?
-        .map_err(|e| Failure::new(Abort::File(e.to_string())))
+        .map_err(|e| Failure::new(Abort::env(format!("hashing task failed: {e}"))))?
+        .map_err(|e| Failure::new(Abort::file(e.to_string())))
 }
 
 /// Fails as a duplicate when the same content was committed before.
@@ -162,9 +163,8 @@ async fn claimed_by_another(client: &Client, hash: &str) -> Failure {
     match ledger::find(client, hash).await {
         Err(e) => Failure::new(e.into()),
         Ok(Some(prev)) => Failure::new(Abort::Duplicate(Box::new(prev))),
-        Ok(None) => Failure::new(Abort::Env(
-            "the ledger reported a concurrent load of the same content that then vanished; retry"
-                .into(),
+        Ok(None) => Failure::new(Abort::env(
+            "the ledger reported a concurrent load of the same content that then vanished; retry",
         )),
     }
 }
@@ -175,15 +175,20 @@ async fn map_with_header(
     opened: &Arc<map::Opened>,
     path: &Path,
 ) -> Result<(Arc<Mapped>, Arc<Header>), Failure> {
-    let file_err = |e: &dyn std::fmt::Display| Failure::new(Abort::File(e.to_string()));
+    let file_err = |e: &dyn std::fmt::Display| Failure::new(Abort::file(e.to_string()));
     let o = Arc::clone(opened);
     let mapped = tokio::task::spawn_blocking(move || o.map())
         .await
-        .map_err(|e| Failure::new(Abort::Env(format!("mapping task failed: {e}"))))?
+        .map_err(|e| Failure::new(Abort::env(format!("mapping task failed: {e}"))))?
         .map_err(|e| file_err(&e))?;
     let mapped = Arc::new(mapped);
-    let mut header = parse::parse_header(mapped.bytes())
-        .map_err(|e| file_err(&format_args!("{}: {e}", path.display())))?;
+    let mut header = parse::parse_header(mapped.bytes()).map_err(|e| {
+        let cause = Cause::new(format!("{}: {e}", path.display()));
+        Failure::new(Abort::File(match e {
+            parse::HeaderError::Malformed { line, .. } => cause.at(line, None),
+            _ => cause,
+        }))
+    })?;
     header.max_record_bytes = ctx.max_record_bytes;
     if !header.ignored.is_empty() {
         tracing::warn!(
@@ -238,7 +243,7 @@ async fn begin_file(
 fn unchanged(opened: &map::Opened, before: map::Identity, path: &Path) -> Result<(), Abort> {
     match opened.identity_now() {
         Ok(now) if now == before => Ok(()),
-        _ => Err(Abort::File(
+        _ => Err(Abort::file(
             map::MapError::Changed {
                 path: path.to_path_buf(),
             }

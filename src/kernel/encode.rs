@@ -173,8 +173,14 @@ pub fn encode_chunk<E>(
         bytes: chunk.len(),
         ..Encoded::default()
     };
-    let mut fields = Fields::new();
-    let mut names = NameCache::default();
+    let mut enc = RecordEncoder {
+        header,
+        file_id,
+        dict,
+        grid,
+        fields: Fields::new(),
+        names: NameCache::default(),
+    };
     // Checked once here rather than field by field; a chunk that is not all
     // UTF-8 falls back to checking each field, which finds the bad ones.
     let text = std::str::from_utf8(chunk).ok();
@@ -197,48 +203,8 @@ pub fn encode_chunk<E>(
             out.blank_lines += span.lines;
             continue;
         }
-        let fault = {
-            match fields.split(record) {
-                Err(e) => Some(RowFault {
-                    column: None,
-                    error: RowError::Csv(e),
-                }),
-                Ok(()) => match parse_trip(
-                    header,
-                    &fields,
-                    record,
-                    text.and_then(|t| t.get(span.content.clone())),
-                ) {
-                    Ok(t) => {
-                        let r = names.region(t.region, dict)?;
-                        let d = names.datasource(t.datasource, dict)?;
-                        encode_trip(
-                            &mut out.tuples,
-                            r,
-                            d,
-                            t.origin,
-                            t.destination,
-                            t.datetime_us,
-                            file_id,
-                        );
-                        if let Some(g) = grid {
-                            out.rollup.add(
-                                g,
-                                r,
-                                d,
-                                (t.origin.x(), t.origin.y()),
-                                (t.destination.x(), t.destination.y()),
-                                t.datetime_us,
-                            );
-                        }
-                        out.rows += 1;
-                        None
-                    }
-                    Err(f) => Some(f),
-                },
-            }
-        };
-        if let Some(fault) = fault {
+        let record_text = text.and_then(|t| t.get(span.content.clone()));
+        if let Some(fault) = enc.record(&mut out, record, record_text)? {
             out.rejected_lines += span.lines;
             out.rejects.push(Reject {
                 line,
@@ -255,6 +221,63 @@ pub fn encode_chunk<E>(
         "every line of a chunk is a row, a rejected line or a blank line"
     );
     Ok(out)
+}
+
+/// What [`encode_chunk`] keeps from one record to the next: the file's
+/// header and ids, the dictionary, the grid, and reused buffers.
+struct RecordEncoder<'a, E> {
+    header: &'a Header,
+    file_id: i32,
+    dict: &'a dyn Dictionary<E>,
+    grid: Option<&'a crate::kernel::grid::Grid>,
+    fields: Fields,
+    names: NameCache,
+}
+
+impl<E> RecordEncoder<'_, E> {
+    /// Encodes one non-blank record into `out` (and its rollup); returns the
+    /// fault of a rejected row. `Err` only when the dictionary fails.
+    #[inline]
+    fn record(
+        &mut self,
+        out: &mut Encoded,
+        record: &[u8],
+        text: Option<&str>,
+    ) -> Result<Option<RowFault>, E> {
+        if let Err(e) = self.fields.split(record) {
+            return Ok(Some(RowFault {
+                column: None,
+                error: RowError::Csv(e),
+            }));
+        }
+        let t = match parse_trip(self.header, &self.fields, record, text) {
+            Ok(t) => t,
+            Err(f) => return Ok(Some(f)),
+        };
+        let r = self.names.region(t.region, self.dict)?;
+        let d = self.names.datasource(t.datasource, self.dict)?;
+        encode_trip(
+            &mut out.tuples,
+            r,
+            d,
+            t.origin,
+            t.destination,
+            t.datetime_us,
+            self.file_id,
+        );
+        if let Some(g) = self.grid {
+            out.rollup.add(
+                g,
+                r,
+                d,
+                (t.origin.x(), t.origin.y()),
+                (t.destination.x(), t.destination.y()),
+                t.datetime_us,
+            );
+        }
+        out.rows += 1;
+        Ok(None)
+    }
 }
 
 /// Physical lines in `bytes`: its newlines, plus one for a last line

@@ -113,6 +113,19 @@ impl std::fmt::Display for RecordError {
 impl std::error::Error for RecordError {}
 
 impl RecordError {
+    /// Where the error points: the line and column where the open quote
+    /// began, or the line of a record that is too long.
+    pub fn position(&self) -> (u64, Option<usize>) {
+        match *self {
+            RecordError::UnclosedQuote { line, column } => (line, Some(column)),
+            RecordError::TooLong {
+                open_quote: Some((line, column)),
+                ..
+            } => (line, Some(column)),
+            RecordError::TooLong { line, .. } => (line, None),
+        }
+    }
+
     /// The same error with its lines moved down by `base` lines.
     pub fn shifted(self, base: u64) -> Self {
         match self {

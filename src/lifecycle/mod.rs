@@ -10,6 +10,7 @@
 
 pub mod replace;
 pub mod retain;
+mod subtract;
 pub mod unload;
 
 use crate::db::{query_err, DbError};
@@ -36,6 +37,14 @@ pub enum LifecycleError {
 }
 
 impl LifecycleError {
+    /// The server's SQLSTATE, for an error the server raised.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            LifecycleError::Db(e) => e.code(),
+            _ => None,
+        }
+    }
+
     /// Whose fault, for a load that replaces a file: the database's
     /// SQLSTATE for a server error, otherwise not the new file's content.
     pub fn fault(&self) -> crate::db::Fault {

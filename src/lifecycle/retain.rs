@@ -34,7 +34,7 @@
 //! answers stay exact.
 
 use crate::analytics::compact;
-use crate::analytics::points::{self, Pt, StoredRow};
+use crate::analytics::points::{self, Pt};
 use crate::db::{query_err, DbError};
 use crate::lifecycle::{event, record_event, who, LifecycleError};
 use crate::notify::events::Kind;
@@ -70,7 +70,8 @@ impl OlderThan {
         ))
     }
 
-    fn text(&self) -> String {
+    /// As given on the command line.
+    pub fn text(&self) -> String {
         match self {
             OlderThan::Date(d) => d.to_string(),
             OlderThan::Interval(i) => i.clone(),
@@ -149,7 +150,9 @@ async fn hypertable(client: &impl tokio_postgres::GenericClient) -> Result<bool,
         .get(0))
 }
 
-/// Drops everything before `cut` inside `tx` (see the module doc).
+/// Drops everything before `cut` inside `tx` (see the module doc), step by
+/// step: the per-file counts first (they are read from the trips that go),
+/// then the trips, the weekly rollups, the cell points, and the record.
 pub async fn retain_in(
     tx: &Transaction<'_>,
     cut: &Cutoff,
@@ -159,6 +162,29 @@ pub async fn retain_in(
     let start = Instant::now();
     crate::lifecycle::lock(tx).await?;
     let mut done = Retained::default();
+    let (trips, emptied) = subtract_region_source(tx, cut).await?;
+    done.trips = trips;
+    done.rollup_rows_deleted += emptied;
+    done.chunks = drop_trips(tx, cut).await?;
+    done.rollup_rows_deleted += drop_region_weeks(tx, cut).await?;
+    let (deleted, cut_rows) = cut_cell_weeks(tx, cut).await?;
+    done.rollup_rows_deleted += deleted;
+    done.rollup_rows_cut += cut_rows;
+    let (deleted, cut_rows) = cut_cell_points(tx, cut.week).await?;
+    done.rollup_rows_deleted += deleted;
+    done.rollup_rows_cut += cut_rows;
+    record(tx, cut, by, asked, &done, start).await?;
+    Ok(done)
+}
+
+/// Subtracts the trips before the cut-off from `rollup_region_source`, per
+/// (file, region, datasource), counted from the trips that go (or from the
+/// compacted row of a compacted file), and deletes the rows left empty.
+/// Returns (trips that go, rows deleted).
+async fn subtract_region_source(
+    tx: &Transaction<'_>,
+    cut: &Cutoff,
+) -> Result<(u64, u64), LifecycleError> {
     // Before the trips go: their counts per (file, region, datasource).
     let row = tx
         .query_one(
@@ -186,14 +212,19 @@ pub async fn retain_in(
             keys - updated + negative
         )));
     }
-    done.trips = trips as u64;
-    done.rollup_rows_deleted += tx
+    let emptied = tx
         .execute("DELETE FROM rollup_region_source WHERE trips = 0", &[])
         .await
         .map_err(query_err("deleting emptied rollup_region_source rows"))?;
+    Ok((trips as u64, emptied))
+}
 
-    let deleted = if hypertable(tx).await? {
-        done.chunks = tx
+/// Deletes the trips before the cut-off; on TimescaleDB whole chunks go
+/// with `drop_chunks` first. Returns the number of chunks dropped.
+async fn drop_trips(tx: &Transaction<'_>, cut: &Cutoff) -> Result<u64, LifecycleError> {
+    let mut chunks = 0;
+    if hypertable(tx).await? {
+        chunks = tx
             .query_one(
                 "SELECT count(*) FROM drop_chunks('trips', older_than => $1::timestamptz)",
                 &[&cut.at],
@@ -201,23 +232,18 @@ pub async fn retain_in(
             .await
             .map_err(query_err("dropping whole chunks before the cut-off"))?
             .get::<_, i64>(0) as u64;
-        tx.execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
-            .await
-            .map_err(query_err(
-                "deleting the trips before the cut-off in its chunk",
-            ))?
-    } else {
-        tx.execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
-            .await
-            .map_err(query_err("deleting the trips before the cut-off"))?
-    };
-    tracing::debug!(
-        "retain: {} trips in {} whole chunks, {deleted} deleted",
-        trips as u64 - deleted,
-        done.chunks
-    );
+    }
+    let deleted = tx
+        .execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
+        .await
+        .map_err(query_err("deleting the trips before the cut-off"))?;
+    tracing::debug!("retain: {chunks} whole chunks dropped, {deleted} trips deleted");
+    Ok(chunks)
+}
 
-    done.rollup_rows_deleted += tx
+/// Deletes the rows of the dropped weeks from `rollup_region_week`.
+async fn drop_region_weeks(tx: &Transaction<'_>, cut: &Cutoff) -> Result<u64, LifecycleError> {
+    Ok(tx
         .execute(
             "DELETE FROM rollup_region_week WHERE week < date '1970-01-01' + $1::int4",
             &[&cut.week],
@@ -225,8 +251,13 @@ pub async fn retain_in(
         .await
         .map_err(query_err(
             "deleting the dropped weeks of rollup_region_week",
-        ))?;
-    done.rollup_rows_cut += tx
+        ))?)
+}
+
+/// Cuts the dropped weeks from the front of `rollup_cell_week`'s arrays and
+/// deletes the rows left empty. Returns (rows deleted, rows cut).
+async fn cut_cell_weeks(tx: &Transaction<'_>, cut: &Cutoff) -> Result<(u64, u64), LifecycleError> {
+    let cut_rows = tx
         .execute(
             "UPDATE rollup_cell_week SET (weeks, trips) =
                  (SELECT coalesce(array_agg(u.w ORDER BY u.i), '{}'), coalesce(array_agg(u.n ORDER BY u.i), '{}')
@@ -236,14 +267,23 @@ pub async fn retain_in(
         )
         .await
         .map_err(query_err("cutting the dropped weeks from rollup_cell_week"))?;
-    done.rollup_rows_deleted += tx
+    let deleted = tx
         .execute("DELETE FROM rollup_cell_week WHERE weeks[1] IS NULL", &[])
         .await
         .map_err(query_err("deleting emptied rollup_cell_week rows"))?;
-    let (deleted, cut_rows) = cut_cell_points(tx, cut.week).await?;
-    done.rollup_rows_deleted += deleted;
-    done.rollup_rows_cut += cut_rows;
+    Ok((deleted, cut_rows))
+}
 
+/// Records the run in `retention_runs` and as the event `retained`, in the
+/// same transaction.
+async fn record(
+    tx: &Transaction<'_>,
+    cut: &Cutoff,
+    by: &str,
+    asked: &str,
+    done: &Retained,
+    start: Instant,
+) -> Result<(), LifecycleError> {
     tx.execute(
         "INSERT INTO retention_runs (cut_off, asked, by, trips_dropped, chunks_dropped)
          VALUES ($1, $2, $3, $4, $5)",
@@ -272,7 +312,7 @@ pub async fn retain_in(
         ),
     )
     .await?;
-    Ok(done)
+    Ok(())
 }
 
 /// Deletes the cell point rows wholly before week `week` and cuts the
@@ -302,21 +342,8 @@ async fn cut_cell_points(tx: &Transaction<'_>, week: i32) -> Result<(u64, u64), 
     let mut out = Vec::new();
     let mut pts: Vec<Pt> = Vec::new();
     for r in &rows {
-        let (weeks, ends): (Vec<i32>, Vec<i32>) = (r.get(4), r.get(5));
         pts.clear();
-        points::decode_row(
-            StoredRow {
-                side: r.get::<_, i8>(1) as u8,
-                ix: r.get(2),
-                iy: r.get(3),
-                weeks: &weeks,
-                ends: &ends,
-                lons: r.get(6),
-                lats_sorted: r.get(7),
-                lat_pos: r.get(8),
-            },
-            &mut pts,
-        )?;
+        compact::decode_returned(r, 1, &mut pts)?;
         // A row's points are in row order (week, longitude, latitude): the
         // kept ones still are, and fit one row.
         pts.retain(|p| p.week >= week);
@@ -398,6 +425,32 @@ pub async fn command(conninfo: &str, older: &OlderThan, dry_run: bool) -> u8 {
             crate::exit::EXIT_FILES_FAILED
         }
     }
+}
+
+/// One run of a retention policy (`watch --retain`): drops what is older
+/// than `older` when there is anything to drop; returns the summary line,
+/// or `None` when nothing was older (no transaction, no event).
+pub async fn apply(conninfo: &str, older: &OlderThan) -> Result<Option<String>, LifecycleError> {
+    let mut client = crate::db::connect(conninfo).await?;
+    let cut = cutoff(&client, older).await?;
+    let any: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM trips WHERE datetime < $1)",
+            &[&cut.at],
+        )
+        .await
+        .map_err(query_err("looking for trips before the cut-off"))?
+        .get(0);
+    if !any {
+        return Ok(None);
+    }
+    let r = retain(&mut client, &cut, &older.text()).await?;
+    Ok(Some(format!(
+        "retention: dropped {} trips before {} ({} whole chunks)",
+        r.trips,
+        cut.at.format("%Y-%m-%d"),
+        r.chunks
+    )))
 }
 
 /// Drops everything before `cut` in a transaction of its own.

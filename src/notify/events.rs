@@ -94,6 +94,15 @@ pub struct Event {
     pub seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a failed file, where known: the line of the file the failure
+    /// points at, the column (a field's name or a character position) and
+    /// the server's SQLSTATE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
 }
 
 impl Event {
@@ -112,6 +121,9 @@ impl Event {
             rows_rejected: None,
             seconds: None,
             reason: None,
+            line: None,
+            column: None,
+            sqlstate: None,
         }
     }
 }
@@ -168,95 +180,8 @@ impl Publisher {
         conninfo: String,
         client: tokio_postgres::Client,
     ) -> (Publisher, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        let mut client = Some(client);
-        let task = tokio::spawn(async move {
-            let sql = format!(
-                "WITH e AS (INSERT INTO ingestion_events (kind, file_name, payload)
-                            VALUES ($1, $2, $3::text::jsonb) RETURNING id, payload)
-                 SELECT pg_notify('{CHANNEL}', (payload || jsonb_build_object('id', id))::text) FROM e"
-            );
-            // Events wait here while the database is away and go out in order
-            // when it returns (bounded: the oldest are dropped, with a warning).
-            let mut backlog: VecDeque<(Kind, String, String)> = VecDeque::new();
-            let mut flushes: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
-            let mut open = true;
-            let mut final_tries = 0;
-            while open || !backlog.is_empty() || !flushes.is_empty() {
-                tokio::select! {
-                    e = rx.recv(), if open => match e {
-                        Some(Msg::Event(e)) => {
-                            if let Some(item) = prepare(*e) {
-                                backlog.push_back(item);
-                            }
-                        }
-                        Some(Msg::Flush(ack)) => flushes.push(ack),
-                        None => open = false,
-                    },
-                    _ = tokio::time::sleep(RETRY_EVERY), if !backlog.is_empty() => {}
-                }
-                if backlog.len() > MAX_BACKLOG {
-                    let n = backlog.len() - MAX_BACKLOG;
-                    backlog.drain(..n);
-                    tracing::warn!("dropped {n} undelivered events (database away too long)");
-                }
-                while let Some((kind, file, payload)) = backlog.front() {
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = crate::db::connect(&conninfo).await.ok();
-                    }
-                    let sent = match client.as_ref() {
-                        Some(c) => c
-                            .execute(&sql, &[&kind.as_str(), file, payload])
-                            .await
-                            .map_err(|e| {
-                                (
-                                    crate::db::fault(&e),
-                                    crate::db::explain("storing the event", &e),
-                                )
-                            }),
-                        None => Err((
-                            crate::db::Fault::Environment,
-                            "database unreachable".to_string(),
-                        )),
-                    };
-                    match sent {
-                        Ok(_) => {
-                            backlog.pop_front();
-                        }
-                        // The event itself is refused (e.g. a file name the
-                        // database's encoding cannot hold): retrying cannot help.
-                        Err((crate::db::Fault::Data, err)) => {
-                            tracing::warn!("dropped the {} event for {file}: {err}", kind.as_str());
-                            backlog.pop_front();
-                        }
-                        Err((crate::db::Fault::Environment, err)) => {
-                            tracing::warn!(
-                                "cannot publish {} event for {file} yet ({err}); {} waiting",
-                                kind.as_str(),
-                                backlog.len()
-                            );
-                            break;
-                        }
-                    }
-                }
-                if backlog.is_empty() {
-                    for ack in flushes.drain(..) {
-                        let _ = ack.send(());
-                    }
-                }
-                if !open && !backlog.is_empty() {
-                    // The run is over: a few more tries, then say what is lost.
-                    final_tries += 1;
-                    if client.is_none() || final_tries > 3 {
-                        tracing::warn!(
-                            "{} events could not be stored in ingestion_events",
-                            backlog.len()
-                        );
-                        break;
-                    }
-                }
-            }
-        });
+        let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        let task = tokio::spawn(Store::new(conninfo, client).run(rx));
         (Publisher { tx: Some(tx) }, task)
     }
 
@@ -313,6 +238,124 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// The background side of a [`Publisher`]: stores events in order, keeps
+/// them while the database is away (bounded: the oldest are dropped, with a
+/// warning), and acknowledges flushes once everything before them is stored.
+struct Store {
+    conninfo: String,
+    client: Option<tokio_postgres::Client>,
+    sql: String,
+    backlog: VecDeque<(Kind, String, String)>,
+}
+
+impl Store {
+    fn new(conninfo: String, client: tokio_postgres::Client) -> Store {
+        Store {
+            conninfo,
+            client: Some(client),
+            sql: format!(
+                "WITH e AS (INSERT INTO ingestion_events (kind, file_name, payload)
+                            VALUES ($1, $2, $3::text::jsonb) RETURNING id, payload)
+                 SELECT pg_notify('{CHANNEL}', (payload || jsonb_build_object('id', id))::text) FROM e"
+            ),
+            backlog: VecDeque::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut flushes: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
+        let mut open = true;
+        let mut final_tries = 0;
+        while open || !self.backlog.is_empty() || !flushes.is_empty() {
+            tokio::select! {
+                e = rx.recv(), if open => match e {
+                    Some(Msg::Event(e)) => self.backlog.extend(prepare(*e)),
+                    Some(Msg::Flush(ack)) => flushes.push(ack),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep(RETRY_EVERY), if !self.backlog.is_empty() => {}
+            }
+            self.bound();
+            self.send_in_order().await;
+            if self.backlog.is_empty() {
+                for ack in flushes.drain(..) {
+                    let _ = ack.send(());
+                }
+            }
+            if !open && !self.backlog.is_empty() {
+                // The run is over: a few more tries, then say what is lost.
+                final_tries += 1;
+                if self.client.is_none() || final_tries > 3 {
+                    tracing::warn!(
+                        "{} events could not be stored in ingestion_events",
+                        self.backlog.len()
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Drops the oldest events beyond [`MAX_BACKLOG`].
+    fn bound(&mut self) {
+        if self.backlog.len() > MAX_BACKLOG {
+            let n = self.backlog.len() - MAX_BACKLOG;
+            self.backlog.drain(..n);
+            tracing::warn!("dropped {n} undelivered events (database away too long)");
+        }
+    }
+
+    /// Stores the waiting events in order, until the database fails.
+    async fn send_in_order(&mut self) {
+        while let Some((kind, file, payload)) = self.backlog.front().cloned() {
+            match self.store(kind, &file, &payload).await {
+                Ok(()) => {}
+                // The event itself is refused (e.g. a file name the
+                // database's encoding cannot hold): retrying cannot help.
+                Err((crate::db::Fault::Data, err)) => {
+                    tracing::warn!("dropped the {} event for {file}: {err}", kind.as_str());
+                }
+                Err((crate::db::Fault::Environment, err)) => {
+                    tracing::warn!(
+                        "cannot publish {} event for {file} yet ({err}); {} waiting",
+                        kind.as_str(),
+                        self.backlog.len()
+                    );
+                    return;
+                }
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Stores one event, reconnecting first when the connection was lost.
+    async fn store(
+        &mut self,
+        kind: Kind,
+        file: &str,
+        payload: &str,
+    ) -> Result<(), (crate::db::Fault, String)> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = crate::db::connect(&self.conninfo).await.ok();
+        }
+        let Some(c) = self.client.as_ref() else {
+            return Err((
+                crate::db::Fault::Environment,
+                "database unreachable".to_string(),
+            ));
+        };
+        c.execute(&self.sql, &[&kind.as_str(), &file, &payload])
+            .await
+            .map(drop)
+            .map_err(|e| {
+                (
+                    crate::db::fault(&e),
+                    crate::db::explain("storing the event", &e),
+                )
+            })
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! (`<file>.report.txt`), and a mail server that is down or refuses us is
 //! logged and retried, never failing or blocking a load.
 
+use crate::notify::mail_html::{first_rejects, rejected, Meta, SHOWN_REJECTS};
 use crate::notify::report::{FileReport, Status};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -17,6 +18,9 @@ pub struct MailConfig {
     pub from: String,
     /// `--smtp-allow-plaintext`: a password may cross the network unencrypted.
     pub allow_plaintext: bool,
+    /// `--dashboard-url`: the dashboard's base URL (checked, without a
+    /// trailing `/`); each file in a report links to `URL/#file=NAME`.
+    pub dashboard_url: Option<String>,
 }
 
 /// How the mail transport is encrypted.
@@ -187,7 +191,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// `[tripload] 3 files loaded, 1 failed`.
+fn lines(n: u64) -> String {
+    format!("{n} {}", if n == 1 { "line" } else { "lines" })
+}
+
+/// `[tripload] 3 files loaded (2 lines rejected), 1 failed (7 lines
+/// rejected)`: each rejected count belongs to its group of files.
 pub fn subject(reports: &[FileReport]) -> String {
     let loaded = reports
         .iter()
@@ -198,19 +207,50 @@ pub fn subject(reports: &[FileReport]) -> String {
         .filter(|r| matches!(r.status, Status::AlreadyLoaded { .. }))
         .count();
     let failed = reports.len() - loaded - skipped;
+    let rej = rejected(reports);
     let files = |n: usize| if n == 1 { "file" } else { "files" };
     let mut s = format!("[tripload] {loaded} {} loaded", files(loaded));
+    if rej.committed > 0 {
+        s.push_str(&format!(" ({} rejected)", lines(rej.committed)));
+    }
     if failed > 0 {
         s.push_str(&format!(", {failed} failed"));
+        if rej.rolled_back > 0 {
+            s.push_str(&format!(" ({} rejected)", lines(rej.rolled_back)));
+        }
     }
     if skipped > 0 {
         s.push_str(&format!(", {skipped} already loaded"));
     }
-    let rejected: u64 = reports.iter().map(|r| r.rows_rejected).sum();
-    if rejected > 0 {
-        s.push_str(&format!(", {rejected} lines rejected"));
-    }
     s
+}
+
+/// This host, now, and the configured dashboard.
+fn meta_now(cfg: &MailConfig) -> Meta {
+    Meta {
+        host: crate::notify::events::hostname(),
+        at: chrono::Utc::now()
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
+        dashboard_url: cfg.dashboard_url.clone(),
+    }
+}
+
+/// The dashboard URL as given to `--dashboard-url`, checked: `http(s)://`,
+/// no spaces, control characters or fragment; without a trailing `/`.
+pub fn check_dashboard_url(url: &str) -> Result<String, String> {
+    let u = url.trim().trim_end_matches('/');
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !u.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') => {
+            Ok(u.to_string())
+        }
+        _ => Err(format!(
+            "--dashboard-url {url:?}: expected the dashboard's address, e.g. http://tripload.example:8080 (http or https, no #fragment)"
+        )),
+    }
 }
 
 fn status_text(r: &FileReport) -> String {
@@ -227,29 +267,6 @@ fn status_text(r: &FileReport) -> String {
         Status::Refused { reason } => format!("REFUSED: {reason}"),
     }
 }
-
-/// The first few rejects (line, column, reason) from the rejects file.
-fn first_rejects(r: &FileReport, n: usize) -> Vec<(String, String, String)> {
-    let Some(path) = &r.rejects_file else {
-        return Vec::new();
-    };
-    let Ok(mut rdr) = csv::Reader::from_path(path) else {
-        return Vec::new();
-    };
-    rdr.records()
-        .filter_map(|r| r.ok())
-        .take(n)
-        .map(|rec| {
-            (
-                rec.get(1).unwrap_or("").to_string(),
-                rec.get(2).unwrap_or("").to_string(),
-                rec.get(3).unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
-const SHOWN_REJECTS: usize = 5;
 
 /// Plain-text body for one file.
 pub fn file_text(r: &FileReport) -> String {
@@ -287,73 +304,38 @@ pub fn file_text(r: &FileReport) -> String {
     s
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-fn html(reports: &[FileReport]) -> String {
-    let mut h = format!(
-        "<html><body><h2>{}</h2><table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\
-         <tr><th>file</th><th>status</th><th>rows loaded</th><th>lines rejected</th><th>seconds</th><th>rows/s</th></tr>",
-        esc(&subject(reports))
-    );
-    for r in reports {
-        let name = r
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        h.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.0}</td></tr>",
-            esc(&name),
-            esc(&status_text(r)),
-            r.rows_loaded,
-            r.rows_rejected,
-            r.seconds,
-            r.rows_per_second()
-        ));
+/// Plain-text body for a set of files: who and when, each file, the totals.
+pub fn text(reports: &[FileReport], meta: &Meta) -> String {
+    let mut s = format!("{}\nloader {}, {}\n", subject(reports), meta.host, meta.at);
+    if let Some(u) = &meta.dashboard_url {
+        s.push_str(&format!("dashboard: {u}/\n"));
     }
-    h.push_str("</table>");
-    for r in reports.iter().filter(|r| r.rows_rejected > 0) {
-        let name = r
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        h.push_str(&format!("<h3>Rejects in {}</h3><ul>", esc(&name)));
-        for (line, col, reason) in first_rejects(r, SHOWN_REJECTS) {
-            h.push_str(&format!(
-                "<li>line {}{}: {}</li>",
-                esc(&line),
-                if col.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", esc(&col))
-                },
-                esc(&reason)
-            ));
-        }
-        h.push_str("</ul>");
-        if let Some(p) = &r.rejects_file {
-            h.push_str(&format!(
-                "<p>All rejects: {}</p>",
-                esc(&p.display().to_string())
-            ));
-        }
-    }
-    h.push_str("</body></html>");
-    h
-}
-
-/// Plain-text body for a set of files.
-pub fn text(reports: &[FileReport]) -> String {
-    let mut s = format!("{}\n\n", subject(reports));
+    s.push('\n');
     for r in reports {
         s.push_str(&file_text(r));
+        let name = r.path.file_name().map(|n| n.to_string_lossy());
+        if let Some(link) = name.and_then(|n| meta.file_link(&n)) {
+            s.push_str(&format!("  on the dashboard: {link}\n"));
+        }
         s.push('\n');
     }
+    let rej = rejected(reports);
+    let loaded: u64 = reports
+        .iter()
+        .filter(|r| r.status == Status::Loaded)
+        .map(|r| r.rows_loaded)
+        .sum();
+    s.push_str(&format!(
+        "total: {loaded} rows loaded, {} rejected in loaded files",
+        lines(rej.committed)
+    ));
+    if rej.rolled_back > 0 {
+        s.push_str(&format!(
+            "; {} rejected in failed files (rolled back with them)",
+            lines(rej.rolled_back)
+        ));
+    }
+    s.push('\n');
     s
 }
 
@@ -376,7 +358,9 @@ pub fn message(cfg: &MailConfig, reports: &[FileReport]) -> Result<Message, Mail
         .map_err(|e: lettre::address::AddressError| {
             MailError::Address(cfg.from.clone(), e.to_string())
         })?;
-    let mut b = Message::builder().from(from).subject(subject(reports));
+    let subject = subject(reports);
+    let meta = meta_now(cfg);
+    let mut b = Message::builder().from(from).subject(subject.clone());
     for to in &cfg.to {
         b = b.to(to.parse().map_err(|e: lettre::address::AddressError| {
             MailError::Address(to.clone(), e.to_string())
@@ -387,12 +371,12 @@ pub fn message(cfg: &MailConfig, reports: &[FileReport]) -> Result<Message, Mail
             .singlepart(
                 SinglePart::builder()
                     .header(ContentType::TEXT_PLAIN)
-                    .body(text(reports)),
+                    .body(text(reports, &meta)),
             )
             .singlepart(
                 SinglePart::builder()
                     .header(ContentType::TEXT_HTML)
-                    .body(html(reports)),
+                    .body(crate::notify::mail_html::render(&subject, reports, &meta)),
             ),
     )
     .map_err(|e| MailError::Build(e.to_string()))
@@ -443,6 +427,7 @@ pub async fn deliver(cfg: &MailConfig, reports: &[FileReport]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::mail_html::Rejected;
 
     fn report(status: Status) -> FileReport {
         FileReport {
@@ -456,6 +441,7 @@ mod tests {
             seconds: 1.0,
             now_at: None,
             rejects_file: None,
+            failed_at: Default::default(),
         }
     }
 
@@ -471,12 +457,67 @@ mod tests {
     }
 
     #[test]
+    fn rejected_lines_of_failed_files_are_counted_apart() {
+        let rejecting = |status, n| FileReport {
+            rows_rejected: n,
+            ..report(status)
+        };
+        let rs = vec![
+            rejecting(Status::Loaded, 1),
+            rejecting(Status::Loaded, 2),
+            rejecting(Status::Failed { reason: "x".into() }, 7),
+        ];
+        assert_eq!(
+            rejected(&rs),
+            Rejected {
+                committed: 3,
+                rolled_back: 7
+            }
+        );
+        assert_eq!(
+            subject(&rs),
+            "[tripload] 2 files loaded (3 lines rejected), 1 failed (7 lines rejected)"
+        );
+        assert_eq!(
+            subject(&rs[2..]),
+            "[tripload] 0 files loaded, 1 failed (7 lines rejected)"
+        );
+        assert_eq!(
+            subject(&rs[..1]),
+            "[tripload] 1 file loaded (1 line rejected)"
+        );
+    }
+
+    #[test]
+    fn dashboard_links_encode_the_name() {
+        let meta = Meta {
+            host: "h".into(),
+            at: "t".into(),
+            dashboard_url: Some(check_dashboard_url("https://dash.example:8080/").unwrap()),
+        };
+        assert_eq!(
+            meta.file_link("a b<script>&#x.csv").unwrap(),
+            "https://dash.example:8080/#file=a%20b%3Cscript%3E%26%23x.csv"
+        );
+        for bad in [
+            "dash.example",
+            "ftp://x",
+            "http://",
+            "http://a b",
+            "http://x/#y",
+        ] {
+            assert!(check_dashboard_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn server_hides_credentials() {
         let c = MailConfig {
             smtp_url: "smtp://bob:secret@mail.example:2525".into(),
             to: vec!["ops@example.com".into()],
             from: "tripload@example.com".into(),
             allow_plaintext: false,
+            dashboard_url: None,
         };
         assert_eq!(c.server(), "mail.example:2525");
         assert!(c.check().is_ok());
@@ -488,6 +529,7 @@ mod tests {
             to: vec!["ops@example.com".into()],
             from: "tripload@example.com".into(),
             allow_plaintext,
+            dashboard_url: None,
         }
     }
 

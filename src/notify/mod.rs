@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod mail;
+pub mod mail_html;
 pub mod report;
 pub mod sidecar;
 pub mod status;

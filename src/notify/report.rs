@@ -43,6 +43,18 @@ pub struct FileReport {
     /// Where the file is now (archived path, or where it was left).
     pub now_at: Option<PathBuf>,
     pub rejects_file: Option<PathBuf>,
+    /// Where a failure points (all absent for a loaded file, or unknown).
+    pub failed_at: FailedAt,
+}
+
+/// Where a file's failure points, as fields: the physical line and column
+/// (a field's name, or a character position for a framing error) in the
+/// file, and the server's SQLSTATE for an error the database raised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailedAt {
+    pub line: Option<u64>,
+    pub column: Option<String>,
+    pub sqlstate: Option<String>,
 }
 
 impl FileReport {

@@ -73,10 +73,12 @@ impl Params {
             })
     }
 
+    /// A date exactly `YYYY-MM-DD` (OpenAPI's `format: date`; chrono alone
+    /// would also take `2018-5-1` or `+2018-05-01`).
     fn date(&self, k: &str) -> Result<Option<chrono::NaiveDate>, ApiError> {
         self.get(k)
             .map(|s| {
-                chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+                full_date(s).ok_or_else(|| {
                     ApiError::BadRequest(format!("{k}={s:?}: expected a date YYYY-MM-DD"))
                 })
             })
@@ -108,12 +110,28 @@ impl Params {
     fn region(&self) -> Result<Option<String>, ApiError> {
         match self.get("region") {
             None => Ok(None),
-            Some(r) if r.is_empty() || r.len() > 1000 || r.contains('\0') => Err(
+            Some(r) if r.is_empty() || r.chars().count() > 1000 || r.contains('\0') => Err(
                 ApiError::BadRequest(format!("region={r:?}: expected a region name")),
             ),
             Some(r) => Ok(Some(r.to_string())),
         }
     }
+}
+
+/// `YYYY-MM-DD`, four-digit year, two-digit month and day, a real date.
+fn full_date(s: &str) -> Option<chrono::NaiveDate> {
+    let b = s.as_bytes();
+    let shape = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    shape
+        .then(|| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+        .flatten()
 }
 
 pub const WEEKLY_PARAMS: &[&str] = &["region", "bbox", "by", "from", "to"];
@@ -311,4 +329,27 @@ pub async fn healthz(State(state): State<Shared>) -> Result<Json<Value>, ApiErro
         .await
         .map_err(query_err("checking the database"))?;
     Ok(Json(serde_json::json!({ "status": "ok" })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::full_date;
+
+    #[test]
+    fn dates_are_exactly_yyyy_mm_dd() {
+        assert_eq!(
+            full_date("2018-05-01"),
+            chrono::NaiveDate::from_ymd_opt(2018, 5, 1)
+        );
+        for bad in [
+            "2018-5-1",
+            "+2018-05-01",
+            "2018-02-30",
+            "20180501",
+            " 2018-05-01",
+            "2018-05-01 ",
+        ] {
+            assert_eq!(full_date(bad), None, "{bad}");
+        }
+    }
 }

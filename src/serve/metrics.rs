@@ -90,8 +90,34 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, v: i64) {
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<Shared>) -> Result<impl IntoResponse, ApiError> {
+    let counts = read_counts(&state).await?;
+    let mut registry = Registry::default();
+    register_files(&mut registry, &counts);
+    register_process(&mut registry, &state, counts.events_stored);
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &registry)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    Ok((
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    ))
+}
+
+/// What the metrics are made of, read in one borrowed connection.
+struct Counts {
+    /// The ledger's totals ([`ledger_sql`]).
+    ledger: tokio_postgres::Row,
+    /// Files by event kind (failed, skipped, …).
+    kinds: Vec<(String, i64)>,
+    events_stored: i64,
+}
+
+async fn read_counts(state: &Shared) -> Result<Counts, ApiError> {
     let client = state.client().await?;
-    let l = client
+    let ledger = client
         .query_one(&ledger_sql(), &[])
         .await
         .map_err(query_err("reading the ledger for metrics"))?;
@@ -103,23 +129,33 @@ pub async fn metrics(State(state): State<Shared>) -> Result<impl IntoResponse, A
             &[],
         )
         .await
-        .map_err(query_err("reading ingestion events for metrics"))?;
-    let stored: i64 = client
+        .map_err(query_err("reading ingestion events for metrics"))?
+        .iter()
+        .map(|k| (k.get(0), k.get(1)))
+        .collect();
+    let events_stored = client
         .query_one("SELECT count(*) FROM ingestion_events", &[])
         .await
         .map_err(query_err("reading ingestion events for metrics"))?
         .get(0);
-    drop(client);
+    Ok(Counts {
+        ledger,
+        kinds,
+        events_stored,
+    })
+}
 
-    let mut registry = Registry::default();
+/// Files by outcome, rows, bytes, the last commit and the load durations.
+fn register_files(registry: &mut Registry, c: &Counts) {
+    let l = &c.ledger;
     let files = Family::<Vec<(String, String)>, Gauge>::default();
     files
         .get_or_create(&vec![("status".into(), "committed".into())])
         .set(l.get(0));
-    for k in &kinds {
+    for (kind, n) in &c.kinds {
         files
-            .get_or_create(&vec![("status".into(), k.get::<_, String>(0))])
-            .set(k.get(1));
+            .get_or_create(&vec![("status".into(), kind.clone())])
+            .set(*n);
     }
     registry.register(
         "tripload_files",
@@ -127,19 +163,19 @@ pub async fn metrics(State(state): State<Shared>) -> Result<impl IntoResponse, A
         files,
     );
     gauge(
-        &mut registry,
+        registry,
         "tripload_rows_loaded",
         "Rows loaded by committed files",
         l.get(1),
     );
     gauge(
-        &mut registry,
+        registry,
         "tripload_rows_rejected",
         "Rows rejected in committed files",
         l.get(2),
     );
     gauge(
-        &mut registry,
+        registry,
         "tripload_bytes_loaded",
         "Bytes of committed files",
         l.get(3),
@@ -162,34 +198,28 @@ pub async fn metrics(State(state): State<Shared>) -> Result<impl IntoResponse, A
             buckets: per_bucket(&cumulative, total),
         },
     );
+}
+
+/// The events backlog, the landing directory and this server's streams.
+fn register_process(registry: &mut Registry, state: &Shared, events_stored: i64) {
     gauge(
-        &mut registry,
+        registry,
         "tripload_events_stored",
         "Rows in ingestion_events",
-        stored,
+        events_stored,
     );
     gauge(
-        &mut registry,
+        registry,
         "tripload_landing_files",
         "Files waiting in the landing directory",
         landing_files(&state.cfg.landing),
     );
     gauge(
-        &mut registry,
+        registry,
         "tripload_serve_event_streams",
         "Event streams open now",
         (state.cfg.max_streams.max(1) - state.streams.available_permits()) as i64,
     );
-    let mut body = String::new();
-    prometheus_client::encoding::text::encode(&mut body, &registry)
-        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
-    Ok((
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    ))
 }
 
 #[cfg(test)]

@@ -87,6 +87,28 @@ pub struct CellsDoc {
     pub cells: Vec<Vec<i64>>,
 }
 
+/// Which end of a trip places it in a bounding box.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ByDoc {
+    Origin,
+    Destination,
+    Both,
+}
+
+/// Which end of a trip counts in a cell.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum SideDoc {
+    Origin,
+    Destination,
+}
+
+/// A CSV file's bytes, as they are.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct CsvDoc(Vec<u8>);
+
 #[derive(ToSchema)]
 pub struct HealthDoc {
     pub status: String,
@@ -110,11 +132,11 @@ pub struct IngestDoc {
 #[utoipa::path(get, path = "/api/weekly", tag = "analytics",
     description = "Per-week trip counts and the weekly average for a region or a bounding box (one of them).",
     params(
-        ("region" = Option<String>, Query, description = "Region name"),
-        ("bbox" = Option<String>, Query, description = "MINLON,MINLAT,MAXLON,MAXLAT (WGS84, edges inclusive)"),
-        ("by" = Option<String>, Query, description = "origin (default), destination or both"),
-        ("from" = Option<String>, Query, description = "First day of the window, YYYY-MM-DD"),
-        ("to" = Option<String>, Query, description = "Last day of the window, YYYY-MM-DD"),
+        ("region" = Option<String>, Query, description = "Region name (one of region and bbox)", min_length = 1, max_length = 1000, example = "Prague"),
+        ("bbox" = Option<String>, Query, description = "MINLON,MINLAT,MAXLON,MAXLAT (WGS84, edges inclusive; MIN <= MAX)", pattern = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*(,\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*){3}$", example = "14.2,49.9,14.8,50.2"),
+        ("by" = Option<ByDoc>, Query, description = "origin (default), destination or both"),
+        ("from" = Option<chrono::NaiveDate>, Query, description = "First day of the window, YYYY-MM-DD"),
+        ("to" = Option<chrono::NaiveDate>, Query, description = "Last day of the window, YYYY-MM-DD (not before from)"),
     ),
     responses(
         (status = 200, body = WeeklyDoc),
@@ -127,12 +149,12 @@ fn weekly() {}
 #[utoipa::path(get, path = "/api/groups", tag = "analytics",
     description = "Trip groups (same region, origin cell, destination cell, time-of-day bucket), largest first.",
     params(
-        ("region" = Option<String>, Query, description = "Only trips of this region"),
-        ("bbox" = Option<String>, Query, description = "MINLON,MINLAT,MAXLON,MAXLAT"),
-        ("by" = Option<String>, Query, description = "origin (default), destination or both"),
-        ("cell_deg" = Option<f64>, Query, description = "Cell size in degrees (default: the database grid)"),
-        ("bucket_minutes" = Option<i32>, Query, description = "Time-of-day bucket, 1 to 1440 (default 60)"),
-        ("top" = Option<i32>, Query, description = "Groups to list, 1 to 10000 (default 20)"),
+        ("region" = Option<String>, Query, description = "Only trips of this region", min_length = 1, max_length = 1000, example = "Prague"),
+        ("bbox" = Option<String>, Query, description = "MINLON,MINLAT,MAXLON,MAXLAT (MIN <= MAX)", pattern = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*(,\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*){3}$", example = "14.2,49.9,14.8,50.2"),
+        ("by" = Option<ByDoc>, Query, description = "origin (default), destination or both"),
+        ("cell_deg" = Option<f64>, Query, description = "Cell size in degrees (default: the database grid)", exclusive_minimum = 0, maximum = 180),
+        ("bucket_minutes" = Option<i32>, Query, description = "Time-of-day bucket, 1 to 1440 (default 60)", minimum = 1, maximum = 1440),
+        ("top" = Option<i32>, Query, description = "Groups to list, 1 to 10000 (default 20)", minimum = 1, maximum = 10000),
     ),
     responses(
         (status = 200, body = GroupsDoc),
@@ -144,7 +166,7 @@ fn groups() {}
 
 #[utoipa::path(get, path = "/api/files", tag = "ingestion",
     description = "Committed files from the ledger, newest first.",
-    params(("limit" = Option<i64>, Query, description = "1 to 1000 (default 50)")),
+    params(("limit" = Option<i64>, Query, description = "1 to 1000 (default 50)", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, body = FilesDoc),
         (status = 400, body = ErrorDoc),
@@ -156,9 +178,9 @@ fn files() {}
 #[utoipa::path(get, path = "/api/cells", tag = "analytics",
     description = "Trips per grid cell from the cell/week rollup (origins or destinations) in a window.",
     params(
-        ("by" = Option<String>, Query, description = "origin (default) or destination"),
-        ("from" = Option<String>, Query, description = "YYYY-MM-DD"),
-        ("to" = Option<String>, Query, description = "YYYY-MM-DD"),
+        ("by" = Option<SideDoc>, Query, description = "origin (default) or destination"),
+        ("from" = Option<chrono::NaiveDate>, Query, description = "YYYY-MM-DD"),
+        ("to" = Option<chrono::NaiveDate>, Query, description = "YYYY-MM-DD (not before from)"),
     ),
     responses(
         (status = 200, body = CellsDoc),
@@ -172,8 +194,8 @@ fn cells() {}
     description = "Server-Sent Events: `id:` is the ingestion_events id, `data:` the v1 event payload. \
                    Resumes after the `Last-Event-ID` header (or `after`); otherwise starts with the last `catch_up` events.",
     params(
-        ("catch_up" = Option<i64>, Query, description = "Past events sent first, 0 to 10000 (default 20)"),
-        ("after" = Option<i64>, Query, description = "Resume after this event id (as Last-Event-ID)"),
+        ("catch_up" = Option<i64>, Query, description = "Past events sent first, 0 to 10000 (default 20)", minimum = 0, maximum = 10000),
+        ("after" = Option<i64>, Query, description = "Resume after this event id (as Last-Event-ID)", minimum = 0),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
     ),
     responses(
@@ -186,13 +208,15 @@ fn events() {}
 
 #[utoipa::path(put, path = "/api/landing/{name}", tag = "ingestion",
     description = "Streams the body into the landing directory under a temporary name and renames it into place when complete. Needs --allow-upload.",
-    params(("name" = String, Path, description = "File name: letters, digits, '.', '_', '-'; no leading dot")),
-    request_body(content = String, content_type = "text/csv"),
+    params(("name" = String, Path, description = "File name: letters, digits, '.', '_', '-'; no leading dot, no '..'; \
+        not ending in .part, .tmp, .rejects.csv or .error.txt", pattern = r"^(?!.*\.\.)(?!.*\.(part|tmp|rejects\.csv|error\.txt)$)[A-Za-z0-9_-][A-Za-z0-9._-]*$", max_length = 200, example = "trips-2018-05.csv")),
+    request_body(content = CsvDoc, content_type = "text/csv", description = "The file's bytes (not empty)"),
     responses(
         (status = 202, body = UploadDoc),
-        (status = 400, body = ErrorDoc),
+        (status = 400, body = ErrorDoc, description = "A name not allowed, or an empty body"),
         (status = 401, body = ErrorDoc),
         (status = 403, body = ErrorDoc, description = "Uploads are off"),
+        (status = 404, description = "No file name in the path"),
         (status = 409, body = ErrorDoc, description = "A file of that name is waiting"),
         (status = 413, body = ErrorDoc, description = "Over the size limit"),
     ))]
@@ -209,6 +233,8 @@ fn landing() {}
 fn ingest() {}
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
+    description = "Whether the database answers; needs no token.",
+    security(()),
     responses((status = 200, body = HealthDoc), (status = 503, body = ErrorDoc)))]
 fn healthz() {}
 
@@ -222,6 +248,7 @@ fn metrics() {}
 #[openapi(
     info(title = "tripload", description = "Trip analytics and ingestion status over HTTP (`tripload serve`)."),
     paths(weekly, groups, files, cells, events, landing, ingest, healthz, metrics),
+    components(schemas(ByDoc, SideDoc)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]

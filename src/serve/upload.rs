@@ -133,6 +133,11 @@ pub async fn put_landing(
         tokio::task::block_in_place(|| file.write_all(&chunk))
             .map_err(|e| ApiError::Internal(format!("writing {}: {e}", temp.path.display())))?;
     }
+    if size == 0 {
+        return Err(ApiError::BadRequest(
+            "the upload is empty: send the file's bytes as the request body".into(),
+        ));
+    }
     tokio::task::block_in_place(|| file.sync_all())
         .map_err(|e| ApiError::Internal(format!("writing {}: {e}", temp.path.display())))?;
     drop(file);

@@ -7,15 +7,38 @@ const $ = (id) => document.getElementById(id);
 const fmt = new Intl.NumberFormat("en-US");
 const n = (v) => (v === null || v === undefined ? "" : fmt.format(v));
 
-// The token, when the server needs one: given once as /#token=..., kept for the tab.
+// The token, when the server needs one: given once as /#token=..., kept for
+// the tab (and taken out of the address bar).
 const token = (() => {
-  const m = location.hash.match(/token=([^&]+)/);
-  if (m) {
-    sessionStorage.setItem("tripload-token", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname);
+  const h = new URLSearchParams(location.hash.slice(1));
+  if (h.has("token")) {
+    sessionStorage.setItem("tripload-token", h.get("token"));
+    h.delete("token");
+    history.replaceState(null, "", location.pathname + (h.toString() ? "#" + h : ""));
   }
   return sessionStorage.getItem("tripload-token");
 })();
+
+// The file a link asks for (/#file=NAME, as the mailed reports link): its
+// rows are highlighted in every table.
+let focusFile = null;
+function readFocus() {
+  focusFile = new URLSearchParams(location.hash.slice(1)).get("file");
+  const note = $("focus-note");
+  note.hidden = !focusFile;
+  $("focus-name").textContent = focusFile || "";
+  markFocus(true);
+}
+
+function markFocus(scroll) {
+  let first = null;
+  for (const row of document.querySelectorAll("tr[data-file]")) {
+    const on = focusFile !== null && row.dataset.file === focusFile;
+    row.classList.toggle("focus", on);
+    if (on && !first) first = row;
+  }
+  if (scroll && first) first.scrollIntoView({ block: "center" });
+}
 
 function showError(msg) {
   const e = $("error");
@@ -75,6 +98,7 @@ function renderInflight(file) {
     td(eta === null ? "" : eta.toFixed(0) + " s", "num")
   );
   $("inflight-empty").hidden = inflight.size > 0;
+  markFocus(false);
 }
 
 function addOutcome(e) {
@@ -92,6 +116,7 @@ function addOutcome(e) {
   const body = $("outcomes").tBodies[0];
   body.insertBefore(row, body.firstChild);
   while (body.rows.length > 30) body.deleteRow(body.rows.length - 1);
+  markFocus(e.file === focusFile);
 }
 
 function onEvent(e) {
@@ -137,6 +162,7 @@ async function loadFiles() {
     const body = $("files").tBodies[0];
     body.replaceChildren(...files.map((f) => {
       const r = document.createElement("tr");
+      r.dataset.file = f.file;
       r.append(
         td((f.committed_at || "").replace("T", " ").replace(/\.\d+Z$/, "")),
         td(f.file),
@@ -148,6 +174,7 @@ async function loadFiles() {
       );
       return r;
     }));
+    markFocus(files.some((f) => f.file === focusFile));
   } catch (err) { showError(err.message); }
 }
 
@@ -352,6 +379,13 @@ function setupForm() {
   for (const id of ["by", "from", "to"]) $(id).addEventListener("change", loadCells);
 }
 
+window.addEventListener("hashchange", readFocus);
+$("focus-clear").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  history.replaceState(null, "", location.pathname);
+  readFocus();
+});
+readFocus();
 setupMap();
 setupForm();
 connectEvents();
