@@ -11,7 +11,8 @@
 --   per million rows and nearly free to maintain during COPY, unlike a
 --   B-tree (or the GiST indexes of `tripload db index --spatial`).
 -- 'citus': as 'plain' here; migration 7 distributes trips and the rollups
---   (the BRIN index goes into every shard).
+--   (the BRIN index goes into every shard), migration 8 partitions trips by
+--   time.
 DO $$
 DECLARE
     layout text := current_setting('tripload.time_layout');

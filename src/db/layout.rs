@@ -4,12 +4,14 @@
 //! first usable layout of [`TimeLayout::PREFERENCE`] (or the one its
 //! `tripload.time_layout` setting names); migration 2
 //! (`sql/migrations/002_time_layout.sql`) applies it and records it in
-//! `tripload_settings`, and it never changes afterwards. The loader and the
-//! queries never look at the layout: COPY, the rollups and the query
-//! functions read and write `trips` the same way in every layout. Adding a
-//! layout is a variant here with its probe in [`TimeLayout::usability`], and
-//! its branch in migration 2. The Citus layout also distributes the tables
-//! (migration 7, `sql/migrations/007_citus.sql`).
+//! `tripload_settings`, and it never changes afterwards. COPY, the rollups
+//! and the query functions read and write `trips` the same way in every
+//! layout. Adding a layout is a variant here with its probe in
+//! [`TimeLayout::usability`], and its branch in migration 2. The Citus
+//! layout also distributes the tables (migration 7,
+//! `sql/migrations/007_citus.sql`) and partitions `trips` by time
+//! (migration 8; the loader makes each file's partitions before its
+//! transaction, see [`crate::db::partitions`]).
 
 use crate::db::{query_err, DbError};
 use tokio_postgres::GenericClient;
@@ -22,8 +24,9 @@ pub enum TimeLayout {
     /// A plain table with a BRIN index on `datetime`.
     PlainBrin,
     /// A Citus distributed table (by `file_id`, co-located with the rollups;
-    /// `sql/migrations/007_citus.sql`) with a BRIN index on `datetime` in
-    /// every shard.
+    /// `sql/migrations/007_citus.sql`), range-partitioned on `datetime` by
+    /// Citus's time partitions (`008_citus_time_partitions.sql`), with a
+    /// BRIN index on `datetime` in every shard.
     Citus,
 }
 
@@ -113,25 +116,11 @@ impl TimeLayout {
         Ok(TimeLayout::PlainBrin)
     }
 
-    /// Passes this layout and the chunk interval to migration 2, for the
-    /// rest of the transaction `client` is in.
-    pub async fn hand_to_migration(
-        self,
-        client: &impl GenericClient,
-        chunk_interval: &str,
-    ) -> Result<(), DbError> {
-        let interval: String = client
-            .query_one("SELECT $1::text::interval::text", &[&chunk_interval])
-            .await
-            .map_err(query_err(format!(
-                "checking --chunk-interval {chunk_interval:?} (use a PostgreSQL interval such as '7 days')"
-            )))?
-            .get(0);
+    /// Passes this layout to migration 2, for the rest of the transaction
+    /// `client` is in (the chunk interval: [`hand_chunk_interval`]).
+    pub async fn hand_to_migration(self, client: &impl GenericClient) -> Result<(), DbError> {
         client
-            .execute(
-                "SELECT set_config($1, $2, true), set_config('tripload.chunk_interval', $3, true)",
-                &[&SETTING, &self.name(), &interval],
-            )
+            .execute("SELECT set_config($1, $2, true)", &[&SETTING, &self.name()])
             .await
             .map_err(query_err("passing the time layout to its migration"))?;
         Ok(())
@@ -149,6 +138,30 @@ impl TimeLayout {
             .map(|r| r.get(0));
         Ok(name.as_deref().and_then(TimeLayout::from_name))
     }
+}
+
+/// Checks `--chunk-interval` on the server and passes it to the migrations
+/// (2: the hypertable's chunks; 8: the Citus time partitions), for the rest
+/// of the transaction `client` is in.
+pub async fn hand_chunk_interval(
+    client: &impl GenericClient,
+    chunk_interval: &str,
+) -> Result<(), DbError> {
+    let interval: String = client
+        .query_one("SELECT $1::text::interval::text", &[&chunk_interval])
+        .await
+        .map_err(query_err(format!(
+            "checking --chunk-interval {chunk_interval:?} (use a PostgreSQL interval such as '7 days')"
+        )))?
+        .get(0);
+    client
+        .execute(
+            "SELECT set_config('tripload.chunk_interval', $1, true)",
+            &[&interval],
+        )
+        .await
+        .map_err(query_err("passing the chunk interval to the migrations"))?;
+    Ok(())
 }
 
 /// TimescaleDB is usable when it is already created in this database, or

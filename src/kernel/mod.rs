@@ -9,9 +9,11 @@
 //! [`grid`] places a point in its cell and week; [`rollup`] holds the
 //! partials and their merge. Nothing here imports anything outside `kernel`
 //! (`tests/layering.rs` checks it).
-//! [`excerpt`] bounds and escapes any raw input shown to people.
+//! [`excerpt`] bounds and escapes any raw input shown to people. [`days`]
+//! lists the UTC days a chunk's trips fall on (the Citus time partitions).
 
 pub mod chunk;
+pub mod days;
 pub mod encode;
 pub mod excerpt;
 pub mod grid;

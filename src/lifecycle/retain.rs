@@ -7,8 +7,13 @@
 //!
 //! - trips: on TimescaleDB whole chunks before the cut-off go with
 //!   `drop_chunks` and the rest of the chunk the cut-off falls in with a
-//!   `DELETE` (chunk exclusion reads only that chunk); on a plain table one
-//!   `DELETE` through the BRIN index on `datetime`;
+//!   `DELETE` (chunk exclusion reads only that chunk); on Citus whole time
+//!   partitions go with `DROP TABLE` (after taking the loading lock of
+//!   [`crate::db::partitions`] exclusively, so no file is between making its
+//!   partitions and its COPY) and the rest of the partition the cut-off falls
+//!   in, if any, with a `DELETE` (with weekly partitions there is none: they
+//!   start on Mondays, as the cut-off does); on a plain table one `DELETE`
+//!   through the BRIN index on `datetime`;
 //! - `rollup_region_week`: the rows of dropped weeks are deleted;
 //! - `rollup_cell_week`: the dropped weeks are cut from the front of each
 //!   row's arrays (only rows whose first week is dropped are read, by an
@@ -134,7 +139,10 @@ pub fn round_down(asked: DateTime<Utc>) -> Cutoff {
 #[derive(Debug, Clone, Default)]
 pub struct Retained {
     pub trips: u64,
+    /// Whole chunks (TimescaleDB) or time partitions (Citus) dropped.
     pub chunks: u64,
+    /// What `chunks` counts: "chunks" or "partitions".
+    pub whole: &'static str,
     pub rollup_rows_deleted: u64,
     pub rollup_rows_cut: u64,
 }
@@ -160,12 +168,28 @@ pub async fn retain_in(
     asked: &str,
 ) -> Result<Retained, LifecycleError> {
     let start = Instant::now();
+    let partitioned = crate::db::partitions::interval(tx).await?.is_some();
+    if partitioned {
+        // Before the lifecycle lock: a loader holds this one first.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[
+                &crate::db::partitions::LOADING.0,
+                &crate::db::partitions::LOADING.1,
+            ],
+        )
+        .await
+        .map_err(query_err("waiting for the files making their time partitions"))?;
+    }
     crate::lifecycle::lock(tx).await?;
-    let mut done = Retained::default();
+    let mut done = Retained {
+        whole: if partitioned { "partitions" } else { "chunks" },
+        ..Retained::default()
+    };
     let (trips, emptied) = subtract_region_source(tx, cut).await?;
     done.trips = trips;
     done.rollup_rows_deleted += emptied;
-    done.chunks = drop_trips(tx, cut).await?;
+    done.chunks = drop_trips(tx, cut, partitioned).await?;
     done.rollup_rows_deleted += drop_region_weeks(tx, cut).await?;
     let (deleted, cut_rows) = cut_cell_weeks(tx, cut).await?;
     done.rollup_rows_deleted += deleted;
@@ -219,11 +243,17 @@ async fn subtract_region_source(
     Ok((trips as u64, emptied))
 }
 
-/// Deletes the trips before the cut-off; on TimescaleDB whole chunks go
-/// with `drop_chunks` first. Returns the number of chunks dropped.
-async fn drop_trips(tx: &Transaction<'_>, cut: &Cutoff) -> Result<u64, LifecycleError> {
+/// Deletes the trips before the cut-off; whole chunks (TimescaleDB) or time
+/// partitions (Citus) go first. Returns the number of those dropped.
+async fn drop_trips(
+    tx: &Transaction<'_>,
+    cut: &Cutoff,
+    partitioned: bool,
+) -> Result<u64, LifecycleError> {
     let mut chunks = 0;
-    if hypertable(tx).await? {
+    if partitioned {
+        chunks = drop_partitions(tx, cut).await?;
+    } else if hypertable(tx).await? {
         chunks = tx
             .query_one(
                 "SELECT count(*) FROM drop_chunks('trips', older_than => $1::timestamptz)",
@@ -237,8 +267,24 @@ async fn drop_trips(tx: &Transaction<'_>, cut: &Cutoff) -> Result<u64, Lifecycle
         .execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
         .await
         .map_err(query_err("deleting the trips before the cut-off"))?;
-    tracing::debug!("retain: {chunks} whole chunks dropped, {deleted} trips deleted");
+    tracing::debug!("retain: {chunks} whole chunks or partitions dropped, {deleted} trips deleted");
     Ok(chunks)
+}
+
+/// Drops the time partitions of `trips` that end at or before the cut-off.
+async fn drop_partitions(tx: &Transaction<'_>, cut: &Cutoff) -> Result<u64, LifecycleError> {
+    let old = crate::db::partitions::before(tx, cut.at).await?;
+    for p in &old {
+        tx.batch_execute(&format!("DROP TABLE {}", p.name))
+            .await
+            .map_err(query_err(format!(
+                "dropping the time partition {} ({} to {})",
+                p.name,
+                p.from.format("%Y-%m-%d"),
+                p.to.format("%Y-%m-%d")
+            )))?;
+    }
+    Ok(old.len() as u64)
 }
 
 /// Deletes the rows of the dropped weeks from `rollup_region_week`.
@@ -305,9 +351,10 @@ async fn record(
             done.trips,
             start.elapsed().as_secs_f64(),
             format!(
-                "trips before {} dropped by {by} (asked: older than {asked}); {} whole chunks",
+                "trips before {} dropped by {by} (asked: older than {asked}); {} whole {}",
                 cut.at.format("%Y-%m-%d %H:%M UTC"),
-                done.chunks
+                done.chunks,
+                done.whole
             ),
         ),
     )
@@ -357,7 +404,11 @@ async fn cut_cell_points(tx: &Transaction<'_>, week: i32) -> Result<(u64, u64), 
 
 /// What a retention would drop, for `--dry-run` (read only).
 async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
-    let chunks: i64 = if hypertable(client).await? {
+    let partitioned = crate::db::partitions::interval(client).await?.is_some();
+    let whole = if partitioned { "partitions" } else { "chunks" };
+    let chunks: i64 = if partitioned {
+        crate::db::partitions::before(client, cut.at).await?.len() as i64
+    } else if hypertable(client).await? {
         client
             .query_one(
                 "SELECT count(*) FROM show_chunks('trips', older_than => $1::timestamptz)",
@@ -382,7 +433,7 @@ async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
     let (trips, rw, cw, cp): (i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     Ok(format!(
-        "dry run: would drop the trips before {cut}: {trips} trips ({chunks} whole chunks), \
+        "dry run: would drop the trips before {cut}: {trips} trips ({chunks} whole {whole}), \
          {rw} rollup_region_week rows, and cut or delete {cw} rollup_cell_week and {cp} rollup_cell_points rows; nothing was changed"
     ))
 }
@@ -411,9 +462,10 @@ pub async fn command(conninfo: &str, older: &OlderThan, dry_run: bool) -> u8 {
     match retain(&mut client, &cut, &older.text()).await {
         Ok(r) => {
             println!(
-                "retained the trips from {cut} on: dropped {} trips ({} whole chunks), deleted {} and cut {} rollup rows, in {:.2} s",
+                "retained the trips from {cut} on: dropped {} trips ({} whole {}), deleted {} and cut {} rollup rows, in {:.2} s",
                 r.trips,
                 r.chunks,
+                r.whole,
                 r.rollup_rows_deleted,
                 r.rollup_rows_cut,
                 start.elapsed().as_secs_f64()
@@ -446,10 +498,11 @@ pub async fn apply(conninfo: &str, older: &OlderThan) -> Result<Option<String>, 
     }
     let r = retain(&mut client, &cut, &older.text()).await?;
     Ok(Some(format!(
-        "retention: dropped {} trips before {} ({} whole chunks)",
+        "retention: dropped {} trips before {} ({} whole {})",
         r.trips,
         cut.at.format("%Y-%m-%d"),
-        r.chunks
+        r.chunks,
+        r.whole
     )))
 }
 
