@@ -484,7 +484,7 @@ fn unload_replace_and_retain_keep_the_rollups_exact_and_retention_drops_whole_pa
     ok(&tripload(
         &cluster,
         dir,
-        &["load", "--replace", "a.csv", "landing"],
+        &["load", "--replace", "a.csv", "landing/a2.csv"],
     ));
     assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 2_800);
     assert_eq!(

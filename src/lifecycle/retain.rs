@@ -209,31 +209,26 @@ async fn subtract_region_source(
     tx: &Transaction<'_>,
     cut: &Cutoff,
 ) -> Result<(u64, u64), LifecycleError> {
-    // Before the trips go: their counts per (file, region, datasource).
-    let row = tx
-        .query_one(
-            "WITH d AS (SELECT file_id, region_id, datasource_id, count(*) AS n
-                        FROM trips WHERE datetime < $1 GROUP BY 1, 2, 3),
-                  t AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM rollup_region_source s WHERE s.file_id = d.file_id)
-                                    THEN d.file_id ELSE 0 END AS file_id,
-                               region_id, datasource_id, sum(n)::bigint AS n
-                        FROM d GROUP BY 1, 2, 3),
-                  upd AS (UPDATE rollup_region_source r SET trips = r.trips - t.n FROM t
-                          WHERE r.file_id = t.file_id AND r.region_id = t.region_id
-                            AND r.datasource_id = t.datasource_id
-                          RETURNING r.trips)
-             SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM upd),
-                    (SELECT count(*) FROM upd WHERE trips < 0), (SELECT coalesce(sum(n), 0)::bigint FROM d)",
-            &[&cut.at],
+    let dropped = dropped_per_key(tx, cut).await?;
+    let trips: i64 = dropped.n.iter().sum();
+    // Uncorrelated statements, so that Citus plans them on its distributed
+    // tables: the keys go as arrays.
+    let rows = tx
+        .query(
+            "UPDATE rollup_region_source r SET trips = r.trips - t.n
+             FROM unnest($1::int4[], $2::int2[], $3::int2[], $4::int8[]) AS t(file_id, region_id, datasource_id, n)
+             WHERE r.file_id = t.file_id AND r.region_id = t.region_id AND r.datasource_id = t.datasource_id
+             RETURNING r.trips",
+            &[&dropped.file, &dropped.region, &dropped.source, &dropped.n],
         )
         .await
-        .map_err(query_err("counting the trips to drop per file, region and datasource"))?;
-    let (keys, updated, negative, trips): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    if keys != updated || negative > 0 {
+        .map_err(query_err("subtracting the trips to drop from rollup_region_source"))?;
+    let negative = rows.iter().filter(|r| r.get::<_, i64>(0) < 0).count();
+    let keys = dropped.n.len();
+    if rows.len() != keys || negative > 0 {
         return Err(LifecycleError::Inconsistent(format!(
             "rollup_region_source: {} of {keys} (file, region, datasource) rows do not count the trips being dropped",
-            keys - updated + negative
+            keys.saturating_sub(rows.len()) + negative
         )));
     }
     let emptied = tx
@@ -241,6 +236,58 @@ async fn subtract_region_source(
         .await
         .map_err(query_err("deleting emptied rollup_region_source rows"))?;
     Ok((trips as u64, emptied))
+}
+
+/// The trips before the cut-off per (file, region, datasource) of
+/// `rollup_region_source`: the file's own rows, or the compacted rows
+/// (file 0) for a file whose rows were merged.
+#[derive(Default)]
+struct DroppedPerKey {
+    file: Vec<i32>,
+    region: Vec<i16>,
+    source: Vec<i16>,
+    n: Vec<i64>,
+}
+
+async fn dropped_per_key(tx: &Transaction<'_>, cut: &Cutoff) -> Result<DroppedPerKey, LifecycleError> {
+    let counted = tx
+        .query(
+            "SELECT file_id, region_id, datasource_id, count(*)
+             FROM trips WHERE datetime < $1 GROUP BY 1, 2, 3",
+            &[&cut.at],
+        )
+        .await
+        .map_err(query_err("counting the trips to drop per file, region and datasource"))?;
+    let files: Vec<i32> = counted
+        .iter()
+        .map(|r| r.get::<_, i32>(0))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let own: std::collections::HashSet<i32> = tx
+        .query(
+            "SELECT DISTINCT file_id FROM rollup_region_source WHERE file_id = ANY($1)",
+            &[&files],
+        )
+        .await
+        .map_err(query_err("finding the files with rollup_region_source rows of their own"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sums: std::collections::BTreeMap<(i32, i16, i16), i64> = Default::default();
+    for r in &counted {
+        let file: i32 = r.get(0);
+        let key = (if own.contains(&file) { file } else { 0 }, r.get(1), r.get(2));
+        *sums.entry(key).or_default() += r.get::<_, i64>(3);
+    }
+    let mut d = DroppedPerKey::default();
+    for ((file, region, source), n) in sums {
+        d.file.push(file);
+        d.region.push(region);
+        d.source.push(source);
+        d.n.push(n);
+    }
+    Ok(d)
 }
 
 /// Deletes the trips before the cut-off; whole chunks (TimescaleDB) or time
