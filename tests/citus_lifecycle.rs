@@ -266,7 +266,8 @@ fn exact(cluster: &CitusCluster, dir: &Path, when: &str) {
         "SELECT (SELECT coalesce(sum(trips), 0)::int8 FROM rollup_region_week),
                 (SELECT coalesce(sum(trips), 0)::int8 FROM rollup_region_source),
                 (SELECT coalesce(sum(n), 0)::int8 FROM rollup_cell_week, unnest(trips) n WHERE side = 'o'),
-                (SELECT coalesce(sum(length(lons) / 8), 0)::int8 FROM rollup_cell_points WHERE side = 'd')",
+                (SELECT coalesce(sum(length(lons) / 8), 0)::int8 FROM rollup_cell_points
+                 WHERE side = 'd' AND file_id NOT IN (SELECT file_id FROM cell_points_pending))",
     )[0];
     for (i, table) in [
         "rollup_region_week",
@@ -401,10 +402,7 @@ fn trips_is_partitioned_by_week_and_each_file_makes_the_partitions_its_rows_need
     let mut want: Vec<String> = weeks_with_trips(&cluster);
     // The rejected row's week has a partition, empty.
     want.insert(0, "2017-12-18 00:00".into());
-    assert_eq!(
-        after.iter().map(|p| p.1.clone()).collect::<Vec<_>>(),
-        want
-    );
+    assert_eq!(after.iter().map(|p| p.1.clone()).collect::<Vec<_>>(), want);
     assert_eq!(
         cluster.count(
             0,
@@ -417,7 +415,11 @@ fn trips_is_partitioned_by_week_and_each_file_makes_the_partitions_its_rows_need
     // Two files at once in the same new weeks: each partition made once.
     land(dir, "c.csv", &csv_between(2_000, 6, "2018-10-01", 21));
     land(dir, "d.csv", &csv_between(2_000, 7, "2018-10-08", 21));
-    ok(&tripload(&cluster, dir, &["load", "--jobs", "2", "landing"]));
+    ok(&tripload(
+        &cluster,
+        dir,
+        &["load", "--jobs", "2", "landing"],
+    ));
     assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 7_007);
     let mut all: Vec<String> = weeks_with_trips(&cluster);
     all.insert(0, "2017-12-18 00:00".into());
@@ -457,24 +459,43 @@ fn unload_replace_and_retain_keep_the_rollups_exact_and_retention_drops_whole_pa
     land(dir, "a.csv", &a);
     land(dir, "b.csv", &b);
     land(dir, "c.csv", &c);
-    ok(&tripload(&cluster, dir, &["load", "--jobs", "2", "landing"]));
+    ok(&tripload(
+        &cluster,
+        dir,
+        &["load", "--jobs", "2", "landing"],
+    ));
     // Merged into the compacted rows (file_id 0): unload subtracts from them.
     ok(&tripload(&cluster, dir, &["db", "compact"]));
-    assert_eq!(cluster.count(0, "SELECT count(*) FROM rollup_uncompacted"), 0);
-    assert!(cluster.count(0, "SELECT count(*) FROM rollup_cell_points WHERE file_id = 0") > 0);
+    assert_eq!(
+        cluster.count(0, "SELECT count(*) FROM rollup_uncompacted"),
+        0
+    );
+    assert!(
+        cluster.count(
+            0,
+            "SELECT count(*) FROM rollup_cell_points WHERE file_id = 0"
+        ) > 0
+    );
     exact(&cluster, dir, "loaded and compacted");
 
     // unload: the dry run changes nothing, the unload only b's rows.
     let out = tripload(&cluster, dir, &["unload", "b.csv", "--dry-run"]);
     ok(&out);
-    assert!(stdout(&out).contains("would unload b.csv"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("would unload b.csv"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 6_300);
     let out = tripload(&cluster, dir, &["unload", "b.csv"]);
     ok(&out);
     assert!(stdout(&out).contains("unloaded b.csv"), "{}", stdout(&out));
     assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 3_300);
     assert_eq!(
-        cluster.count(0, "SELECT count(*) FROM load_files_removed WHERE file_name = 'b.csv'"),
+        cluster.count(
+            0,
+            "SELECT count(*) FROM load_files_removed WHERE file_name = 'b.csv'"
+        ),
         1
     );
     exact(&cluster, dir, "after unload");
@@ -488,7 +509,10 @@ fn unload_replace_and_retain_keep_the_rollups_exact_and_retention_drops_whole_pa
     ));
     assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 2_800);
     assert_eq!(
-        cluster.count(0, "SELECT count(*) FROM load_files WHERE file_name IN ('a.csv', 'a2.csv')"),
+        cluster.count(
+            0,
+            "SELECT count(*) FROM load_files WHERE file_name IN ('a.csv', 'a2.csv')"
+        ),
         1
     );
     exact(&cluster, dir, "after replace");
@@ -496,9 +520,16 @@ fn unload_replace_and_retain_keep_the_rollups_exact_and_retention_drops_whole_pa
     // retain: the dry run says what would go and changes nothing.
     let cut = "2018-02-12 00:00";
     let before = partitions(&cluster);
-    let old: Vec<_> = before.iter().filter(|p| p.2.as_str() <= cut).cloned().collect();
+    let old: Vec<_> = before
+        .iter()
+        .filter(|p| p.2.as_str() <= cut)
+        .cloned()
+        .collect();
     assert!(old.len() >= 3, "{before:?}");
-    let doomed = cluster.count(0, "SELECT count(*) FROM trips WHERE datetime < '2018-02-12+00'");
+    let doomed = cluster.count(
+        0,
+        "SELECT count(*) FROM trips WHERE datetime < '2018-02-12+00'",
+    );
     assert!(doomed > 0);
     let out = tripload(
         &cluster,
@@ -516,10 +547,17 @@ fn unload_replace_and_retain_keep_the_rollups_exact_and_retention_drops_whole_pa
 
     // The whole partitions before the cut-off go; nothing is deleted row by
     // row (weekly partitions start on Mondays, as the cut-off does).
-    let out = tripload(&cluster, dir, &["db", "retain", "--older-than", "2018-02-14"]);
+    let out = tripload(
+        &cluster,
+        dir,
+        &["db", "retain", "--older-than", "2018-02-14"],
+    );
     ok(&out);
     assert!(
-        stdout(&out).contains(&format!("dropped {doomed} trips ({} whole partitions)", old.len())),
+        stdout(&out).contains(&format!(
+            "dropped {doomed} trips ({} whole partitions)",
+            old.len()
+        )),
         "{}",
         stdout(&out)
     );
@@ -528,17 +566,29 @@ fn unload_replace_and_retain_keep_the_rollups_exact_and_retention_drops_whole_pa
     assert_eq!(kept.len(), before.len() - old.len());
     for p in &old {
         assert_eq!(
-            cluster.count(0, &format!("SELECT count(*) FROM pg_class WHERE oid = to_regclass('{}')", p.0)),
+            cluster.count(
+                0,
+                &format!(
+                    "SELECT count(*) FROM pg_class WHERE oid = to_regclass('{}')",
+                    p.0
+                )
+            ),
             0,
             "{} still there",
             p.0
         );
     }
-    assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 2_800 - doomed);
+    assert_eq!(
+        cluster.count(0, "SELECT count(*) FROM trips"),
+        2_800 - doomed
+    );
     assert_eq!(
         cluster.count(
             0,
-            &format!("SELECT count(*) FROM retention_runs WHERE chunks_dropped = {}", old.len())
+            &format!(
+                "SELECT count(*) FROM retention_runs WHERE chunks_dropped = {}",
+                old.len()
+            )
         ),
         1
     );
@@ -547,17 +597,14 @@ fn unload_replace_and_retain_keep_the_rollups_exact_and_retention_drops_whole_pa
     // Old rows load again: their partitions are made anew.
     land(dir, "late.csv", &csv_between(500, 9, "2018-01-01", 28));
     ok(&tripload(&cluster, dir, &["load", "landing"]));
-    assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 3_300 - doomed);
-    assert!(partitions(&cluster).iter().any(|p| p.1 == "2018-01-01 00:00"));
+    assert_eq!(
+        cluster.count(0, "SELECT count(*) FROM trips"),
+        3_300 - doomed
+    );
+    assert!(partitions(&cluster)
+        .iter()
+        .any(|p| p.1 == "2018-01-01 00:00"));
     exact(&cluster, dir, "after a late file");
-}
-
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn stop_watcher(mut child: Child) -> std::process::ExitStatus {
@@ -597,22 +644,67 @@ fn watch_loads_on_the_cluster_and_retries_a_file_whose_worker_stopped_until_it_i
             "2",
         ],
     )
+    .env("TRIPLOAD_LOG", "tripload=info")
     .stdout(Stdio::null())
-    .stderr(Stdio::null())
+    .stderr(std::fs::File::create(dir.join("watch.log")).unwrap())
     .spawn()
     .expect("start the watcher");
+    let log = dir.join("watch.log");
+    let sessions = |c: &CitusCluster| -> String {
+        c.query(
+            0,
+            "SELECT format('%s %s %s/%s %s', pid, state, wait_event_type, wait_event, left(query, 120))
+             FROM pg_stat_activity WHERE datname = 'trips' AND pid <> pg_backend_pid()",
+        )
+        .iter()
+        .map(|r| r.get::<_, String>(0) + "\n")
+        .collect()
+    };
+    let wait_for = |what: &str, secs: u64, cond: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the watcher said:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     land(dir, "first.csv", &csv_between(1_000, 1, "2018-01-01", 28));
-    wait_for("first.csv", 120, || dir.join("processed/first.csv").exists());
+    wait_for("first.csv", 120, &mut || {
+        dir.join("processed/first.csv").exists()
+    });
     assert_eq!(cluster.count(0, "SELECT count(*) FROM trips"), 1_000);
 
-    // The next file gets file_id 2, in the same weeks (its partitions
-    // exist): hold its shard of trips on its worker, so that the file waits
-    // in its COPY, its ledger row claimed, when that worker stops.
+    // Each attempt claims a new file_id, whose shard may be on the other
+    // worker (then it loads there at once). The next file gets file_id k,
+    // and k, k + 1 and k + 2 have their shards on one worker: the first
+    // attempt waits in its COPY (its shard of trips held on that worker,
+    // its ledger row claimed) when the worker stops, and the next two fail
+    // while it is away. The file's weeks have their partitions already.
+    let k: i32 = cluster.query(
+        0,
+        "SELECT k FROM generate_series(2, 1000) k
+         WHERE (SELECT count(DISTINCT nodeport) FROM citus_shards
+                WHERE table_name = 'trips'::regclass
+                  AND shardid IN (get_shard_id_for_distribution_column('trips', k),
+                                  get_shard_id_for_distribution_column('trips', k + 1),
+                                  get_shard_id_for_distribution_column('trips', k + 2))) = 1
+         ORDER BY k LIMIT 1",
+    )[0]
+    .get(0);
+    cluster.batch(
+        0,
+        &format!("ALTER TABLE load_files ALTER COLUMN file_id RESTART WITH {k}"),
+    );
     let row = &cluster.query(
         0,
-        "SELECT shardid, nodeport FROM citus_shards
-         WHERE table_name = 'trips'::regclass
-           AND shardid = get_shard_id_for_distribution_column('trips', 2)",
+        &format!(
+            "SELECT shardid, nodeport FROM citus_shards
+             WHERE table_name = 'trips'::regclass
+               AND shardid = get_shard_id_for_distribution_column('trips', {k})"
+        ),
     )[0];
     let (shard, port): (i64, i32) = (row.get(0), row.get(1));
     let worker = (1..=2)
@@ -641,7 +733,7 @@ fn watch_loads_on_the_cluster_and_retries_a_file_whose_worker_stopped_until_it_i
     let waiting = format!(
         "SELECT count(*) FROM pg_locks WHERE relation = 'trips_{shard}'::regclass AND NOT granted"
     );
-    wait_for("the COPY to reach the worker", 120, || {
+    wait_for("the COPY to reach the worker", 120, &mut || {
         cluster.count(worker, &waiting) > 0
     });
     assert!(dir.join("processing").read_dir().unwrap().count() == 1);
@@ -650,10 +742,18 @@ fn watch_loads_on_the_cluster_and_retries_a_file_whose_worker_stopped_until_it_i
 
     // Released and retried with backoff while the worker is away, more
     // times than --max-attempts, and never quarantined.
-    let released = "SELECT count(*) FROM ingestion_events WHERE kind = 'released' AND file_name = 'big.csv'";
-    wait_for("three releases of big.csv", 120, || {
-        cluster.count(0, released) >= 3
-    });
+    let released =
+        "SELECT count(*) FROM ingestion_events WHERE kind = 'released' AND file_name = 'big.csv'";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cluster.count(0, released) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for three releases of big.csv; the watcher said:\n{}\nsessions on the coordinator:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            sessions(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(!dir.join("failed/big.csv").exists(), "quarantined");
     assert!(!dir.join("processed/big.csv").exists());
     assert_eq!(cluster.count(0, "SELECT count(*) FROM load_files"), 1);
@@ -679,7 +779,7 @@ fn watch_loads_on_the_cluster_and_retries_a_file_whose_worker_stopped_until_it_i
 
     // The worker is back: nothing of the file anywhere, and it loads.
     cluster.restart(worker);
-    wait_for("big.csv once the worker is back", 180, || {
+    wait_for("big.csv once the worker is back", 180, &mut || {
         dir.join("processed/big.csv").exists()
     });
     assert!(!dir.join("failed/big.csv").exists());

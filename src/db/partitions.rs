@@ -42,9 +42,7 @@ pub async fn hold_for_loading(client: &impl GenericClient) -> Result<(), DbError
             &[&LOADING.0, &LOADING.1],
         )
         .await
-        .map_err(query_err(
-            "taking the loading lock on the time partitions",
-        ))?;
+        .map_err(query_err("taking the loading lock on the time partitions"))?;
     Ok(())
 }
 

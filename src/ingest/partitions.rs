@@ -36,9 +36,7 @@ pub async fn prepare(
     header: &Arc<Header>,
     name: &str,
 ) -> Result<(), Abort> {
-    let env = |e: crate::db::DbError| {
-        Abort::Env(Cause::new(e.one_line()).sqlstate(e.code()))
-    };
+    let env = |e: crate::db::DbError| Abort::Env(Cause::new(e.one_line()).sqlstate(e.code()));
     partitions::hold_for_loading(client).await.map_err(env)?;
     let start = Instant::now();
     let (m, h) = (Arc::clone(mapped), Arc::clone(header));

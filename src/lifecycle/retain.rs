@@ -179,7 +179,9 @@ pub async fn retain_in(
             ],
         )
         .await
-        .map_err(query_err("waiting for the files making their time partitions"))?;
+        .map_err(query_err(
+            "waiting for the files making their time partitions",
+        ))?;
     }
     crate::lifecycle::lock(tx).await?;
     let mut done = Retained {
@@ -249,7 +251,10 @@ struct DroppedPerKey {
     n: Vec<i64>,
 }
 
-async fn dropped_per_key(tx: &Transaction<'_>, cut: &Cutoff) -> Result<DroppedPerKey, LifecycleError> {
+async fn dropped_per_key(
+    tx: &Transaction<'_>,
+    cut: &Cutoff,
+) -> Result<DroppedPerKey, LifecycleError> {
     let counted = tx
         .query(
             "SELECT file_id, region_id, datasource_id, count(*)
@@ -257,7 +262,9 @@ async fn dropped_per_key(tx: &Transaction<'_>, cut: &Cutoff) -> Result<DroppedPe
             &[&cut.at],
         )
         .await
-        .map_err(query_err("counting the trips to drop per file, region and datasource"))?;
+        .map_err(query_err(
+            "counting the trips to drop per file, region and datasource",
+        ))?;
     let files: Vec<i32> = counted
         .iter()
         .map(|r| r.get::<_, i32>(0))
@@ -270,14 +277,20 @@ async fn dropped_per_key(tx: &Transaction<'_>, cut: &Cutoff) -> Result<DroppedPe
             &[&files],
         )
         .await
-        .map_err(query_err("finding the files with rollup_region_source rows of their own"))?
+        .map_err(query_err(
+            "finding the files with rollup_region_source rows of their own",
+        ))?
         .iter()
         .map(|r| r.get(0))
         .collect();
     let mut sums: std::collections::BTreeMap<(i32, i16, i16), i64> = Default::default();
     for r in &counted {
         let file: i32 = r.get(0);
-        let key = (if own.contains(&file) { file } else { 0 }, r.get(1), r.get(2));
+        let key = (
+            if own.contains(&file) { file } else { 0 },
+            r.get(1),
+            r.get(2),
+        );
         *sums.entry(key).or_default() += r.get::<_, i64>(3);
     }
     let mut d = DroppedPerKey::default();

@@ -69,12 +69,18 @@ impl Attempts {
             reason.replace(['\n', '\r'], " ")
         );
         let client = self.client().await?;
-        let whole = tokio::time::timeout(ATTEMPTS_DB_WITHIN, db::node_health::all_nodes_answer(client))
-            .await
-            .ok()?
-            .ok()?;
+        let whole = tokio::time::timeout(
+            ATTEMPTS_DB_WITHIN,
+            db::node_health::all_nodes_answer(client),
+        )
+        .await
+        .ok()?
+        .ok()?;
         if !whole {
-            tracing::info!("{}: not counted towards quarantine: a database node does not answer", c.name);
+            tracing::info!(
+                "{}: not counted towards quarantine: a database node does not answer",
+                c.name
+            );
             return None;
         }
         let row = tokio::time::timeout(
