@@ -49,8 +49,18 @@ BEGIN
         RAISE EXCEPTION 'trips has no time partitions (the layout is not citus)';
     END IF;
     PERFORM pg_advisory_xact_lock(29813, 1);
-    FOR d IN SELECT DISTINCT u FROM unnest(p_days) u WHERE u IS NOT NULL ORDER BY u LOOP
+    -- The days no partition holds yet (the partitions read once).
+    FOR d IN
+        WITH r AS MATERIALIZED (SELECT lo, hi FROM tripload_trips_partition_ranges())
+        SELECT DISTINCT u FROM unnest(p_days) u
+        WHERE u IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM r
+                          WHERE r.lo <= timestamptz '1970-01-01 00:00:00+00' + u * interval '1 day'
+                            AND timestamptz '1970-01-01 00:00:00+00' + u * interval '1 day' < r.hi)
+        ORDER BY u
+    LOOP
         at := timestamptz '1970-01-01 00:00:00+00' + d * interval '1 day';
+        -- A partition made for an earlier day may hold this one.
         CONTINUE WHEN EXISTS (
             SELECT 1 FROM tripload_trips_partition_ranges() p WHERE p.lo <= at AND at < p.hi);
         SELECT min(p.lo) INTO pivot FROM tripload_trips_partition_ranges() p;
