@@ -281,6 +281,23 @@ fn the_time_layout_setting_chooses_the_layout() {
 
     let db = fresh_db();
     db.query(&format!(
+        "ALTER DATABASE {} SET tripload.time_layout = 'distributed'",
+        db.name
+    ));
+    let out = tripload(&w, &db, &["db", "migrate"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("\"distributed\", which is not a time layout")
+            && err.contains("'citus', 'timescaledb', 'plain'"),
+        "{err}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_class WHERE relname IN ('tripload_schema', 'trips')"),
+        0
+    );
+    // Citus is a layout, usable only where the extension is created.
+    db.query(&format!(
         "ALTER DATABASE {} SET tripload.time_layout = 'citus'",
         db.name
     ));
@@ -288,13 +305,8 @@ fn the_time_layout_setting_chooses_the_layout() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("\"citus\", which is not a time layout")
-            && err.contains("'timescaledb', 'plain'"),
+        err.contains("asks for the citus layout") && err.contains("CREATE EXTENSION citus"),
         "{err}"
-    );
-    assert_eq!(
-        db.count("SELECT count(*) FROM pg_class WHERE relname IN ('tripload_schema', 'trips')"),
-        0
     );
     // A bad chunk interval is refused (whatever the layout) before anything
     // is created.

@@ -3,7 +3,8 @@
 //! `sslmode=require` and with the default `prefer`, and is turned away with
 //! `sslmode=disable` (which shows the rule is real). Certificates signed by a
 //! test CA (made with openssl) check `verify-ca`, `verify-full`,
-//! `sslrootcert`, and an X.509 v1 certificate.
+//! `sslrootcert`, and X.509 v1 certificates (CA-signed, and self-signed as
+//! Citus makes them: `pg_stat_ssl` shows prefer/require encrypted).
 
 mod common;
 use common::*;
@@ -311,4 +312,157 @@ fn verifies_the_server_certificate_as_libpq_does() {
     assert!(stderr(&out).contains("v3"), "{}", stderr(&out));
     let out = run(kv("localhost", &open_db.name, root("prefer", &ca)));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// A self-signed X.509 v1 certificate (no extensions), as Citus generates
+/// when it turns TLS on: `<name>.crt`, `<name>.key`.
+fn make_self_signed_v1(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (crt, key, csr) = (
+        format!("{name}.crt"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", &csr, "-signkey", &key, "-days", "2", "-out", &crt,
+        ],
+    );
+    (dir.join(crt), dir.join(key))
+}
+
+/// Whether the session tripload's own connect opens is encrypted, from the
+/// server's side (`pg_stat_ssl`); Err is the connect error, one line.
+fn session_encrypted(conninfo: &str) -> Result<bool, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = tripload::db::connect(conninfo)
+            .await
+            .map_err(|e| e.one_line())?;
+        let row = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    })
+}
+
+#[test]
+fn a_self_signed_v1_certificate_encrypts_at_prefer_and_require_and_is_refused_by_verify() {
+    let _server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    // libpq reads ~/.postgresql/root.crt at prefer/require too: none here.
+    // (Every test of this binary holds SERVER, so nothing reads HOME meanwhile.)
+    let home = tempfile::tempdir().unwrap();
+    std::env::set_var("HOME", home.path());
+    let db = fresh_db();
+    // A second database that also takes unencrypted TCP (first match wins).
+    let open_db = fresh_db();
+    let (port, user) = enable_tls(&db);
+    let (data_dir, _, _) = cluster_info();
+    let hba = data_dir.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host {} all 127.0.0.1/32 scram-sha-256\n{old}",
+            open_db.name
+        ),
+    )
+    .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let (crt, key) = make_self_signed_v1(certs.path(), "citus-like");
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&crt)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("Version: 1 (0x0)"), "not v1: {text}");
+    assert!(
+        text.contains("Issuer: CN = localhost") && text.contains("Subject: CN = localhost"),
+        "not self-signed: {text}"
+    );
+    serve_cert(&db, &crt, &key);
+
+    let password = cluster_password();
+    let kv = |dbname: &str, tls: &str| {
+        format!("host=127.0.0.1 port={port} user={user} password={password} dbname={dbname} {tls}")
+    };
+    // prefer (the default) and require: encrypted, nothing verified — on
+    // the database that would also take plaintext, too (no fallback).
+    for tls in ["", "sslmode=prefer", "sslmode=require"] {
+        for dbname in [&db.name, &open_db.name] {
+            assert_eq!(
+                session_encrypted(&kv(dbname, tls)),
+                Ok(true),
+                "{tls:?} on {dbname}"
+            );
+        }
+    }
+    // disable: plaintext, which only the open database takes.
+    assert_eq!(
+        session_encrypted(&kv(&open_db.name, "sslmode=disable")),
+        Ok(false)
+    );
+    assert!(session_encrypted(&kv(&db.name, "sslmode=disable")).is_err());
+    // verify-*: refused with the reason, even with the certificate itself as
+    // the root (verification needs v3).
+    for mode in ["verify-ca", "verify-full"] {
+        let tls = format!("sslmode={mode} sslrootcert='{}'", crt.display());
+        let err = session_encrypted(&kv(&db.name, &tls)).unwrap_err();
+        assert!(err.contains("TLS handshake failed"), "{mode}: {err}");
+        assert!(err.contains("v3"), "{mode}: {err}");
+        assert!(err.contains("sslmode=require"), "{mode}: {err}");
+    }
+
+    // The real binary with the default sslmode loads over it.
+    let w = Work::new();
+    w.land("trips.csv", &sample());
+    let out = Command::new(env!("CARGO_BIN_EXE_tripload"))
+        .current_dir(w.dir.path())
+        .env("DATABASE_URL", kv(&db.name, ""))
+        .env_remove("TRIPLOAD_PG_DIR")
+        .args(["load", "landing"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(db.trips(), 100);
+    // verify-full through the binary: exit 2 and the clear refusal.
+    let out = Command::new(env!("CARGO_BIN_EXE_tripload"))
+        .current_dir(w.dir.path())
+        .env(
+            "DATABASE_URL",
+            kv(
+                &db.name,
+                &format!("sslmode=verify-full sslrootcert='{}'", crt.display()),
+            ),
+        )
+        .env_remove("TRIPLOAD_PG_DIR")
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("v3"), "{}", stderr(&out));
 }

@@ -8,15 +8,21 @@
 
 -- The window [first Monday, last Monday], defaulting to the dataset's weeks.
 CREATE OR REPLACE FUNCTION trip_week_window(p_from date, p_to date, OUT first_week date, OUT last_week date)
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(date_trunc('week', p_from)::date, (SELECT min(week) FROM rollup_region_week)),
-           coalesce(date_trunc('week', p_to)::date, (SELECT max(week) FROM rollup_region_week))
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    first_week := coalesce(date_trunc('week', p_from)::date, (SELECT min(week) FROM rollup_region_week));
+    last_week := coalesce(date_trunc('week', p_to)::date, (SELECT max(week) FROM rollup_region_week));
+END
 $$;
 
--- Trips per week for a region.
+-- Trips per week for a region. PL/pgSQL, not SQL: Citus cannot plan a SQL
+-- function's parameterized query on distributed tables (the Citus layout).
 CREATE OR REPLACE FUNCTION weekly_trips_region(p_region text, p_from date DEFAULT NULL, p_to date DEFAULT NULL)
 RETURNS TABLE (week date, trips bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH w AS (SELECT * FROM trip_week_window(p_from, p_to)),
     weeks AS (SELECT generate_series(w.first_week, w.last_week, interval '1 week')::date AS week FROM w),
     counts AS (
@@ -25,7 +31,8 @@ LANGUAGE sql STABLE AS $$
         WHERE g.name = p_region AND r.week BETWEEN w.first_week AND w.last_week
         GROUP BY r.week
     )
-    SELECT weeks.week, coalesce(counts.trips, 0)::bigint FROM weeks LEFT JOIN counts USING (week) ORDER BY 1
+    SELECT weeks.week, coalesce(counts.trips, 0)::bigint FROM weeks LEFT JOIN counts USING (week) ORDER BY 1;
+END
 $$;
 
 -- Trips per week for a bounding box. Cells wholly inside the box come from
@@ -165,7 +172,9 @@ BEGIN
                   -- Cell points commit before their file does (src/points_writer.rs):
                   -- they count once the file's ledger row is visible. Rows
                   -- with file_id 0 are compacted rows of committed files.
-                  AND (p.file_id = 0 OR EXISTS (SELECT 1 FROM load_files f WHERE f.file_id = p.file_id))
+                  -- (Not correlated: Citus sends the coordinator's ledger
+                  -- along to the workers, where it cannot for EXISTS.)
+                  AND (p.file_id = 0 OR p.file_id IN (SELECT f.file_id FROM load_files f))
                   AND ((p.ix BETWEEN cx0 AND sx0 - 1 AND p.iy BETWEEN cy0 AND cy1)
                     OR (p.ix BETWEEN sx1 + 1 AND cx1 AND p.iy BETWEEN cy0 AND cy1)
                     OR (p.ix BETWEEN sx0 AND sx1 AND p.iy BETWEEN cy0 AND in_y0 - 1)

@@ -10,6 +10,9 @@
 -- 'plain': a plain table with a BRIN index on datetime. BRIN is a few pages
 --   per million rows and nearly free to maintain during COPY, unlike a
 --   B-tree (or the GiST indexes of `tripload db index --spatial`).
+-- 'citus': as 'plain' here; migration 7 distributes trips and the rollups
+--   (the BRIN index goes into every shard), migration 8 partitions trips by
+--   time.
 DO $$
 DECLARE
     layout text := current_setting('tripload.time_layout');
@@ -23,6 +26,8 @@ BEGIN
                                   if_not_exists => true,
                                   migrate_data => true);
     WHEN 'plain' THEN
+        CREATE INDEX IF NOT EXISTS trips_datetime_brin ON trips USING brin (datetime);
+    WHEN 'citus' THEN
         CREATE INDEX IF NOT EXISTS trips_datetime_brin ON trips USING brin (datetime);
     ELSE
         RAISE EXCEPTION 'unknown time layout %', layout;

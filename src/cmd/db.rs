@@ -105,9 +105,10 @@ async fn retain(conninfo: &str, older: &OlderThan, dry_run: bool) -> u8 {
     match retain::retain(&mut client, &cut, &older.text()).await {
         Ok(r) => {
             println!(
-                "retained the trips from {cut} on: dropped {} trips ({} whole chunks), deleted {} and cut {} rollup rows, in {:.2} s",
+                "retained the trips from {cut} on: dropped {} trips ({} whole {}), deleted {} and cut {} rollup rows, in {:.2} s",
                 r.trips,
                 r.chunks,
+                r.whole,
                 r.rollup_rows_deleted,
                 r.rollup_rows_cut,
                 start.elapsed().as_secs_f64()

@@ -4,11 +4,14 @@
 //! first usable layout of [`TimeLayout::PREFERENCE`] (or the one its
 //! `tripload.time_layout` setting names); migration 2
 //! (`sql/migrations/002_time_layout.sql`) applies it and records it in
-//! `tripload_settings`, and it never changes afterwards. The loader and the
-//! queries never look at the layout: COPY, the rollups and the query
-//! functions read and write `trips` the same way in every layout. Adding a
-//! layout (e.g. a distributed table) is a variant here with its probe in
-//! [`TimeLayout::usability`], and its branch in migration 2.
+//! `tripload_settings`, and it never changes afterwards. COPY, the rollups
+//! and the query functions read and write `trips` the same way in every
+//! layout. Adding a layout is a variant here with its probe in
+//! [`TimeLayout::usability`], and its branch in migration 2. The Citus
+//! layout also distributes the tables (migration 7,
+//! `sql/migrations/007_citus.sql`) and partitions `trips` by time
+//! (migration 8; the loader makes each file's partitions before its
+//! transaction, see [`crate::db::partitions`]).
 
 use crate::db::{query_err, DbError};
 use tokio_postgres::GenericClient;
@@ -20,6 +23,11 @@ pub enum TimeLayout {
     Hypertable,
     /// A plain table with a BRIN index on `datetime`.
     PlainBrin,
+    /// A Citus distributed table (by `file_id`, co-located with the rollups;
+    /// `sql/migrations/007_citus.sql`), range-partitioned on `datetime` by
+    /// Citus's time partitions (`008_citus_time_partitions.sql`), with a
+    /// BRIN index on `datetime` in every shard.
+    Citus,
 }
 
 /// The server setting that names the layout for a new database, e.g.
@@ -45,13 +53,20 @@ pub enum LayoutError {
 
 impl TimeLayout {
     /// The layouts in the order a new database gets them.
-    pub const PREFERENCE: [TimeLayout; 2] = [TimeLayout::Hypertable, TimeLayout::PlainBrin];
+    /// Citus first: a database where it is created asked for it (and
+    /// TimescaleDB cannot share a database with it).
+    pub const PREFERENCE: [TimeLayout; 3] = [
+        TimeLayout::Citus,
+        TimeLayout::Hypertable,
+        TimeLayout::PlainBrin,
+    ];
 
     /// The name recorded in `tripload_settings` and accepted by [`SETTING`].
     pub fn name(self) -> &'static str {
         match self {
             TimeLayout::Hypertable => "timescaledb",
             TimeLayout::PlainBrin => "plain",
+            TimeLayout::Citus => "citus",
         }
     }
 
@@ -70,6 +85,7 @@ impl TimeLayout {
         match self {
             TimeLayout::PlainBrin => Ok(Usability::Usable),
             TimeLayout::Hypertable => timescaledb_usability(client).await,
+            TimeLayout::Citus => citus_usability(client).await,
         }
     }
 
@@ -100,25 +116,11 @@ impl TimeLayout {
         Ok(TimeLayout::PlainBrin)
     }
 
-    /// Passes this layout and the chunk interval to migration 2, for the
-    /// rest of the transaction `client` is in.
-    pub async fn hand_to_migration(
-        self,
-        client: &impl GenericClient,
-        chunk_interval: &str,
-    ) -> Result<(), DbError> {
-        let interval: String = client
-            .query_one("SELECT $1::text::interval::text", &[&chunk_interval])
-            .await
-            .map_err(query_err(format!(
-                "checking --chunk-interval {chunk_interval:?} (use a PostgreSQL interval such as '7 days')"
-            )))?
-            .get(0);
+    /// Passes this layout to migration 2, for the rest of the transaction
+    /// `client` is in (the chunk interval: [`hand_chunk_interval`]).
+    pub async fn hand_to_migration(self, client: &impl GenericClient) -> Result<(), DbError> {
         client
-            .execute(
-                "SELECT set_config($1, $2, true), set_config('tripload.chunk_interval', $3, true)",
-                &[&SETTING, &self.name(), &interval],
-            )
+            .execute("SELECT set_config($1, $2, true)", &[&SETTING, &self.name()])
             .await
             .map_err(query_err("passing the time layout to its migration"))?;
         Ok(())
@@ -136,6 +138,30 @@ impl TimeLayout {
             .map(|r| r.get(0));
         Ok(name.as_deref().and_then(TimeLayout::from_name))
     }
+}
+
+/// Checks `--chunk-interval` on the server and passes it to the migrations
+/// (2: the hypertable's chunks; 8: the Citus time partitions), for the rest
+/// of the transaction `client` is in.
+pub async fn hand_chunk_interval(
+    client: &impl GenericClient,
+    chunk_interval: &str,
+) -> Result<(), DbError> {
+    let interval: String = client
+        .query_one("SELECT $1::text::interval::text", &[&chunk_interval])
+        .await
+        .map_err(query_err(format!(
+            "checking --chunk-interval {chunk_interval:?} (use a PostgreSQL interval such as '7 days')"
+        )))?
+        .get(0);
+    client
+        .execute(
+            "SELECT set_config('tripload.chunk_interval', $1, true)",
+            &[&interval],
+        )
+        .await
+        .map_err(query_err("passing the chunk interval to the migrations"))?;
+    Ok(())
 }
 
 /// TimescaleDB is usable when it is already created in this database, or
@@ -163,6 +189,36 @@ async fn timescaledb_usability(client: &impl GenericClient) -> Result<Usability,
     })
 }
 
+/// Citus is usable when it is created in this database and this node is
+/// the coordinator (a worker's tables are shards, not loaded directly).
+async fn citus_usability(client: &impl GenericClient) -> Result<Usability, DbError> {
+    let created: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .await
+        .map_err(query_err("checking for Citus"))?
+        .get(0);
+    if !created {
+        return Ok(Usability::Unusable(
+            "the citus extension is not created in this database (CREATE EXTENSION citus)".into(),
+        ));
+    }
+    let coordinator: bool = client
+        .query_one("SELECT citus_is_coordinator()", &[])
+        .await
+        .map_err(query_err(
+            "asking Citus whether this node is the coordinator",
+        ))?
+        .get(0);
+    Ok(if coordinator {
+        Usability::Usable
+    } else {
+        Usability::Unusable("this is a Citus worker: point DATABASE_URL at the coordinator".into())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +234,7 @@ mod tests {
                 layout.name()
             );
         }
-        assert_eq!(TimeLayout::from_name("citus"), None);
+        assert_eq!(TimeLayout::from_name("citus"), Some(TimeLayout::Citus));
+        assert_eq!(TimeLayout::from_name("distributed"), None);
     }
 }

@@ -1,13 +1,16 @@
 //! Database access: which database to use, connecting with errors that say
 //! what to do; the schema ([`schema`]: migrations and functions in `sql/`),
-//! the time layout of `trips` ([`layout`]), [`ledger`] (which file is
-//! loaded), [`dims`] (the dimension dictionaries), [`copy_in`] (feeding a
+//! the time layout of `trips` ([`layout`]; its Citus time partitions:
+//! [`partitions`]), [`ledger`] (which file is loaded), [`node_health`]
+//! (whether every node answers), [`dims`] (the dimension dictionaries), [`copy_in`] (feeding a
 //! COPY), [`pgtls`] (TLS).
 
 pub mod copy_in;
 pub mod dims;
 pub mod layout;
 pub mod ledger;
+pub mod node_health;
+pub mod partitions;
 pub mod pgtls;
 pub mod schema;
 

@@ -49,6 +49,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lifecycle: unload, replace, retain",
         sql: include_str!("../../sql/migrations/006_lifecycle.sql"),
     },
+    Migration {
+        version: 7,
+        name: "citus: distributed tables",
+        sql: include_str!("../../sql/migrations/007_citus.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "citus: time partitions of trips",
+        sql: include_str!("../../sql/migrations/008_citus_time_partitions.sql"),
+    },
 ];
 
 /// The migration that applies the [`TimeLayout`].
@@ -192,7 +202,8 @@ pub async fn open_for_reading(target: &Target) -> Result<String, DbError> {
 
 /// Applies pending migrations and (re)creates the functions, in one
 /// transaction; safe to run concurrently from several loaders.
-/// `chunk_interval` (e.g. "7 days") is used when a hypertable is created.
+/// `chunk_interval` (e.g. "7 days") is used when a hypertable or the Citus
+/// time partitions are created.
 pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLayout, DbError> {
     require_postgis(client).await?;
     let target = "the database".to_string();
@@ -230,11 +241,14 @@ pub async fn migrate(client: &mut Client, chunk_interval: &str) -> Result<TimeLa
             .into())
         }
     };
+    if have < want {
+        crate::db::layout::hand_chunk_interval(&tx, chunk_interval).await?;
+    }
     for m in MIGRATIONS.iter().filter(|m| m.version > have) {
         if m.version == TIME_LAYOUT_VERSION {
             TimeLayout::choose(&tx)
                 .await?
-                .hand_to_migration(&tx, chunk_interval)
+                .hand_to_migration(&tx)
                 .await?;
         }
         tx.batch_execute(m.sql).await.map_err(query_err(format!(

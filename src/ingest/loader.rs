@@ -92,6 +92,7 @@ impl Loader {
         let (events, events_task) =
             Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
         let grid = grid(&client, role.rollups).await?;
+        let time_partitions = db::partitions::interval(&client).await?.is_some();
         let ctx = Arc::new(LoadContext {
             conninfo,
             dims,
@@ -112,6 +113,7 @@ impl Loader {
             ),
             events,
             grid,
+            time_partitions,
         });
         Ok((Loader { ctx, events_task }, client))
     }

@@ -22,6 +22,7 @@ pub mod loader;
 pub mod map;
 pub mod ordered;
 pub mod outcome;
+pub mod partitions;
 pub mod stream;
 pub mod transaction;
 pub mod watch;

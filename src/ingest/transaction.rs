@@ -1,7 +1,8 @@
 //! One file's transaction, as named steps:
 //!
 //! ```text
-//! hash ─▶ not a duplicate ─▶ map + header ─▶ BEGIN ─▶ claim (ledger row)
+//! hash ─▶ not a duplicate ─▶ map + header ─▶ [Citus: time partitions]
+//!      ─▶ BEGIN ─▶ claim (ledger row)
 //!      ─▶ begin file (lock, dimensions, cell points writer)
 //!      ─▶ stream trips (COPY, counts verified) ─▶ file unchanged
 //!      ─▶ cell points ─▶ rollups ─▶ names, ledger counts ─▶ COMMIT
@@ -84,6 +85,11 @@ async fn load_inner(
         .map_err(|e| Failure::new(e.into()))?;
     refuse_duplicate(&client, &hash).await?;
     let (mapped, header) = map_with_header(ctx, opened, path).await?;
+    if ctx.time_partitions {
+        crate::ingest::partitions::prepare(&client, &mapped, &header, name)
+            .await
+            .map_err(Failure::new)?;
+    }
     let tx = client
         .transaction()
         .await

@@ -7,8 +7,13 @@
 //!
 //! - trips: on TimescaleDB whole chunks before the cut-off go with
 //!   `drop_chunks` and the rest of the chunk the cut-off falls in with a
-//!   `DELETE` (chunk exclusion reads only that chunk); on a plain table one
-//!   `DELETE` through the BRIN index on `datetime`;
+//!   `DELETE` (chunk exclusion reads only that chunk); on Citus whole time
+//!   partitions go with `DROP TABLE` (after taking the loading lock of
+//!   [`crate::db::partitions`] exclusively, so no file is between making its
+//!   partitions and its COPY) and the rest of the partition the cut-off falls
+//!   in, if any, with a `DELETE` (with weekly partitions there is none: they
+//!   start on Mondays, as the cut-off does); on a plain table one `DELETE`
+//!   through the BRIN index on `datetime`;
 //! - `rollup_region_week`: the rows of dropped weeks are deleted;
 //! - `rollup_cell_week`: the dropped weeks are cut from the front of each
 //!   row's arrays (only rows whose first week is dropped are read, by an
@@ -134,7 +139,10 @@ pub fn round_down(asked: DateTime<Utc>) -> Cutoff {
 #[derive(Debug, Clone, Default)]
 pub struct Retained {
     pub trips: u64,
+    /// Whole chunks (TimescaleDB) or time partitions (Citus) dropped.
     pub chunks: u64,
+    /// What `chunks` counts: "chunks" or "partitions".
+    pub whole: &'static str,
     pub rollup_rows_deleted: u64,
     pub rollup_rows_cut: u64,
 }
@@ -160,12 +168,30 @@ pub async fn retain_in(
     asked: &str,
 ) -> Result<Retained, LifecycleError> {
     let start = Instant::now();
+    let partitioned = crate::db::partitions::interval(tx).await?.is_some();
+    if partitioned {
+        // Before the lifecycle lock: a loader holds this one first.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[
+                &crate::db::partitions::LOADING.0,
+                &crate::db::partitions::LOADING.1,
+            ],
+        )
+        .await
+        .map_err(query_err(
+            "waiting for the files making their time partitions",
+        ))?;
+    }
     crate::lifecycle::lock(tx).await?;
-    let mut done = Retained::default();
+    let mut done = Retained {
+        whole: if partitioned { "partitions" } else { "chunks" },
+        ..Retained::default()
+    };
     let (trips, emptied) = subtract_region_source(tx, cut).await?;
     done.trips = trips;
     done.rollup_rows_deleted += emptied;
-    done.chunks = drop_trips(tx, cut).await?;
+    done.chunks = drop_trips(tx, cut, partitioned).await?;
     done.rollup_rows_deleted += drop_region_weeks(tx, cut).await?;
     let (deleted, cut_rows) = cut_cell_weeks(tx, cut).await?;
     done.rollup_rows_deleted += deleted;
@@ -185,31 +211,26 @@ async fn subtract_region_source(
     tx: &Transaction<'_>,
     cut: &Cutoff,
 ) -> Result<(u64, u64), LifecycleError> {
-    // Before the trips go: their counts per (file, region, datasource).
-    let row = tx
-        .query_one(
-            "WITH d AS (SELECT file_id, region_id, datasource_id, count(*) AS n
-                        FROM trips WHERE datetime < $1 GROUP BY 1, 2, 3),
-                  t AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM rollup_region_source s WHERE s.file_id = d.file_id)
-                                    THEN d.file_id ELSE 0 END AS file_id,
-                               region_id, datasource_id, sum(n)::bigint AS n
-                        FROM d GROUP BY 1, 2, 3),
-                  upd AS (UPDATE rollup_region_source r SET trips = r.trips - t.n FROM t
-                          WHERE r.file_id = t.file_id AND r.region_id = t.region_id
-                            AND r.datasource_id = t.datasource_id
-                          RETURNING r.trips)
-             SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM upd),
-                    (SELECT count(*) FROM upd WHERE trips < 0), (SELECT coalesce(sum(n), 0)::bigint FROM d)",
-            &[&cut.at],
+    let dropped = dropped_per_key(tx, cut).await?;
+    let trips: i64 = dropped.n.iter().sum();
+    // Uncorrelated statements, so that Citus plans them on its distributed
+    // tables: the keys go as arrays.
+    let rows = tx
+        .query(
+            "UPDATE rollup_region_source r SET trips = r.trips - t.n
+             FROM unnest($1::int4[], $2::int2[], $3::int2[], $4::int8[]) AS t(file_id, region_id, datasource_id, n)
+             WHERE r.file_id = t.file_id AND r.region_id = t.region_id AND r.datasource_id = t.datasource_id
+             RETURNING r.trips",
+            &[&dropped.file, &dropped.region, &dropped.source, &dropped.n],
         )
         .await
-        .map_err(query_err("counting the trips to drop per file, region and datasource"))?;
-    let (keys, updated, negative, trips): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    if keys != updated || negative > 0 {
+        .map_err(query_err("subtracting the trips to drop from rollup_region_source"))?;
+    let negative = rows.iter().filter(|r| r.get::<_, i64>(0) < 0).count();
+    let keys = dropped.n.len();
+    if rows.len() != keys || negative > 0 {
         return Err(LifecycleError::Inconsistent(format!(
             "rollup_region_source: {} of {keys} (file, region, datasource) rows do not count the trips being dropped",
-            keys - updated + negative
+            keys.saturating_sub(rows.len()) + negative
         )));
     }
     let emptied = tx
@@ -219,11 +240,80 @@ async fn subtract_region_source(
     Ok((trips as u64, emptied))
 }
 
-/// Deletes the trips before the cut-off; on TimescaleDB whole chunks go
-/// with `drop_chunks` first. Returns the number of chunks dropped.
-async fn drop_trips(tx: &Transaction<'_>, cut: &Cutoff) -> Result<u64, LifecycleError> {
+/// The trips before the cut-off per (file, region, datasource) of
+/// `rollup_region_source`: the file's own rows, or the compacted rows
+/// (file 0) for a file whose rows were merged.
+#[derive(Default)]
+struct DroppedPerKey {
+    file: Vec<i32>,
+    region: Vec<i16>,
+    source: Vec<i16>,
+    n: Vec<i64>,
+}
+
+async fn dropped_per_key(
+    tx: &Transaction<'_>,
+    cut: &Cutoff,
+) -> Result<DroppedPerKey, LifecycleError> {
+    let counted = tx
+        .query(
+            "SELECT file_id, region_id, datasource_id, count(*)
+             FROM trips WHERE datetime < $1 GROUP BY 1, 2, 3",
+            &[&cut.at],
+        )
+        .await
+        .map_err(query_err(
+            "counting the trips to drop per file, region and datasource",
+        ))?;
+    let files: Vec<i32> = counted
+        .iter()
+        .map(|r| r.get::<_, i32>(0))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let own: std::collections::HashSet<i32> = tx
+        .query(
+            "SELECT DISTINCT file_id FROM rollup_region_source WHERE file_id = ANY($1)",
+            &[&files],
+        )
+        .await
+        .map_err(query_err(
+            "finding the files with rollup_region_source rows of their own",
+        ))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sums: std::collections::BTreeMap<(i32, i16, i16), i64> = Default::default();
+    for r in &counted {
+        let file: i32 = r.get(0);
+        let key = (
+            if own.contains(&file) { file } else { 0 },
+            r.get(1),
+            r.get(2),
+        );
+        *sums.entry(key).or_default() += r.get::<_, i64>(3);
+    }
+    let mut d = DroppedPerKey::default();
+    for ((file, region, source), n) in sums {
+        d.file.push(file);
+        d.region.push(region);
+        d.source.push(source);
+        d.n.push(n);
+    }
+    Ok(d)
+}
+
+/// Deletes the trips before the cut-off; whole chunks (TimescaleDB) or time
+/// partitions (Citus) go first. Returns the number of those dropped.
+async fn drop_trips(
+    tx: &Transaction<'_>,
+    cut: &Cutoff,
+    partitioned: bool,
+) -> Result<u64, LifecycleError> {
     let mut chunks = 0;
-    if hypertable(tx).await? {
+    if partitioned {
+        chunks = drop_partitions(tx, cut).await?;
+    } else if hypertable(tx).await? {
         chunks = tx
             .query_one(
                 "SELECT count(*) FROM drop_chunks('trips', older_than => $1::timestamptz)",
@@ -237,8 +327,24 @@ async fn drop_trips(tx: &Transaction<'_>, cut: &Cutoff) -> Result<u64, Lifecycle
         .execute("DELETE FROM trips WHERE datetime < $1", &[&cut.at])
         .await
         .map_err(query_err("deleting the trips before the cut-off"))?;
-    tracing::debug!("retain: {chunks} whole chunks dropped, {deleted} trips deleted");
+    tracing::debug!("retain: {chunks} whole chunks or partitions dropped, {deleted} trips deleted");
     Ok(chunks)
+}
+
+/// Drops the time partitions of `trips` that end at or before the cut-off.
+async fn drop_partitions(tx: &Transaction<'_>, cut: &Cutoff) -> Result<u64, LifecycleError> {
+    let old = crate::db::partitions::before(tx, cut.at).await?;
+    for p in &old {
+        tx.batch_execute(&format!("DROP TABLE {}", p.name))
+            .await
+            .map_err(query_err(format!(
+                "dropping the time partition {} ({} to {})",
+                p.name,
+                p.from.format("%Y-%m-%d"),
+                p.to.format("%Y-%m-%d")
+            )))?;
+    }
+    Ok(old.len() as u64)
 }
 
 /// Deletes the rows of the dropped weeks from `rollup_region_week`.
@@ -305,9 +411,10 @@ async fn record(
             done.trips,
             start.elapsed().as_secs_f64(),
             format!(
-                "trips before {} dropped by {by} (asked: older than {asked}); {} whole chunks",
+                "trips before {} dropped by {by} (asked: older than {asked}); {} whole {}",
                 cut.at.format("%Y-%m-%d %H:%M UTC"),
-                done.chunks
+                done.chunks,
+                done.whole
             ),
         ),
     )
@@ -357,7 +464,11 @@ async fn cut_cell_points(tx: &Transaction<'_>, week: i32) -> Result<(u64, u64), 
 
 /// What a retention would drop, for `--dry-run` (read only).
 pub async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
-    let chunks: i64 = if hypertable(client).await? {
+    let partitioned = crate::db::partitions::interval(client).await?.is_some();
+    let whole = if partitioned { "partitions" } else { "chunks" };
+    let chunks: i64 = if partitioned {
+        crate::db::partitions::before(client, cut.at).await?.len() as i64
+    } else if hypertable(client).await? {
         client
             .query_one(
                 "SELECT count(*) FROM show_chunks('trips', older_than => $1::timestamptz)",
@@ -382,7 +493,7 @@ pub async fn plan(client: &Client, cut: &Cutoff) -> Result<String, DbError> {
     let (trips, rw, cw, cp): (i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     Ok(format!(
-        "dry run: would drop the trips before {cut}: {trips} trips ({chunks} whole chunks), \
+        "dry run: would drop the trips before {cut}: {trips} trips ({chunks} whole {whole}), \
          {rw} rollup_region_week rows, and cut or delete {cw} rollup_cell_week and {cp} rollup_cell_points rows; nothing was changed"
     ))
 }
@@ -406,10 +517,11 @@ pub async fn apply(conninfo: &str, older: &OlderThan) -> Result<Option<String>, 
     }
     let r = retain(&mut client, &cut, &older.text()).await?;
     Ok(Some(format!(
-        "retention: dropped {} trips before {} ({} whole chunks)",
+        "retention: dropped {} trips before {} ({} whole {})",
         r.trips,
         cut.at.format("%Y-%m-%d"),
-        r.chunks
+        r.chunks,
+        r.whole
     )))
 }
 

@@ -147,12 +147,7 @@ impl FileState {
 async fn lock_ledger_row(tx: &Transaction<'_>, file_id: i32) -> Result<FileState, LifecycleError> {
     let Some(row) = tx
         .query_opt(
-            "SELECT f.file_name,
-                    EXISTS (SELECT 1 FROM rollup_uncompacted u WHERE u.file_id = f.file_id),
-                    EXISTS (SELECT 1 FROM rollup_region_week r WHERE r.file_id = f.file_id),
-                    EXISTS (SELECT 1 FROM rollup_region_source r WHERE r.file_id = f.file_id),
-                    (SELECT min(week)::timestamp AT TIME ZONE 'UTC' FROM rollup_region_week r WHERE r.file_id = f.file_id),
-                    (SELECT (max(week) + 7)::timestamp AT TIME ZONE 'UTC' FROM rollup_region_week r WHERE r.file_id = f.file_id)
+            "SELECT f.file_name, EXISTS (SELECT 1 FROM rollup_uncompacted u WHERE u.file_id = $1)
              FROM load_files f WHERE f.file_id = $1 AND f.committed_at IS NOT NULL
              FOR UPDATE OF f",
             &[&file_id],
@@ -162,12 +157,23 @@ async fn lock_ledger_row(tx: &Transaction<'_>, file_id: i32) -> Result<FileState
     else {
         return Err(LifecycleError::Gone(file_id));
     };
+    // Uncorrelated, by file_id: on Citus each is routed to the file's shard.
+    let own = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM rollup_region_week WHERE file_id = $1),
+                    EXISTS (SELECT 1 FROM rollup_region_source WHERE file_id = $1),
+                    (SELECT min(week)::timestamp AT TIME ZONE 'UTC' FROM rollup_region_week WHERE file_id = $1),
+                    (SELECT (max(week) + 7)::timestamp AT TIME ZONE 'UTC' FROM rollup_region_week WHERE file_id = $1)",
+            &[&file_id],
+        )
+        .await
+        .map_err(query_err("reading the file's rollup rows"))?;
     Ok(FileState {
         file_name: row.get(0),
         listed: row.get(1),
-        own_region_week: row.get(2),
-        own_region_source: row.get(3),
-        range: (row.get(4), row.get(5)),
+        own_region_week: own.get(0),
+        own_region_source: own.get(1),
+        range: (own.get(2), own.get(3)),
     })
 }
 

@@ -13,6 +13,7 @@
 //! binary.
 #![allow(dead_code)]
 
+pub mod citus;
 pub mod serve;
 
 use std::path::{Path, PathBuf};

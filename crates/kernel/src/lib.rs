@@ -13,9 +13,11 @@
 //! database, file and network code out of it (`tests/layering.rs` also
 //! checks that none of its files uses `std::fs`, `std::net` or
 //! `std::process`). `tripload` re-exports it as `tripload::kernel`.
-//! [`excerpt`] bounds and escapes any raw input shown to people.
+//! [`excerpt`] bounds and escapes any raw input shown to people. [`days`]
+//! lists the UTC days a chunk's trips fall on (the Citus time partitions).
 
 pub mod chunk;
+pub mod days;
 pub mod encode;
 pub mod excerpt;
 pub mod grid;

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 /// Environment failures of each file, counted towards quarantine.
 ///
-/// A failure counts only while the database answers: during an outage every
-/// file fails alike and none is to blame. The history is kept in
+/// A failure counts only while the database answers, all of it (on Citus
+/// every worker too, [`db::node_health`]): during an outage every file
+/// fails alike and none is to blame. The history is kept in
 /// `load_attempts`, so it survives a restart of the watcher (a file that
 /// failed twice before a restart is quarantined at its next failure), and
 /// in memory.
@@ -68,6 +69,20 @@ impl Attempts {
             reason.replace(['\n', '\r'], " ")
         );
         let client = self.client().await?;
+        let whole = tokio::time::timeout(
+            ATTEMPTS_DB_WITHIN,
+            db::node_health::all_nodes_answer(client),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        if !whole {
+            tracing::info!(
+                "{}: not counted towards quarantine: a database node does not answer",
+                c.name
+            );
+            return None;
+        }
         let row = tokio::time::timeout(
             ATTEMPTS_DB_WITHIN,
             client.query_one(
