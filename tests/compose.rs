@@ -45,7 +45,7 @@ struct Deployment {
     databases: &'static [&'static str],
 }
 
-const DEPLOYMENTS: [Deployment; 2] = [
+static DEPLOYMENTS: [Deployment; 2] = [
     Deployment {
         compose: "docker-compose.yml",
         env: ".env.example",
@@ -1534,7 +1534,7 @@ fn apt_installs(docker: &Dockerfile) -> Vec<(String, Option<String>)> {
                         continue;
                     };
                     for w in &words[i + 2..] {
-                        let w = w.trim_matches(|c| c == '"' || c == '\'');
+                        let w = w.trim_matches(|c: char| c == '"' || c == '\'');
                         if w.starts_with('-') || w.is_empty() {
                             continue;
                         }

@@ -64,7 +64,7 @@ pub const SMALL_FILE_TRIPS: u64 = 1_000_000;
 /// ([`crate::lifecycle::lock`]); loading files do not take it (their key in
 /// class [`crate::db::dims::LOCK_CLASS`] keeps only the dictionaries'
 /// reclaim away).
-pub const LOCK: (i32, i32) = (29813, 0);
+pub const LOCK: (i32, i32) = (29814, 0);
 
 /// Bytes of `lons` in a full row: a compacted row shorter than this is
 /// the last of its cell, and is always rewritten with the cell's new points.
