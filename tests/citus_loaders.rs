@@ -223,7 +223,10 @@ fn loaders_on_one_coordinator_do_not_wait_for_each_other() {
         tripload::gen::DATASOURCES.len() as i64
     );
     assert_eq!(
-        cluster.count(0, "SELECT count(*) FROM load_files WHERE file_name = 'a.csv'"),
+        cluster.count(
+            0,
+            "SELECT count(*) FROM load_files WHERE file_name = 'a.csv'"
+        ),
         0
     );
 
@@ -246,7 +249,10 @@ fn loaders_on_one_coordinator_do_not_wait_for_each_other() {
             "{name}"
         );
         assert_eq!(
-            cluster.count(0, &format!("SELECT count(*) FROM trips WHERE file_id = {id}")),
+            cluster.count(
+                0,
+                &format!("SELECT count(*) FROM trips WHERE file_id = {id}")
+            ),
             5_000,
             "{name}"
         );

@@ -96,11 +96,7 @@ fn env_example(d: &Deployment) -> BTreeMap<String, String> {
         }
         let t = t.strip_prefix("export ").unwrap_or(t);
         let Some((k, v)) = t.split_once('=') else {
-            problems.push(format!(
-                "{} line {}: not KEY=value: {line:?}",
-                d.env,
-                n + 1
-            ));
+            problems.push(format!("{} line {}: not KEY=value: {line:?}", d.env, n + 1));
             continue;
         };
         let k = k.trim().to_string();
@@ -623,7 +619,9 @@ fn tripload_services(
 fn build_context(svc: &Value, vars: &BTreeMap<String, String>) -> Option<String> {
     let build = svc.get("build")?;
     let context = match build {
-        Value::Mapping(_) => build.get("context").map_or(".".to_string(), |c| text(c, vars)),
+        Value::Mapping(_) => build
+            .get("context")
+            .map_or(".".to_string(), |c| text(c, vars)),
         other => text(other, vars),
     };
     Some(context.trim_end_matches('/').to_string())
@@ -1006,7 +1004,10 @@ fn healthchecked_and_dependencies_are_real(d: &Deployment) {
             }
         }
     }
-    report(&format!("{}: healthchecks and dependencies", d.compose), problems);
+    report(
+        &format!("{}: healthchecks and dependencies", d.compose),
+        problems,
+    );
 }
 
 #[test]
@@ -1337,7 +1338,10 @@ fn citus_cluster_requires_its_password_and_authenticates_with_scram_only() {
     if environment_result(coordinator, &unset).is_ok() {
         problems.push("the coordinator starts without POSTGRES_PASSWORD".into());
     }
-    report(&format!("{}: passwords and authentication", d.compose), problems);
+    report(
+        &format!("{}: passwords and authentication", d.compose),
+        problems,
+    );
 }
 
 /// A service's `environment:` mapping interpolated, or the first error
@@ -1451,10 +1455,7 @@ fn citus_workers_are_registered_before_the_schema_is_migrated() {
     }
     let deps = depends_on(reg_svc, &vars);
     for n in d.databases {
-        if !deps
-            .iter()
-            .any(|(s, c)| s == n && c == "service_healthy")
-        {
+        if !deps.iter().any(|(s, c)| s == n && c == "service_healthy") {
             problems.push(format!(
                 "service {reg} must wait for {n} to be healthy (depends_on {deps:?})"
             ));
@@ -1466,7 +1467,10 @@ fn citus_workers_are_registered_before_the_schema_is_migrated() {
     let tripload = tripload_services(&compose, &vars, &docker);
     let migrate: Vec<&TriploadService> = tripload
         .iter()
-        .filter(|s| s.command.starts_with(&["db".to_string(), "migrate".to_string()]))
+        .filter(|s| {
+            s.command
+                .starts_with(&["db".to_string(), "migrate".to_string()])
+        })
         .collect();
     if migrate.is_empty() {
         problems.push("no service runs `tripload db migrate`".into());
@@ -1527,10 +1531,7 @@ fn apt_installs(docker: &Dockerfile) -> Vec<(String, Option<String>)> {
                 }
                 for step in run.split("&&") {
                     let words: Vec<&str> = step.split_whitespace().collect();
-                    let Some(i) = words
-                        .windows(2)
-                        .position(|w| w == ["apt-get", "install"])
-                    else {
+                    let Some(i) = words.windows(2).position(|w| w == ["apt-get", "install"]) else {
                         continue;
                     };
                     for w in &words[i + 2..] {
@@ -1567,7 +1568,11 @@ fn citus_nodes_run_one_image_with_pinned_citus_and_postgis() {
         };
         let image = svc.get("image").map(|i| text(i, &vars));
         builds.insert((build_context(svc, &vars), image));
-        if svc.get("command").map(|c| arg_list(c, &vars)).unwrap_or_default().first()
+        if svc
+            .get("command")
+            .map(|c| arg_list(c, &vars))
+            .unwrap_or_default()
+            .first()
             != Some(&"postgres".to_string())
         {
             problems.push(format!("service {node} does not run postgres"));

@@ -127,7 +127,9 @@ fn a_loader_commits_and_exits_while_another_waits() {
     )[0]
     .get(0);
     assert_eq!(
-        db.count(&format!("SELECT count(*) FROM trips WHERE file_id = {b_id}")),
+        db.count(&format!(
+            "SELECT count(*) FROM trips WHERE file_id = {b_id}"
+        )),
         5_000
     );
     // B's new names are committed (not pending); A's row is not visible.
