@@ -1,5 +1,8 @@
 //! The deployment files (Dockerfile, docker-compose.yml, .env.example,
-//! .dockerignore) checked against the real CLI, without Docker.
+//! .dockerignore; for a Citus cluster docker-compose.citus.yml,
+//! .env.citus.example and docker/citus/Dockerfile) checked against the real
+//! CLI, without Docker. Each compose file is checked with its own .env
+//! example ([`DEPLOYMENTS`]):
 //!
 //! - every `tripload` command the compose services and the image run (their
 //!   `command:` or the image's CMD, and the healthchecks) is a real
@@ -17,7 +20,13 @@
 //! - the image copies what the build compiles in (include_str!);
 //! - every published port is bound to the host's loopback, and a tripload
 //!   server listening beyond loopback inside its container has a token the
-//!   operator must set (compose refuses to start without it).
+//!   operator must set (compose refuses to start without it);
+//! - no PostgreSQL service is told to trust connections;
+//! - the Citus cluster: its password is required (no default) and SCRAM is
+//!   the only authentication on every node, its workers are registered with
+//!   the coordinator before the schema is migrated, tripload talks to the
+//!   coordinator, and every node runs one image with pinned Citus and
+//!   PostGIS versions.
 
 use clap::Parser;
 use serde_yaml::Value;
@@ -26,6 +35,33 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 // ------------------------------------------------------------------ files --
+
+/// A compose file with its .env example and its database services.
+struct Deployment {
+    compose: &'static str,
+    env: &'static str,
+    /// The PostgreSQL services (healthchecked; the first is the one tripload
+    /// talks to).
+    databases: &'static [&'static str],
+}
+
+static DEPLOYMENTS: [Deployment; 2] = [
+    Deployment {
+        compose: "docker-compose.yml",
+        env: ".env.example",
+        databases: &["db"],
+    },
+    Deployment {
+        compose: "docker-compose.citus.yml",
+        env: ".env.citus.example",
+        databases: &["coordinator", "worker1", "worker2"],
+    },
+];
+
+/// The Citus cluster's deployment.
+fn citus() -> &'static Deployment {
+    &DEPLOYMENTS[1]
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,21 +84,19 @@ fn report(what: &str, mut problems: Vec<String>) {
     );
 }
 
-/// .env.example as KEY -> value, the way compose reads a .env file.
-fn env_example() -> BTreeMap<String, String> {
+/// The deployment's .env example as KEY -> value, the way compose reads a
+/// .env file.
+fn env_example(d: &Deployment) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
     let mut problems = Vec::new();
-    for (n, line) in read(".env.example").lines().enumerate() {
+    for (n, line) in read(d.env).lines().enumerate() {
         let t = line.trim();
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
         let t = t.strip_prefix("export ").unwrap_or(t);
         let Some((k, v)) = t.split_once('=') else {
-            problems.push(format!(
-                ".env.example line {}: not KEY=value: {line:?}",
-                n + 1
-            ));
+            problems.push(format!("{} line {}: not KEY=value: {line:?}", d.env, n + 1));
             continue;
         };
         let k = k.trim().to_string();
@@ -72,17 +106,17 @@ fn env_example() -> BTreeMap<String, String> {
             .find_map(|q| v.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
             .unwrap_or(v);
         if vars.insert(k.clone(), v.to_string()).is_some() {
-            problems.push(format!(".env.example defines {k} twice"));
+            problems.push(format!("{} defines {k} twice", d.env));
         }
     }
-    report(".env.example", problems);
+    report(d.env, problems);
     vars
 }
 
 /// What an operator must set: variables .env.example leaves empty that the
 /// compose file requires (`${NAME:?why}`).
-fn operator_set(vars: &BTreeMap<String, String>) -> BTreeSet<String> {
-    let compose = read("docker-compose.yml");
+fn operator_set(d: &Deployment, vars: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let compose = read(d.compose);
     vars.iter()
         .filter(|(k, v)| v.is_empty() && compose.contains(&format!("${{{k}:?")))
         .map(|(k, _)| k.clone())
@@ -91,24 +125,24 @@ fn operator_set(vars: &BTreeMap<String, String>) -> BTreeSet<String> {
 
 /// The variables as in a deployment: .env.example with a value for each one
 /// the operator must set.
-fn deployed_env() -> BTreeMap<String, String> {
-    let mut vars = env_example();
-    for k in operator_set(&vars) {
+fn deployed_env(d: &Deployment) -> BTreeMap<String, String> {
+    let mut vars = env_example(d);
+    for k in operator_set(d, &vars) {
         vars.insert(k, "operator-set-value".into());
     }
     vars
 }
 
-fn compose() -> Value {
-    serde_yaml::from_str(&read("docker-compose.yml"))
-        .unwrap_or_else(|e| panic!("docker-compose.yml is not valid YAML: {e}"))
+fn compose(d: &Deployment) -> Value {
+    serde_yaml::from_str(&read(d.compose))
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", d.compose))
 }
 
 fn services(compose: &Value) -> Vec<(String, &Value)> {
     let services = compose
         .get("services")
         .and_then(Value::as_mapping)
-        .expect("docker-compose.yml has no `services:` mapping");
+        .expect("a compose file has no `services:` mapping");
     services
         .iter()
         .map(|(k, v)| (k.as_str().expect("service name").to_string(), v))
@@ -289,10 +323,15 @@ struct Dockerfile {
 }
 
 impl Dockerfile {
+    /// The Dockerfile of tripload's image.
     fn load() -> Dockerfile {
+        Dockerfile::load_from("Dockerfile")
+    }
+
+    fn load_from(path: &str) -> Dockerfile {
         let mut instructions = Vec::new();
         let mut logical = String::new();
-        for line in read("Dockerfile").lines() {
+        for line in read(path).lines() {
             let t = line.trim();
             if t.starts_with('#') || (logical.is_empty() && t.is_empty()) {
                 continue;
@@ -522,13 +561,16 @@ fn tripload_services(
     let all = services(compose);
     let built: BTreeSet<String> = all
         .iter()
-        .filter(|(_, s)| s.get("build").is_some())
+        .filter(|(_, s)| builds_tripload(s, vars))
         .filter_map(|(_, s)| s.get("image").map(|i| text(i, vars)))
         .collect();
     let mut out = Vec::new();
     for (name, svc) in all {
         let image = svc.get("image").map(|i| text(i, vars));
-        if svc.get("build").is_none() && !image.as_ref().is_some_and(|i| built.contains(i)) {
+        let other_build = svc.get("build").is_some() && !builds_tripload(svc, vars);
+        if other_build
+            || (!builds_tripload(svc, vars) && !image.as_ref().is_some_and(|i| built.contains(i)))
+        {
             continue;
         }
         if let Some(ep) = svc.get("entrypoint") {
@@ -571,6 +613,24 @@ fn tripload_services(
         });
     }
     out
+}
+
+/// A service's build context (`build: DIR` or `build: {context: DIR}`).
+fn build_context(svc: &Value, vars: &BTreeMap<String, String>) -> Option<String> {
+    let build = svc.get("build")?;
+    let context = match build {
+        Value::Mapping(_) => build
+            .get("context")
+            .map_or(".".to_string(), |c| text(c, vars)),
+        other => text(other, vars),
+    };
+    Some(context.trim_end_matches('/').to_string())
+}
+
+/// Whether a service's image is built from tripload's Dockerfile (the
+/// repository's root).
+fn builds_tripload(svc: &Value, vars: &BTreeMap<String, String>) -> bool {
+    build_context(svc, vars).is_some_and(|c| c == "." || c.is_empty())
 }
 
 /// `tripload ARGS` -> ARGS; anything else is reported.
@@ -623,15 +683,22 @@ fn dockerfile_runs_real_tripload_commands() {
 
 #[test]
 fn compose_runs_real_tripload_commands_and_variables() {
-    let vars = deployed_env();
+    for d in &DEPLOYMENTS {
+        real_tripload_commands_and_variables(d);
+    }
+}
+
+fn real_tripload_commands_and_variables(d: &Deployment) {
+    let vars = deployed_env(d);
     let docker = Dockerfile::load();
-    let compose = compose();
+    let compose = compose(d);
     let services = tripload_services(&compose, &vars, &docker);
     assert!(
         services
             .iter()
             .any(|s| s.command.first().map(String::as_str) == Some("watch")),
-        "no compose service runs `tripload watch` (services built from the Dockerfile: {:?})",
+        "{}: no compose service runs `tripload watch` (services built from the Dockerfile: {:?})",
+        d.compose,
         services.iter().map(|s| &s.name).collect::<Vec<_>>()
     );
     let service_names: BTreeSet<String> = self::services(&compose)
@@ -765,13 +832,19 @@ fn compose_runs_real_tripload_commands_and_variables() {
             }
         }
     }
-    report("docker-compose.yml tripload services", problems);
+    report(&format!("{} tripload services", d.compose), problems);
 }
 
 #[test]
 fn compose_variables_are_defined_in_env_example() {
-    let vars = deployed_env();
-    let compose = compose();
+    for d in &DEPLOYMENTS {
+        variables_are_defined_in_env_example(d);
+    }
+}
+
+fn variables_are_defined_in_env_example(d: &Deployment) {
+    let vars = deployed_env(d);
+    let compose = compose(d);
     let mut all = Vec::new();
     strings(&compose, &mut all);
     let mut used = BTreeSet::new();
@@ -787,12 +860,12 @@ fn compose_variables_are_defined_in_env_example() {
         for r in refs {
             match vars.get(&r.name) {
                 None => problems.push(format!(
-                    "${{{}}} is used in docker-compose.yml but not defined in .env.example",
-                    r.name
+                    "${{{}}} is used in {} but not defined in {}",
+                    r.name, d.compose, d.env
                 )),
                 Some(v) if (r.op == ":-" || r.op == "-") && &r.arg != v => problems.push(format!(
-                    "${{{}{}{}}}: the compose default {:?} differs from .env.example's {:?}",
-                    r.name, r.op, r.arg, r.arg, v
+                    "${{{}{}{}}}: the compose default {:?} differs from {}'s {:?}",
+                    r.name, r.op, r.arg, r.arg, d.env, v
                 )),
                 Some(_) => {}
             }
@@ -801,10 +874,11 @@ fn compose_variables_are_defined_in_env_example() {
     }
     for name in vars.keys().filter(|k| !used.contains(*k)) {
         problems.push(format!(
-            ".env.example defines {name}, which docker-compose.yml does not use"
+            "{} defines {name}, which {} does not use",
+            d.env, d.compose
         ));
     }
-    report("docker-compose.yml / .env.example", problems);
+    report(&format!("{} / {}", d.compose, d.env), problems);
 }
 
 /// `name[:tag][@digest]`: pinned when it has a digest, or a tag other than `latest`.
@@ -823,36 +897,53 @@ fn pinned(image: &str) -> Result<(), String> {
 
 #[test]
 fn images_are_pinned() {
-    let vars = deployed_env();
-    let compose = compose();
     let mut problems = Vec::new();
-    for (name, svc) in services(&compose) {
-        match (svc.get("image"), svc.get("build")) {
-            (Some(i), _) => {
-                if let Err(e) = pinned(&text(i, &vars)) {
-                    problems.push(format!("service {name}: {e}"));
+    let mut dockerfiles = BTreeSet::from(["Dockerfile".to_string()]);
+    for d in &DEPLOYMENTS {
+        let vars = deployed_env(d);
+        let compose = compose(d);
+        for (name, svc) in services(&compose) {
+            match (svc.get("image"), svc.get("build")) {
+                (Some(i), _) => {
+                    if let Err(e) = pinned(&text(i, &vars)) {
+                        problems.push(format!("{}: service {name}: {e}", d.compose));
+                    }
                 }
+                (None, Some(_)) => {}
+                (None, None) => problems.push(format!(
+                    "{}: service {name} has neither image nor build",
+                    d.compose
+                )),
             }
-            (None, Some(_)) => {}
-            (None, None) => problems.push(format!("service {name} has neither image nor build")),
+            if let Some(context) = build_context(svc, &vars) {
+                dockerfiles.insert(format!("{context}/Dockerfile").replace("./", ""));
+            }
         }
     }
-    let mut stages = BTreeSet::new();
-    for (image, alias) in Dockerfile::load().froms() {
-        if !stages.contains(&image) {
-            if let Err(e) = pinned(&image) {
-                problems.push(format!("Dockerfile FROM: {e}"));
+    for path in dockerfiles {
+        let mut stages = BTreeSet::new();
+        for (image, alias) in Dockerfile::load_from(&path).froms() {
+            if !stages.contains(&image) {
+                if let Err(e) = pinned(&image) {
+                    problems.push(format!("{path} FROM: {e}"));
+                }
             }
+            stages.extend(alias);
         }
-        stages.extend(alias);
     }
     report("image pinning", problems);
 }
 
 #[test]
 fn db_is_healthchecked_and_dependencies_are_real() {
-    let vars = deployed_env();
-    let compose = compose();
+    for d in &DEPLOYMENTS {
+        healthchecked_and_dependencies_are_real(d);
+    }
+}
+
+fn healthchecked_and_dependencies_are_real(d: &Deployment) {
+    let vars = deployed_env(d);
+    let compose = compose(d);
     let docker = Dockerfile::load();
     let all = services(&compose);
     let by_name: BTreeMap<&str, &Value> = all.iter().map(|(n, s)| (n.as_str(), *s)).collect();
@@ -863,14 +954,16 @@ fn db_is_healthchecked_and_dependencies_are_real() {
         Some(h) => h
             .get("test")
             .is_some_and(|t| !arg_list(t, &vars).is_empty()),
-        None => svc.get("build").is_some() && docker.healthcheck().is_some(),
+        None => builds_tripload(svc, &vars) && docker.healthcheck().is_some(),
     };
-    match by_name.get("db") {
-        None => problems.push("there is no `db` service".into()),
-        Some(db) if !has_healthcheck(db) => {
-            problems.push("the db service has no healthcheck".into())
+    for db in d.databases {
+        match by_name.get(db) {
+            None => problems.push(format!("there is no `{db}` service")),
+            Some(svc) if !has_healthcheck(svc) => {
+                problems.push(format!("the {db} service has no healthcheck"))
+            }
+            Some(_) => {}
         }
-        Some(_) => {}
     }
 
     for (name, svc) in &all {
@@ -911,7 +1004,10 @@ fn db_is_healthchecked_and_dependencies_are_real() {
             }
         }
     }
-    report("healthchecks and dependencies", problems);
+    report(
+        &format!("{}: healthchecks and dependencies", d.compose),
+        problems,
+    );
 }
 
 #[test]
@@ -990,9 +1086,15 @@ fn port_host_ip(p: &Value, vars: &BTreeMap<String, String>) -> (String, Option<S
 
 #[test]
 fn ports_are_published_on_loopback_only_and_the_server_needs_a_token() {
-    let vars = deployed_env();
-    let example = env_example();
-    let compose = compose();
+    for d in &DEPLOYMENTS {
+        loopback_only_and_the_server_needs_a_token(d);
+    }
+}
+
+fn loopback_only_and_the_server_needs_a_token(d: &Deployment) {
+    let vars = deployed_env(d);
+    let example = env_example(d);
+    let compose = compose(d);
     let docker = Dockerfile::load();
     let mut problems = Vec::new();
     for (name, svc) in services(&compose) {
@@ -1009,14 +1111,15 @@ fn ports_are_published_on_loopback_only_and_the_server_needs_a_token() {
                 .is_some_and(|ip| ip.is_loopback());
             if !loopback {
                 problems.push(format!(
-                    "service {name}: port {spec} is published beyond the host's loopback (use 127.0.0.1:HOST:CONTAINER)"
+                    "{}: service {name}: port {spec} is published beyond the host's loopback (use 127.0.0.1:HOST:CONTAINER)",
+                    d.compose
                 ));
             }
         }
     }
     let mut servers = 0;
     for s in tripload_services(&compose, &vars, &docker) {
-        let label = format!("service {}", s.name);
+        let label = format!("{}: service {}", d.compose, s.name);
         let listen = match s.command.first().map(String::as_str) {
             Some("watch") => flag_value(&s.command, "--serve"),
             Some("serve") => flag_value(&s.command, "--listen")
@@ -1073,9 +1176,10 @@ fn ports_are_published_on_loopback_only_and_the_server_needs_a_token() {
             .get("TRIPLOAD_SERVE_TOKEN")
             .is_none_or(|v| !v.is_empty())
         {
-            problems.push(
-                ".env.example must define TRIPLOAD_SERVE_TOKEN empty (a token everyone knows is none)".into(),
-            );
+            problems.push(format!(
+                "{} must define TRIPLOAD_SERVE_TOKEN empty (a token everyone knows is none)",
+                d.env
+            ));
         }
         if s.command
             .iter()
@@ -1113,4 +1217,403 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
             a.strip_prefix(&format!("{flag}=")).map(String::from)
         }
     })
+}
+
+// --------------------------------------------------------- authentication --
+
+/// The authentication methods a PostgreSQL service's environment asks for:
+/// (setting, method) from POSTGRES_HOST_AUTH_METHOD and the `--auth*=`
+/// options of POSTGRES_INITDB_ARGS.
+fn auth_methods(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(m) = env.get("POSTGRES_HOST_AUTH_METHOD") {
+        out.push(("POSTGRES_HOST_AUTH_METHOD".to_string(), m.clone()));
+    }
+    for arg in env
+        .get("POSTGRES_INITDB_ARGS")
+        .map(|a| a.split_whitespace().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        if let Some((opt, method)) = arg.split_once('=').filter(|(o, _)| o.starts_with("--auth")) {
+            out.push((format!("POSTGRES_INITDB_ARGS {opt}"), method.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_postgres_service_trusts_connections() {
+    let mut problems = Vec::new();
+    for d in &DEPLOYMENTS {
+        let vars = deployed_env(d);
+        let compose = compose(d);
+        for (name, svc) in services(&compose) {
+            for (setting, method) in auth_methods(&environment(svc, &vars)) {
+                if method != "scram-sha-256" {
+                    problems.push(format!(
+                        "{}: service {name}: {setting} is {method:?}: use scram-sha-256",
+                        d.compose
+                    ));
+                }
+            }
+        }
+    }
+    report("authentication methods", problems);
+}
+
+/// The uninterpolated value of `key` in a service's `environment:` mapping.
+fn raw_env<'a>(svc: &'a Value, key: &str) -> Option<&'a str> {
+    svc.get("environment")
+        .and_then(|e| e.get(key))
+        .and_then(Value::as_str)
+}
+
+#[test]
+fn citus_cluster_requires_its_password_and_authenticates_with_scram_only() {
+    let d = citus();
+    let vars = deployed_env(d);
+    let example = env_example(d);
+    let compose = compose(d);
+    let by_name: BTreeMap<String, &Value> = services(&compose).into_iter().collect();
+    let mut problems = Vec::new();
+    if example
+        .get("POSTGRES_PASSWORD")
+        .is_none_or(|v| !v.is_empty())
+    {
+        problems.push(format!(
+            "{} must define POSTGRES_PASSWORD empty (a password everyone knows is none)",
+            d.env
+        ));
+    }
+    for node in d.databases {
+        let Some(svc) = by_name.get(*node) else {
+            problems.push(format!("there is no `{node}` service"));
+            continue;
+        };
+        // The nodes' own password, and the one they log in to each other with.
+        for key in ["POSTGRES_PASSWORD", "PGPASSWORD"] {
+            let raw = raw_env(svc, key).unwrap_or("");
+            if !raw.starts_with("${POSTGRES_PASSWORD:?") {
+                problems.push(format!(
+                    "service {node}: {key} must be ${{POSTGRES_PASSWORD:?…}} (required, no default), is {raw:?}"
+                ));
+            }
+        }
+        let methods = auth_methods(&environment(svc, &vars));
+        for wanted in [
+            "POSTGRES_HOST_AUTH_METHOD",
+            "POSTGRES_INITDB_ARGS --auth-local",
+            "POSTGRES_INITDB_ARGS --auth-host",
+        ] {
+            if !methods
+                .iter()
+                .any(|(s, m)| s == wanted && m == "scram-sha-256")
+            {
+                problems.push(format!(
+                    "service {node}: {wanted} must be scram-sha-256 (found {methods:?})"
+                ));
+            }
+        }
+    }
+    // Wherever the password is used, it is required: no default anywhere.
+    let mut all = Vec::new();
+    strings(&compose, &mut all);
+    for s in &all {
+        let Ok((_, refs)) = interpolate(s, &vars) else {
+            continue;
+        };
+        for r in refs.iter().filter(|r| r.name == "POSTGRES_PASSWORD") {
+            if r.op != ":?" {
+                problems.push(format!(
+                    "{s:?}: POSTGRES_PASSWORD must be required (${{POSTGRES_PASSWORD:?…}}), not {:?}",
+                    r.op
+                ));
+            }
+        }
+    }
+    // And compose refuses to start with it unset.
+    let mut unset = vars.clone();
+    unset.insert("POSTGRES_PASSWORD".into(), String::new());
+    let coordinator = by_name.get(d.databases[0]).expect("the coordinator");
+    if environment_result(coordinator, &unset).is_ok() {
+        problems.push("the coordinator starts without POSTGRES_PASSWORD".into());
+    }
+    report(
+        &format!("{}: passwords and authentication", d.compose),
+        problems,
+    );
+}
+
+/// A service's `environment:` mapping interpolated, or the first error
+/// (e.g. a required variable that is unset).
+fn environment_result(svc: &Value, vars: &BTreeMap<String, String>) -> Result<(), String> {
+    let Some(Value::Mapping(m)) = svc.get("environment") else {
+        return Ok(());
+    };
+    for v in m.values() {
+        if let Value::String(s) = v {
+            interpolate(s, vars)?;
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ the cluster --
+
+/// Every string of a service's `entrypoint:` and `command:`, interpolated
+/// (`$$` is a literal `$`), one per line.
+fn script_of(svc: &Value, vars: &BTreeMap<String, String>) -> String {
+    let mut parts = Vec::new();
+    for key in ["entrypoint", "command"] {
+        if let Some(v) = svc.get(key) {
+            let mut raw = Vec::new();
+            strings(v, &mut raw);
+            parts.extend(raw.iter().map(|s| {
+                interpolate(s, vars)
+                    .map(|(t, _)| t)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            }));
+        }
+    }
+    parts.join("\n")
+}
+
+/// `depends_on:` as (service, condition).
+fn depends_on(svc: &Value, vars: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    match svc.get("depends_on") {
+        Some(Value::Sequence(seq)) => seq
+            .iter()
+            .map(|d| (text(d, vars), "service_started".to_string()))
+            .collect(),
+        Some(Value::Mapping(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let cond = v
+                    .get("condition")
+                    .map_or("service_started".to_string(), |c| text(c, vars));
+                (text(k, vars), cond)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn citus_workers_are_registered_before_the_schema_is_migrated() {
+    let d = citus();
+    let vars = deployed_env(d);
+    let compose = compose(d);
+    let docker = Dockerfile::load();
+    let all = services(&compose);
+    let (coordinator, workers) = d.databases.split_first().expect("nodes");
+    let mut problems = Vec::new();
+
+    let registering: Vec<&(String, &Value)> = all
+        .iter()
+        .filter(|(_, svc)| script_of(svc, &vars).contains("citus_add_node"))
+        .collect();
+    let [(reg, reg_svc)] = registering.as_slice() else {
+        panic!(
+            "expected one service that registers the workers (citus_add_node), found {:?}",
+            registering.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+    };
+    let script = script_of(reg_svc, &vars);
+    if !script.contains(&format!(
+        "citus_set_coordinator_host('{coordinator}', 5432)"
+    )) {
+        problems.push(format!(
+            "service {reg} does not set the coordinator's host ({coordinator})"
+        ));
+    }
+    for w in workers {
+        if !script.contains(&format!("citus_add_node('{w}', 5432)")) {
+            problems.push(format!("service {reg} does not register worker {w}"));
+        }
+    }
+    if !script.contains("ON_ERROR_STOP=1") {
+        problems.push(format!(
+            "service {reg}: psql without ON_ERROR_STOP=1 exits 0 on a failed registration"
+        ));
+    }
+    // PostGIS on every node (the workers store geometries).
+    let loop_line = script
+        .lines()
+        .find(|l| l.trim_start().starts_with("for node in"))
+        .unwrap_or("");
+    if !script.contains("CREATE EXTENSION IF NOT EXISTS postgis")
+        || d.databases.iter().any(|n| {
+            !loop_line
+                .split_whitespace()
+                .any(|w| w.trim_end_matches(';') == *n)
+        })
+    {
+        problems.push(format!(
+            "service {reg} does not create PostGIS on every node ({:?}): {loop_line:?}",
+            d.databases
+        ));
+    }
+    let deps = depends_on(reg_svc, &vars);
+    for n in d.databases {
+        if !deps.iter().any(|(s, c)| s == n && c == "service_healthy") {
+            problems.push(format!(
+                "service {reg} must wait for {n} to be healthy (depends_on {deps:?})"
+            ));
+        }
+    }
+
+    // The schema is migrated after the registration, and tripload talks to
+    // the coordinator only.
+    let tripload = tripload_services(&compose, &vars, &docker);
+    let migrate: Vec<&TriploadService> = tripload
+        .iter()
+        .filter(|s| {
+            s.command
+                .starts_with(&["db".to_string(), "migrate".to_string()])
+        })
+        .collect();
+    if migrate.is_empty() {
+        problems.push("no service runs `tripload db migrate`".into());
+    }
+    for m in migrate {
+        if !depends_on(&m.svc, &vars)
+            .iter()
+            .any(|(s, c)| s == reg && c == "service_completed_successfully")
+        {
+            problems.push(format!(
+                "service {} migrates before {reg} has registered the workers (depends_on service_completed_successfully)",
+                m.name
+            ));
+        }
+    }
+    for s in &tripload {
+        let host = s
+            .env
+            .get("DATABASE_URL")
+            .and_then(|u| u.rsplit_once('@'))
+            .map(|(_, h)| h.split([':', '/', '?']).next().unwrap_or("").to_string());
+        if host.as_deref() != Some(*coordinator) {
+            problems.push(format!(
+                "service {}: DATABASE_URL's host is {host:?}, not the coordinator",
+                s.name
+            ));
+        }
+    }
+    // The workers are reached inside the compose network only.
+    for (name, svc) in &all {
+        if workers.contains(&name.as_str()) && svc.get("ports").is_some() {
+            problems.push(format!(
+                "worker {name} publishes ports (only the coordinator is for clients)"
+            ));
+        }
+    }
+    report(&format!("{}: the cluster", d.compose), problems);
+}
+
+/// The packages of every `apt-get install` in the Dockerfile's RUNs, with
+/// `ARG` defaults substituted: (package, version if pinned with `=`).
+fn apt_installs(docker: &Dockerfile) -> Vec<(String, Option<String>)> {
+    let mut args: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (instr, a) in &docker.instructions {
+        match instr.as_str() {
+            "ARG" => {
+                if let Some((k, v)) = a.split_once('=') {
+                    args.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+                }
+            }
+            "RUN" => {
+                let mut run = a.clone();
+                for (k, v) in &args {
+                    run = run
+                        .replace(&format!("${{{k}}}"), v)
+                        .replace(&format!("${k}"), v);
+                }
+                for step in run.split("&&") {
+                    let words: Vec<&str> = step.split_whitespace().collect();
+                    let Some(i) = words.windows(2).position(|w| w == ["apt-get", "install"]) else {
+                        continue;
+                    };
+                    for w in &words[i + 2..] {
+                        let w = w.trim_matches(|c: char| c == '"' || c == '\'');
+                        if w.starts_with('-') || w.is_empty() {
+                            continue;
+                        }
+                        let (name, version) = match w.split_once('=') {
+                            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                            None => (w.to_string(), None),
+                        };
+                        out.push((name, version));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn citus_nodes_run_one_image_with_pinned_citus_and_postgis() {
+    let d = citus();
+    let vars = deployed_env(d);
+    let compose = compose(d);
+    let by_name: BTreeMap<String, &Value> = services(&compose).into_iter().collect();
+    let mut problems = Vec::new();
+    let mut builds = BTreeSet::new();
+    for node in d.databases {
+        let Some(svc) = by_name.get(*node) else {
+            problems.push(format!("there is no `{node}` service"));
+            continue;
+        };
+        let image = svc.get("image").map(|i| text(i, &vars));
+        builds.insert((build_context(svc, &vars), image));
+        if svc
+            .get("command")
+            .map(|c| arg_list(c, &vars))
+            .unwrap_or_default()
+            .first()
+            != Some(&"postgres".to_string())
+        {
+            problems.push(format!("service {node} does not run postgres"));
+        }
+    }
+    let builds: Vec<_> = builds.into_iter().collect();
+    let [(Some(context), Some(_))] = builds.as_slice() else {
+        panic!("the nodes must build one image (build and image the same on each): {builds:?}");
+    };
+    let path = format!("{context}/Dockerfile");
+    let docker = Dockerfile::load_from(&path);
+    let froms = docker.froms();
+    let [(base, _)] = froms.as_slice() else {
+        panic!("{path}: expected one FROM, found {froms:?}");
+    };
+    // citusdata/citus:<major>.<minor>.<patch>-pg15: an exact Citus release
+    // for the PostgreSQL major tripload is tested with.
+    let tag = base.strip_prefix("citusdata/citus:").unwrap_or("");
+    let version = tag.strip_suffix("-pg15").unwrap_or("");
+    let exact = version.split('.').count() == 3
+        && version
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !exact {
+        problems.push(format!(
+            "{path}: FROM {base}: expected citusdata/citus:X.Y.Z-pg15 (an exact Citus release on PostgreSQL 15)"
+        ));
+    }
+    let packages = apt_installs(&docker);
+    for (name, version) in &packages {
+        match version {
+            Some(v) if !v.is_empty() && !v.contains('*') && !v.contains('$') => {}
+            _ => problems.push(format!(
+                "{path}: apt-get install {name} is not pinned to an exact version ({version:?})"
+            )),
+        }
+    }
+    if !packages.iter().any(|(n, _)| n == "postgresql-15-postgis-3") {
+        problems.push(format!(
+            "{path} does not install PostGIS (postgresql-15-postgis-3): {packages:?}"
+        ));
+    }
+    report(&format!("{}: the nodes' image", d.compose), problems);
 }

@@ -35,13 +35,14 @@ fn load_each(w: &Work, db: &TestDb, files: &[(&str, &[u8])]) {
 }
 
 /// Loads `files` in one run that is killed once they are committed, while
-/// this test holds the compaction lock shared (as loads do; compaction
+/// this test holds the compaction lock shared (as unloads do; compaction
 /// takes it exclusively): the files keep rollup rows of their own (listed
 /// in rollup_uncompacted), as between a commit and the next compaction.
 fn load_uncompacted(w: &Work, db: &TestDb, files: &[(&str, &[u8])]) {
     ok(&tripload(w, db, &["db", "migrate"]));
     let lock = db.session();
-    lock.query("SELECT pg_advisory_lock_shared(29811, 0)");
+    let (class, key) = tripload::analytics::compact::LOCK;
+    lock.query(&format!("SELECT pg_advisory_lock_shared({class}, {key})"));
     let before = db.count("SELECT count(*) FROM load_files");
     for (name, content) in files {
         w.land(name, content);

@@ -29,9 +29,11 @@
 //! Exact and safe beside loads and queries: each batch of cells moves in one
 //! transaction (a reader sees every point of a cell once, before or after),
 //! the region rollups and the file's `rollup_uncompacted` entry move in the
-//! last one, and one compaction runs at a time (an advisory lock). Loads
-//! only insert rows of their own files, and the cleanup of a failed file
-//! deletes rows of uncommitted files only, which compaction never reads. A
+//! last one, and one compaction runs at a time (an advisory lock of its own,
+//! [`LOCK`]). Loads only insert rows of their own files, and the cleanup of
+//! a failed file deletes rows of uncommitted files only, which compaction
+//! never reads, so loads neither wait for a compaction nor hold one up; only
+//! the lifecycle operations, which rewrite compacted rows, exclude it. A
 //! crash between transactions leaves a file listed with its rows merged in
 //! some cells: the next compaction moves what is left.
 //!
@@ -57,8 +59,12 @@ pub const COMPACTED: i32 = 0;
 /// already full and keep their own rows.
 pub const SMALL_FILE_TRIPS: u64 = 1_000_000;
 
-/// The compaction's advisory lock (session level): (class, key).
-pub const LOCK: (i32, i32) = (29811, 0);
+/// The compaction's advisory lock (session level): (class, key). Taken
+/// exclusively by a compaction and shared by the lifecycle operations
+/// ([`crate::lifecycle::lock`]); loading files do not take it (their key in
+/// class [`crate::db::dims::LOCK_CLASS`] keeps only the dictionaries'
+/// reclaim away).
+pub const LOCK: (i32, i32) = (29814, 0);
 
 /// Bytes of `lons` in a full row: a compacted row shorter than this is
 /// the last of its cell, and is always rewritten with the cell's new points.

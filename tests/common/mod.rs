@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod citus;
+pub mod loaders;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
