@@ -116,6 +116,14 @@ fn loaders_on_one_coordinator_do_not_wait_for_each_other() {
     let dir = work.path();
     let out = tripload(&cluster, dir, &["db", "migrate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The time partitions of 2018 (the generated files' year) made now:
+    // attaching a new partition touches every shard of trips, A's held one
+    // included, so B's own would wait for the test's lock (not for A: a
+    // running COPY does not conflict with ATTACH PARTITION).
+    cluster.batch(
+        0,
+        "SELECT tripload_trips_partitions(ARRAY(SELECT generate_series(17532, 17532 + 365)))",
+    );
 
     // Files until the next two file ids hash to different shards, so that
     // a lock on A's shard holds A only (at most a few: 8 shards).
