@@ -3,22 +3,13 @@
 //! is not installed.
 
 mod common;
-use common::citus::{skip_without_citus, CitusCluster};
-use common::{sample, stderr, stdout};
-use std::collections::BTreeMap;
+use common::citus::{
+    brute_weeks, groups_brute, groups_from_cli, prepared, skip_without_citus, tripload,
+    weeks_from_csv, CitusCluster, Weeks,
+};
+use common::{sample, stderr};
 use std::path::Path;
-use std::process::{Command, Output};
-
-/// The real binary in `dir` against the coordinator (default sslmode).
-fn tripload(cluster: &CitusCluster, dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tripload"))
-        .current_dir(dir)
-        .env("DATABASE_URL", cluster.conninfo(0))
-        .env_remove("TRIPLOAD_PG_DIR")
-        .args(args)
-        .output()
-        .expect("run tripload")
-}
+use std::process::Command;
 
 fn land(dir: &Path, name: &str, content: &[u8]) {
     std::fs::create_dir_all(dir.join("landing")).unwrap();
@@ -45,92 +36,6 @@ fn trips_per_worker(cluster: &CitusCluster) -> Vec<i64> {
                 .iter()
                 .map(|id| cluster.count(w, &format!("SELECT count(*) FROM trips_{id}")))
                 .sum()
-        })
-        .collect()
-}
-
-/// Prepared transactions left on any node (none after a commit or rollback).
-fn prepared(cluster: &CitusCluster) -> i64 {
-    (0..3)
-        .map(|i| cluster.count(i, "SELECT count(*) FROM pg_prepared_xacts"))
-        .sum()
-}
-
-type Weeks = Vec<(chrono::NaiveDate, i64)>;
-
-fn weeks_from_csv(out: &Output) -> Weeks {
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
-    stdout(out)
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let (d, n) = l.split_once(',').unwrap();
-            (d.parse().unwrap(), n.parse().unwrap())
-        })
-        .collect()
-}
-
-/// Brute force on the distributed trips: the weeks with a trip matching `cond`.
-fn brute_weeks(cluster: &CitusCluster, cond: &str) -> Weeks {
-    cluster
-        .query(
-            0,
-            &format!(
-                "SELECT date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date, count(*)
-                 FROM trips t JOIN regions r ON r.id = t.region_id
-                 WHERE {cond} GROUP BY 1 ORDER BY 1"
-            ),
-        )
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
-type GroupKey = (String, i64, i64, i64, i64, String);
-
-/// `tripload groups --format csv`: key -> trips.
-fn groups_from_cli(cluster: &CitusCluster, dir: &Path) -> BTreeMap<GroupKey, i64> {
-    let out = tripload(
-        cluster,
-        dir,
-        &["groups", "--format", "csv", "--top", "100000"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    stdout(&out)
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let key = (
-                f[1].to_string(),
-                f[2].parse().unwrap(),
-                f[3].parse().unwrap(),
-                f[4].parse().unwrap(),
-                f[5].parse().unwrap(),
-                f[6].to_string(),
-            );
-            (key, f[0].parse().unwrap())
-        })
-        .collect()
-}
-
-/// The same groups by brute force on the distributed trips (0.01° cells,
-/// one-hour buckets: the defaults).
-fn groups_brute(cluster: &CitusCluster) -> BTreeMap<GroupKey, i64> {
-    cluster
-        .query(
-            0,
-            "SELECT r.name, floor(ST_X(t.origin) / 0.01)::int8, floor(ST_Y(t.origin) / 0.01)::int8,
-                    floor(ST_X(t.destination) / 0.01)::int8, floor(ST_Y(t.destination) / 0.01)::int8,
-                    to_char(date_trunc('hour', t.datetime AT TIME ZONE 'UTC'), 'HH24:MI'), count(*)
-             FROM trips t JOIN regions r ON r.id = t.region_id GROUP BY 1, 2, 3, 4, 5, 6",
-        )
-        .iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)),
-                r.get(6),
-            )
         })
         .collect()
 }

@@ -8,28 +8,15 @@
 
 mod common;
 use chrono::{DateTime, NaiveDate};
-use common::citus::{skip_without_citus, CitusCluster};
+use common::citus::{
+    brute_weeks, groups_brute, groups_from_cli, prepared, skip_without_citus, tripload,
+    tripload_cmd, weeks_from_csv, CitusCluster,
+};
 use common::{stderr, stdout};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn tripload_cmd(cluster: &CitusCluster, dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripload"));
-    cmd.current_dir(dir)
-        .env("DATABASE_URL", cluster.conninfo(0))
-        .env_remove("TRIPLOAD_PG_DIR")
-        .args(args);
-    cmd
-}
-
-fn tripload(cluster: &CitusCluster, dir: &Path, args: &[&str]) -> Output {
-    tripload_cmd(cluster, dir, args)
-        .output()
-        .expect("run tripload")
-}
 
 fn ok(out: &Output) {
     assert_eq!(
@@ -103,13 +90,6 @@ fn csv_at(times: &[&str]) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Prepared transactions left on any node (none after a commit or rollback).
-fn prepared(cluster: &CitusCluster) -> i64 {
-    (0..3)
-        .map(|i| cluster.count(i, "SELECT count(*) FROM pg_prepared_xacts"))
-        .sum()
-}
-
 /// The time partitions of trips: (name, from, to) as UTC text, by start.
 fn partitions(cluster: &CitusCluster) -> Vec<(String, String, String)> {
     cluster
@@ -134,83 +114,6 @@ fn weeks_with_trips(cluster: &CitusCluster) -> Vec<String> {
         )
         .iter()
         .map(|r| r.get(0))
-        .collect()
-}
-
-type Weeks = Vec<(NaiveDate, i64)>;
-
-fn weeks_from_csv(out: &Output) -> Weeks {
-    ok(out);
-    stdout(out)
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let (d, n) = l.split_once(',').unwrap();
-            (d.parse().unwrap(), n.parse().unwrap())
-        })
-        .filter(|w: &(NaiveDate, i64)| w.1 > 0)
-        .collect()
-}
-
-/// Brute force on the distributed trips: the weeks with a trip matching `cond`.
-fn brute_weeks(cluster: &CitusCluster, cond: &str) -> Weeks {
-    cluster
-        .query(
-            0,
-            &format!(
-                "SELECT date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date, count(*)
-                 FROM trips t JOIN regions r ON r.id = t.region_id
-                 WHERE {cond} GROUP BY 1 ORDER BY 1"
-            ),
-        )
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
-type GroupKey = (String, i64, i64, i64, i64, String);
-
-fn groups_from_cli(cluster: &CitusCluster, dir: &Path) -> BTreeMap<GroupKey, i64> {
-    let out = tripload(
-        cluster,
-        dir,
-        &["groups", "--format", "csv", "--top", "100000"],
-    );
-    ok(&out);
-    stdout(&out)
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let key = (
-                f[1].to_string(),
-                f[2].parse().unwrap(),
-                f[3].parse().unwrap(),
-                f[4].parse().unwrap(),
-                f[5].parse().unwrap(),
-                f[6].to_string(),
-            );
-            (key, f[0].parse().unwrap())
-        })
-        .collect()
-}
-
-fn groups_brute(cluster: &CitusCluster) -> BTreeMap<GroupKey, i64> {
-    cluster
-        .query(
-            0,
-            "SELECT r.name, floor(ST_X(t.origin) / 0.01)::int8, floor(ST_Y(t.origin) / 0.01)::int8,
-                    floor(ST_X(t.destination) / 0.01)::int8, floor(ST_Y(t.destination) / 0.01)::int8,
-                    to_char(date_trunc('hour', t.datetime AT TIME ZONE 'UTC'), 'HH24:MI'), count(*)
-             FROM trips t JOIN regions r ON r.id = t.region_id GROUP BY 1, 2, 3, 4, 5, 6",
-        )
-        .iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)),
-                r.get(6),
-            )
-        })
         .collect()
 }
 

@@ -4,28 +4,12 @@
 //! Skipped, loudly, when Citus is not installed.
 
 mod common;
-use common::citus::{skip_without_citus, CitusCluster};
+use common::citus::{prepared, skip_without_citus, tripload, tripload_cmd, CitusCluster};
 use common::loaders::{exit_within, rollup_mismatch_queries, with_new_names, WAITING};
 use common::stderr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// The real binary in `dir` against the coordinator (default sslmode).
-fn tripload_cmd(cluster: &CitusCluster, dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripload"));
-    cmd.current_dir(dir)
-        .env("DATABASE_URL", cluster.conninfo(0))
-        .env_remove("TRIPLOAD_PG_DIR")
-        .args(args);
-    cmd
-}
-
-fn tripload(cluster: &CitusCluster, dir: &Path, args: &[&str]) -> Output {
-    tripload_cmd(cluster, dir, args)
-        .output()
-        .expect("run tripload")
-}
 
 fn write(path: &Path, content: &[u8]) {
     std::fs::create_dir_all(path.parent().expect("a directory")).expect("mkdir");
@@ -64,13 +48,6 @@ fn shard_of(cluster: &CitusCluster, file_id: i32) -> (i64, usize) {
         .find(|&w| cluster.nodes[w].port as i32 == port)
         .expect("the shard's worker");
     (shard, worker)
-}
-
-/// Prepared transactions left on any node.
-fn prepared(cluster: &CitusCluster) -> i64 {
-    (0..3)
-        .map(|i| cluster.count(i, "SELECT count(*) FROM pg_prepared_xacts"))
-        .sum()
 }
 
 /// A session on a worker that holds a lock on a shard of `trips` in an

@@ -12,10 +12,12 @@
 //! [`citus_installed`] says whether Citus is installed for the PostgreSQL
 //! the tests use; the tests skip loudly when it is not.
 
+use super::{stderr, stdout};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BINDIR: &str = "/usr/lib/postgresql/15/bin";
@@ -364,4 +366,107 @@ impl Drop for CitusCluster {
             }
         }
     }
+}
+
+// ---- what the Citus tests share: the binary, brute force, prepared transactions
+
+pub fn tripload_cmd(cluster: &CitusCluster, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripload"));
+    cmd.current_dir(dir)
+        .env("DATABASE_URL", cluster.conninfo(0))
+        .env_remove("TRIPLOAD_PG_DIR")
+        .args(args);
+    cmd
+}
+
+pub fn tripload(cluster: &CitusCluster, dir: &Path, args: &[&str]) -> Output {
+    tripload_cmd(cluster, dir, args)
+        .output()
+        .expect("run tripload")
+}
+
+/// Prepared transactions left on any node (none after a commit or rollback).
+pub fn prepared(cluster: &CitusCluster) -> i64 {
+    (0..3)
+        .map(|i| cluster.count(i, "SELECT count(*) FROM pg_prepared_xacts"))
+        .sum()
+}
+
+pub type Weeks = Vec<(chrono::NaiveDate, i64)>;
+
+pub fn weeks_from_csv(out: &Output) -> Weeks {
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    stdout(out)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (d, n) = l.split_once(',').unwrap();
+            (d.parse().unwrap(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Brute force on the distributed trips: the weeks with a trip matching `cond`.
+pub fn brute_weeks(cluster: &CitusCluster, cond: &str) -> Weeks {
+    cluster
+        .query(
+            0,
+            &format!(
+                "SELECT date_trunc('week', t.datetime AT TIME ZONE 'UTC')::date, count(*)
+                 FROM trips t JOIN regions r ON r.id = t.region_id
+                 WHERE {cond} GROUP BY 1 ORDER BY 1"
+            ),
+        )
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+pub type GroupKey = (String, i64, i64, i64, i64, String);
+
+/// `tripload groups --format csv`: key -> trips.
+pub fn groups_from_cli(cluster: &CitusCluster, dir: &Path) -> BTreeMap<GroupKey, i64> {
+    let out = tripload(
+        cluster,
+        dir,
+        &["groups", "--format", "csv", "--top", "100000"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let key = (
+                f[1].to_string(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+                f[4].parse().unwrap(),
+                f[5].parse().unwrap(),
+                f[6].to_string(),
+            );
+            (key, f[0].parse().unwrap())
+        })
+        .collect()
+}
+
+/// The same groups by brute force on the distributed trips (0.01° cells,
+/// one-hour buckets: the defaults).
+pub fn groups_brute(cluster: &CitusCluster) -> BTreeMap<GroupKey, i64> {
+    cluster
+        .query(
+            0,
+            "SELECT r.name, floor(ST_X(t.origin) / 0.01)::int8, floor(ST_Y(t.origin) / 0.01)::int8,
+                    floor(ST_X(t.destination) / 0.01)::int8, floor(ST_Y(t.destination) / 0.01)::int8,
+                    to_char(date_trunc('hour', t.datetime AT TIME ZONE 'UTC'), 'HH24:MI'), count(*)
+             FROM trips t JOIN regions r ON r.id = t.region_id GROUP BY 1, 2, 3, 4, 5, 6",
+        )
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)),
+                r.get(6),
+            )
+        })
+        .collect()
 }
