@@ -403,6 +403,8 @@ pub fn weeks_from_csv(out: &Output) -> Weeks {
             let (d, n) = l.split_once(',').unwrap();
             (d.parse().unwrap(), n.parse().unwrap())
         })
+        // Brute force lists only the weeks that have trips.
+        .filter(|w: &(chrono::NaiveDate, i64)| w.1 > 0)
         .collect()
 }
 
