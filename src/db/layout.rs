@@ -189,18 +189,22 @@ async fn timescaledb_usability(client: &impl GenericClient) -> Result<Usability,
     })
 }
 
-/// Citus is usable when it is created in this database and this node is
-/// the coordinator (a worker's tables are shards, not loaded directly).
-async fn citus_usability(client: &impl GenericClient) -> Result<Usability, DbError> {
-    let created: bool = client
+/// Whether the citus extension is created in the database `client` is on.
+pub async fn citus_created(client: &impl GenericClient) -> Result<bool, DbError> {
+    Ok(client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
             &[],
         )
         .await
         .map_err(query_err("checking for Citus"))?
-        .get(0);
-    if !created {
+        .get(0))
+}
+
+/// Citus is usable when it is created in this database and this node is
+/// the coordinator (a worker's tables are shards, not loaded directly).
+async fn citus_usability(client: &impl GenericClient) -> Result<Usability, DbError> {
+    if !citus_created(client).await? {
         return Ok(Usability::Unusable(
             "the citus extension is not created in this database (CREATE EXTENSION citus)".into(),
         ));

@@ -2,6 +2,7 @@
 //! too (a file whose shard is on a stopped worker fails as in an outage of
 //! the database, and is no more to blame); elsewhere, the server alone.
 
+use crate::db::layout::citus_created;
 use crate::db::{query_err, DbError};
 use tokio_postgres::GenericClient;
 
@@ -10,15 +11,7 @@ use tokio_postgres::GenericClient;
 /// false; the caller bounds the wait (Citus waits up to
 /// `citus.node_connection_timeout` for a silent host).
 pub async fn all_nodes_answer(client: &impl GenericClient) -> Result<bool, DbError> {
-    let citus: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
-            &[],
-        )
-        .await
-        .map_err(query_err("checking for Citus"))?
-        .get(0);
-    if !citus {
+    if !citus_created(client).await? {
         return Ok(true);
     }
     Ok(client
