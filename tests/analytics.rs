@@ -190,26 +190,15 @@ fn weekly_results_equal_brute_force_sql() {
 #[test]
 fn the_two_questions_on_the_sample() {
     let (db, _w) = loaded(&[("sample.csv", sample())]);
-    let sql = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/sql/examples/questions.sql"
-    ))
-    .unwrap();
-    let statements: Vec<&str> = sql
-        .split(';')
-        .filter(|s| {
-            s.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
-        })
-        .collect();
+    let statements = questions();
     assert_eq!(statements.len(), 2);
-    let q1 = db.query(statements[0]);
+    let q1 = db.query(&statements[0]);
     assert_eq!(q1.len(), 1);
     assert_eq!(q1[0].get::<_, String>(0), "pt_search_app");
     assert_eq!(q1[0].get::<_, String>(1), "Turin");
     let at: chrono::DateTime<chrono::Utc> = q1[0].get(2);
     assert_eq!(at.to_string(), "2018-05-31 06:20:59 UTC");
-    let q2: Vec<String> = db.query(statements[1]).iter().map(|r| r.get(0)).collect();
+    let q2: Vec<String> = db.query(&statements[1]).iter().map(|r| r.get(0)).collect();
     assert_eq!(q2, ["Hamburg", "Prague", "Turin"]);
     // The top two regions, from the rollups.
     let top: Vec<(String, i64)> = db

@@ -7,7 +7,7 @@ use common::citus::{
     brute_weeks, groups_brute, groups_from_cli, prepared, skip_without_citus, tripload,
     weeks_from_csv, CitusCluster, Weeks,
 };
-use common::{sample, stderr};
+use common::{questions, sample, stderr};
 use std::path::Path;
 use std::process::Command;
 
@@ -82,6 +82,17 @@ fn files_load_into_the_workers_exactly_once_and_queries_equal_brute_force() {
     assert!(distributed
         .iter()
         .all(|d| d.1 == "file_id" && d.2 == distributed[0].2));
+    // The dimensions are reference tables: a copy on every worker.
+    let reference: Vec<String> = cluster
+        .query(
+            0,
+            "SELECT table_name::text FROM citus_tables
+             WHERE citus_table_type = 'reference' ORDER BY 1",
+        )
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reference, ["datasources", "regions"]);
 
     // Six files (the sample and generated ones), two at a time.
     let mut total = 0;
@@ -177,6 +188,21 @@ fn files_load_into_the_workers_exactly_once_and_queries_equal_brute_force() {
         assert!(!want.is_empty(), "the box holds trips by {by}");
     }
     assert_eq!(groups_from_cli(&cluster, dir), groups_brute(&cluster));
+    // Every worker holds every name, as the coordinator has them.
+    let names = "SELECT string_agg(name || '=' || id, ',' ORDER BY id) FROM regions";
+    let want: String = cluster.query(0, names)[0].get(0);
+    for w in 1..=2 {
+        let port = cluster.nodes[w].port;
+        let shard: i64 = cluster.query(
+            0,
+            &format!("SELECT shardid FROM citus_shards WHERE table_name = 'regions'::regclass AND nodeport = {port}"),
+        )[0]
+        .get(0);
+        let got: String =
+            cluster.query(w, &names.replace("regions", &format!("regions_{shard}")))[0].get(0);
+        assert_eq!(got, want, "worker {w}");
+    }
+    assert_questions_equal_brute_force(&cluster);
 
     // The same bytes again: skipped, nothing added anywhere.
     land(dir, "again.csv", &tripload::gen::trips_csv(4_000, 3));
@@ -185,6 +211,46 @@ fn files_load_into_the_workers_exactly_once_and_queries_equal_brute_force() {
     assert!(stderr(&out).contains("already loaded"), "{}", stderr(&out));
     assert_eq!(trips_per_worker(&cluster).iter().sum::<i64>(), total);
     assert_eq!(cluster.count(0, "SELECT count(*) FROM load_files"), 6);
+}
+
+/// sql/examples/questions.sql, which reads the rollups, answers as a
+/// brute-force query over the distributed trips.
+fn assert_questions_equal_brute_force(cluster: &CitusCluster) {
+    let q = questions();
+    assert_eq!(q.len(), 2);
+    // 1. The latest datasource of the two regions with the most trips.
+    let got = cluster.query(0, &q[0]);
+    assert_eq!(got.len(), 1);
+    let (source, region, at): (String, String, chrono::DateTime<chrono::Utc>) =
+        (got[0].get(0), got[0].get(1), got[0].get(2));
+    let want = cluster.query(
+        0,
+        "WITH top AS (SELECT region_id FROM trips GROUP BY region_id
+                      ORDER BY count(*) DESC, region_id LIMIT 2)
+         SELECT max(t.datetime) FROM trips t JOIN top USING (region_id)",
+    );
+    assert_eq!(at, want[0].get::<_, chrono::DateTime<chrono::Utc>>(0));
+    let at_that_time = format!(
+        "SELECT count(*) FROM trips_named WHERE region = '{region}' AND datasource = '{source}'
+         AND datetime = '{}'",
+        at.to_rfc3339()
+    );
+    assert!(
+        cluster.count(0, &at_that_time) > 0,
+        "{region} {source} {at}"
+    );
+    // 2. The regions cheap_mobile appeared in.
+    let got: Vec<String> = cluster.query(0, &q[1]).iter().map(|r| r.get(0)).collect();
+    let want: Vec<String> = cluster
+        .query(
+            0,
+            "SELECT DISTINCT region FROM trips_named WHERE datasource = 'cheap_mobile' ORDER BY 1",
+        )
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, want);
+    assert!(!want.is_empty());
 }
 
 #[test]

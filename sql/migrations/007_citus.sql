@@ -4,16 +4,16 @@
 -- files spread over the workers, and the file's transaction commits them
 -- with Citus's two-phase commit together with the coordinator's tables.
 --
--- Everything else stays a plain table on the coordinator: the ledger
--- (load_files: its content_hash is unique across all files, which a table
--- distributed by file_id cannot enforce), the dimensions (regions,
--- datasources: smallint identity ids, which Citus does not distribute), the
--- events, attempts, settings and lifecycle records. A file's transaction
--- writes its ledger row on the coordinator and its rows on a worker; Citus
--- commits the worker's part with PREPARE TRANSACTION and the coordinator's
--- commit record decides it (its recovery finishes or aborts a prepared
--- transaction left by a crash). Queries join the coordinator's tables with
--- the distributed ones by sending the (small) coordinator rows along.
+-- Everything else stays a plain table on the coordinator (migration 9 then
+-- makes the two dimension tables reference tables): the ledger (load_files:
+-- its content_hash is unique across all files, which a table distributed by
+-- file_id cannot enforce), the events, attempts, settings and lifecycle
+-- records. A file's transaction writes its ledger row on the coordinator and
+-- its rows on a worker; Citus commits the worker's part with PREPARE
+-- TRANSACTION and the coordinator's commit record decides it (its recovery
+-- finishes or aborts a prepared transaction left by a crash). Queries join
+-- the coordinator's tables with the distributed ones by sending the (small)
+-- coordinator rows along.
 -- Other layouts: nothing.
 DO $$
 BEGIN

@@ -113,7 +113,7 @@ DO $$
 DECLARE
     step interval := coalesce(nullif(current_setting('tripload.chunk_interval', true), '')::interval,
                               interval '7 days');
-    spatial text[];
+    kept text[];
     made integer;
 BEGIN
     IF (SELECT value FROM tripload_settings WHERE key = 'time_layout') IS DISTINCT FROM 'citus'
@@ -126,8 +126,8 @@ BEGIN
     END IF;
     INSERT INTO tripload_settings (key, value) VALUES ('partition_interval', step::text)
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
-    SELECT array_agg(indexname::text) INTO spatial FROM pg_indexes
-    WHERE tablename = 'trips' AND indexname IN ('trips_origin_gist', 'trips_destination_gist');
+    SELECT array_agg(indexname::text) INTO kept FROM pg_indexes
+    WHERE tablename = 'trips' AND indexname IN ('trips_origin_gist', 'trips_destination_gist', 'trips_file_brin');
     DROP VIEW IF EXISTS trips_named;
     ALTER TABLE trips RENAME TO trips_unpartitioned;
     CREATE TABLE trips (LIKE trips_unpartitioned) PARTITION BY RANGE (datetime);
@@ -136,14 +136,16 @@ BEGIN
         SELECT DISTINCT (datetime AT TIME ZONE 'UTC')::date - date '1970-01-01' FROM trips_unpartitioned));
     INSERT INTO trips SELECT * FROM trips_unpartitioned;
     DROP TABLE trips_unpartitioned;
-    -- The indexes of migrations 2 and 6 (and of `db index --spatial`), on
-    -- every partition and shard.
+    -- The index of migration 2, and those `db index --spatial` and
+    -- `db index --by-file` had made, on every partition and shard.
     CREATE INDEX trips_datetime_brin ON trips USING brin (datetime);
-    CREATE INDEX trips_file_brin ON trips USING brin (file_id) WITH (autosummarize = on);
-    IF 'trips_origin_gist' = ANY (spatial) THEN
+    IF 'trips_file_brin' = ANY (kept) THEN
+        CREATE INDEX trips_file_brin ON trips USING brin (file_id) WITH (autosummarize = on);
+    END IF;
+    IF 'trips_origin_gist' = ANY (kept) THEN
         CREATE INDEX trips_origin_gist ON trips USING gist (origin);
     END IF;
-    IF 'trips_destination_gist' = ANY (spatial) THEN
+    IF 'trips_destination_gist' = ANY (kept) THEN
         CREATE INDEX trips_destination_gist ON trips USING gist (destination);
     END IF;
     CREATE VIEW trips_named AS

@@ -275,13 +275,16 @@ impl Dims {
     /// In the file's transaction, just before COMMIT: the pending names it
     /// used become permanent (in id order, so two committing files cannot
     /// deadlock; a file waits only for another's COMMIT of the same new name).
+    /// A file that used no pending name writes nothing: on Citus a write to
+    /// the (reference) dimension tables is serialized across loaders until
+    /// COMMIT, so the common file only reads them.
     pub async fn commit(&self, tx: &Transaction<'_>) -> Result<(), DbError> {
         for dim in [Dim::Region, Dim::Datasource] {
             let ids = self.used(dim);
-            if ids.is_empty() {
+            let t = dim.table();
+            if ids.is_empty() || !any_pending(tx, t, &ids).await? {
                 continue;
             }
-            let t = dim.table();
             tx.execute(
                 &format!(
                     "UPDATE {t} SET registered_by = NULL WHERE id IN (
@@ -295,6 +298,18 @@ impl Dims {
         }
         Ok(())
     }
+}
+
+/// Whether any of `ids` in dimension table `t` is still pending.
+async fn any_pending(tx: &Transaction<'_>, t: &str, ids: &[i16]) -> Result<bool, DbError> {
+    let row = tx
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM {t} WHERE id = ANY($1) AND registered_by IS NOT NULL)"),
+            &[&ids],
+        )
+        .await
+        .map_err(query_err(format!("reading the file's pending {t}")))?;
+    Ok(row.get(0))
 }
 
 impl Dictionary<DimError> for Dims {

@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "citus: time partitions of trips",
         sql: include_str!("../../sql/migrations/008_citus_time_partitions.sql"),
     },
+    Migration {
+        version: 9,
+        name: "citus: dimensions as reference tables",
+        sql: include_str!("../../sql/migrations/009_citus_reference_dimensions.sql"),
+    },
 ];
 
 /// The migration that applies the [`TimeLayout`].

@@ -394,4 +394,20 @@ pub fn sample() -> Vec<u8> {
         .expect("sample")
 }
 
+/// The statements of sql/examples/questions.sql (the comments before each
+/// one included), in order.
+pub fn questions() -> Vec<String> {
+    let sql = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/examples/questions.sql"),
+    )
+    .expect("questions.sql");
+    sql.split(';')
+        .filter(|s| {
+            s.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 pub const HEADER: &str = "region,origin_coord,destination_coord,datetime,datasource";
