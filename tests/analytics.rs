@@ -209,33 +209,6 @@ fn the_two_questions_on_the_sample() {
     assert_eq!(top, [("Turin".to_string(), 38), ("Prague".to_string(), 34)]);
 }
 
-/// Every point of rollup_cell_points with its week, whatever file (or
-/// compaction, file_id 0) wrote it: (side, ix, iy, week, x, y).
-const POINTS: &str = "SELECT p.side, p.ix, p.iy, u.w AS week, q.x, q.y
-    FROM rollup_cell_points p, unnest(p.weeks, p.ends) WITH ORDINALITY AS u(w, e, k),
-         generate_series(coalesce(p.ends[u.k - 1], 0) + 1, u.e) AS i,
-         LATERAL (SELECT cell_point_coord(substring(p.lons FROM (i - 1) * 8 + 1 FOR 8)) AS x,
-                         cell_point_coord(substring(p.lats_sorted FROM get_byte(p.lat_pos, i - 1) * 8 + 1 FOR 8)) AS y) q";
-
-/// Rollups summed over files, in a canonical order.
-fn rollup_state(db: &TestDb) -> Vec<String> {
-    db.query(
-        &"SELECT 'rw ' || g.name || ' ' || week || ' ' || sum(trips) FROM rollup_region_week r JOIN regions g ON g.id = r.region_id GROUP BY g.name, week
-         UNION ALL
-         SELECT 'rs ' || g.name || ' ' || d.name || ' ' || sum(trips) || ' ' || max(last_at) FROM rollup_region_source r
-           JOIN regions g ON g.id = r.region_id JOIN datasources d ON d.id = r.datasource_id GROUP BY g.name, d.name
-         UNION ALL
-         SELECT 'cw ' || side::text || ' ' || ix || ' ' || iy || ' ' || w || ' ' || sum(n) FROM rollup_cell_week, unnest(weeks, trips) AS u(w, n) GROUP BY side, ix, iy, w
-         UNION ALL
-         SELECT 'cp ' || side::text || ' ' || ix || ' ' || iy || ' ' || week || ' ' || string_agg(x::text || ':' || y::text, ',' ORDER BY x, y)
-           FROM ({POINTS}) p GROUP BY side, ix, iy, week
-         ORDER BY 1".replace("{POINTS}", POINTS),
-    )
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
 #[test]
 fn rollups_do_not_depend_on_load_order_or_failed_files() {
     let a = tripload::gen::trips_csv(5_000, 31);

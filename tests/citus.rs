@@ -5,7 +5,7 @@
 mod common;
 use common::citus::{
     brute_weeks, groups_brute, groups_from_cli, prepared, skip_without_citus, tripload,
-    weeks_from_csv, CitusCluster, Weeks,
+    weeks_from_csv, CitusCluster, HeldShard, Weeks,
 };
 use common::{questions, sample, stderr};
 use std::path::Path;
@@ -330,41 +330,14 @@ fn a_worker_stopped_mid_load_rolls_the_file_back_everywhere_and_it_loads_once_ba
     // The next file gets file_id 2: hold its shard of trips on its worker
     // (a lock its COPY waits for), so that the load is mid-COPY, its ledger
     // row written on the coordinator, when that worker stops.
-    let row = &cluster.query(
-        0,
-        "SELECT s.shardid, s.nodeport FROM citus_shards s
-         WHERE s.table_name = 'trips'::regclass
-           AND s.shardid = get_shard_id_for_distribution_column('trips', 2)",
-    )[0];
-    let (shard, port): (i64, i32) = (row.get(0), row.get(1));
-    let worker = (1..=2)
-        .find(|&w| cluster.nodes[w].port as i32 == port)
-        .unwrap();
-    let other = 3 - worker;
     // The time partitions of 2018 (big.csv's year) made now: the file's own
     // would wait for the lock below before its transaction.
     cluster.batch(
         0,
         "SELECT tripload_trips_partitions(ARRAY(SELECT generate_series(17532, 17532 + 365)))",
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let conninfo = format!("{} sslmode=disable", cluster.conninfo(worker));
-    let holder = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c.batch_execute(&format!(
-            "BEGIN; SET LOCAL citus.enable_manual_changes_to_shards = on; LOCK TABLE trips_{shard} IN SHARE MODE"
-        ))
-            .await
-            .unwrap();
-        c
-    });
+    let holder = HeldShard::take(&cluster, 2);
+    let (worker, other) = (holder.worker, holder.other);
     land(dir, "big.csv", &tripload::gen::trips_csv(20_000, 9));
     let load = Command::new(env!("CARGO_BIN_EXE_tripload"))
         .current_dir(dir)
@@ -375,11 +348,8 @@ fn a_worker_stopped_mid_load_rolls_the_file_back_everywhere_and_it_loads_once_ba
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let waiting = format!(
-        "SELECT count(*) FROM pg_locks WHERE relation = 'trips_{shard}'::regclass AND NOT granted"
-    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while cluster.count(worker, &waiting) == 0 {
+    while !holder.waited_for(&cluster) {
         assert!(
             std::time::Instant::now() < deadline,
             "the COPY never reached the worker"

@@ -10,7 +10,7 @@ mod common;
 use chrono::{DateTime, NaiveDate};
 use common::citus::{
     brute_weeks, groups_brute, groups_from_cli, prepared, skip_without_citus, tripload,
-    tripload_cmd, weeks_from_csv, CitusCluster,
+    tripload_cmd, weeks_from_csv, CitusCluster, HeldShard,
 };
 use common::{stderr, stdout};
 use std::fmt::Write as _;
@@ -601,43 +601,11 @@ fn watch_loads_on_the_cluster_and_retries_a_file_whose_worker_stopped_until_it_i
         0,
         &format!("ALTER TABLE load_files ALTER COLUMN file_id RESTART WITH {k}"),
     );
-    let row = &cluster.query(
-        0,
-        &format!(
-            "SELECT shardid, nodeport FROM citus_shards
-             WHERE table_name = 'trips'::regclass
-               AND shardid = get_shard_id_for_distribution_column('trips', {k})"
-        ),
-    )[0];
-    let (shard, port): (i64, i32) = (row.get(0), row.get(1));
-    let worker = (1..=2)
-        .find(|&w| cluster.nodes[w].port as i32 == port)
-        .unwrap();
-    let other = 3 - worker;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let conninfo = format!("{} sslmode=disable", cluster.conninfo(worker));
-    let holder = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c.batch_execute(&format!(
-            "BEGIN; SET LOCAL citus.enable_manual_changes_to_shards = on; LOCK TABLE trips_{shard} IN SHARE MODE"
-        ))
-        .await
-        .unwrap();
-        c
-    });
+    let holder = HeldShard::take(&cluster, k);
+    let (worker, other) = (holder.worker, holder.other);
     land(dir, "big.csv", &csv_between(20_000, 9, "2018-01-01", 28));
-    let waiting = format!(
-        "SELECT count(*) FROM pg_locks WHERE relation = 'trips_{shard}'::regclass AND NOT granted"
-    );
     wait_for("the COPY to reach the worker", 120, &mut || {
-        cluster.count(worker, &waiting) > 0
+        holder.waited_for(&cluster)
     });
     assert!(dir.join("processing").read_dir().unwrap().count() == 1);
     cluster.stop(worker);

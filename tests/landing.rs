@@ -7,13 +7,6 @@ use common::*;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-fn mkfifo(p: &std::path::Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-}
-
 /// Waits for the child at most `secs`; kills it and fails if it hangs.
 fn wait_or_kill(mut child: Child, secs: u64, what: &str) -> std::process::Output {
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -274,13 +274,6 @@ fn a_claim_left_by_a_dead_watcher_is_released_and_loaded() {
     );
 }
 
-fn mkfifo(p: &std::path::Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-}
-
 fn land_renamed(w: &Work, name: &str, content: &[u8]) {
     let tmp = w.path(&format!("landing/.{name}"));
     std::fs::write(&tmp, content).unwrap();

@@ -431,17 +431,8 @@ mod tests {
 
     fn report(status: Status) -> FileReport {
         FileReport {
-            path: "x/a.csv".into(),
-            size: 1,
-            status,
             rows_loaded: 10,
-            rows_rejected: 0,
-            blank_lines: 0,
-            header_lines: 0,
-            seconds: 1.0,
-            now_at: None,
-            rejects_file: None,
-            failed_at: Default::default(),
+            ..FileReport::for_test("x/a.csv", status)
         }
     }
 

@@ -344,19 +344,7 @@ mod tests {
     }
 
     fn report(name: &str, status: Status) -> FileReport {
-        FileReport {
-            path: name.into(),
-            size: 1,
-            status,
-            rows_loaded: 0,
-            rows_rejected: 0,
-            blank_lines: 0,
-            header_lines: 0,
-            seconds: 1.0,
-            now_at: None,
-            rejects_file: None,
-            failed_at: Default::default(),
-        }
+        FileReport::for_test(name, status)
     }
 
     #[test]

@@ -47,6 +47,26 @@ pub struct FileReport {
     pub failed_at: FailedAt,
 }
 
+#[cfg(test)]
+impl FileReport {
+    /// A report of `path` with `status` and nothing loaded, for tests.
+    pub(crate) fn for_test(path: &str, status: Status) -> FileReport {
+        FileReport {
+            path: PathBuf::from(path),
+            size: 1,
+            status,
+            rows_loaded: 0,
+            rows_rejected: 0,
+            blank_lines: 0,
+            header_lines: 0,
+            seconds: 1.0,
+            now_at: None,
+            rejects_file: None,
+            failed_at: Default::default(),
+        }
+    }
+}
+
 /// Where a file's failure points, as fields: the physical line and column
 /// (a field's name, or a character position for a framing error) in the
 /// file, and the server's SQLSTATE for an error the database raised.
@@ -361,17 +381,9 @@ mod tests {
 
     fn report(name: &str, status: Status, loaded: u64, rejected: u64) -> FileReport {
         FileReport {
-            path: PathBuf::from(name),
-            size: 0,
-            status,
             rows_loaded: loaded,
             rows_rejected: rejected,
-            blank_lines: 0,
-            header_lines: 0,
-            seconds: 1.0,
-            now_at: None,
-            rejects_file: None,
-            failed_at: Default::default(),
+            ..FileReport::for_test(name, status)
         }
     }
 

@@ -472,3 +472,69 @@ pub fn groups_brute(cluster: &CitusCluster) -> BTreeMap<GroupKey, i64> {
         })
         .collect()
 }
+
+/// A SHARE lock, held on its worker, on the shard of `trips` that holds a
+/// `file_id`: that file's COPY waits for it there (its ledger row already
+/// claimed on the coordinator), while attaching a new time partition does
+/// not. Released when dropped (or when the worker stops).
+pub struct HeldShard {
+    pub shard: i64,
+    /// The node index of the shard's worker, and of the other worker.
+    pub worker: usize,
+    pub other: usize,
+    _client: tokio_postgres::Client,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl HeldShard {
+    /// Takes the lock for `file_id`'s shard of `trips`.
+    pub fn take(cluster: &CitusCluster, file_id: i32) -> HeldShard {
+        let row = &cluster.query(
+            0,
+            &format!(
+                "SELECT shardid, nodeport FROM citus_shards
+                 WHERE table_name = 'trips'::regclass
+                   AND shardid = get_shard_id_for_distribution_column('trips', {file_id})"
+            ),
+        )[0];
+        let (shard, port): (i64, i32) = (row.get(0), row.get(1));
+        let worker = (1..=2)
+            .find(|&w| cluster.nodes[w].port as i32 == port)
+            .expect("the shard's worker");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let conninfo = format!("{} sslmode=disable", cluster.conninfo(worker));
+        let client = rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the worker");
+            tokio::spawn(conn);
+            c.batch_execute(&format!(
+                "BEGIN; SET LOCAL citus.enable_manual_changes_to_shards = on;
+                 LOCK TABLE trips_{shard} IN SHARE MODE"
+            ))
+            .await
+            .expect("lock the shard");
+            c
+        });
+        HeldShard {
+            shard,
+            worker,
+            other: 3 - worker,
+            _client: client,
+            _rt: rt,
+        }
+    }
+
+    /// Whether a session waits for the lock on the worker (the file's COPY).
+    pub fn waited_for(&self, cluster: &CitusCluster) -> bool {
+        let waiting = format!(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'trips_{}'::regclass AND NOT granted",
+            self.shard
+        );
+        cluster.count(self.worker, &waiting) > 0
+    }
+}

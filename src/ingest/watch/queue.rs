@@ -161,13 +161,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn mkfifo(p: &Path) {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    }
+    use crate::ingest::map::mkfifo;
 
     #[test]
     fn an_overflowed_notification_queue_rescans_the_directory() {
