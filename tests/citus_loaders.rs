@@ -4,7 +4,9 @@
 //! Skipped, loudly, when Citus is not installed.
 
 mod common;
-use common::citus::{prepared, skip_without_citus, tripload, tripload_cmd, CitusCluster};
+use common::citus::{
+    prepared, skip_without_citus, tripload, tripload_cmd, trips_shard_of, CitusCluster, HeldShard,
+};
 use common::loaders::{exit_within, rollup_mismatch_queries, with_new_names, WAITING};
 use common::stderr;
 use std::path::Path;
@@ -33,56 +35,6 @@ fn next_file_id(cluster: &CitusCluster) -> i32 {
     .get(0)
 }
 
-/// The shard of `trips` that holds `file_id`, and the index of its worker.
-fn shard_of(cluster: &CitusCluster, file_id: i32) -> (i64, usize) {
-    let row = &cluster.query(
-        0,
-        &format!(
-            "SELECT s.shardid, s.nodeport FROM citus_shards s
-             WHERE s.table_name = 'trips'::regclass
-               AND s.shardid = get_shard_id_for_distribution_column('trips', {file_id})"
-        ),
-    )[0];
-    let (shard, port): (i64, i32) = (row.get(0), row.get(1));
-    let worker = (1..=2)
-        .find(|&w| cluster.nodes[w].port as i32 == port)
-        .expect("the shard's worker");
-    (shard, worker)
-}
-
-/// A session on a worker that holds a lock on a shard of `trips` in an
-/// open transaction (dropped: released).
-struct ShardHold {
-    _rt: tokio::runtime::Runtime,
-    _client: tokio_postgres::Client,
-}
-
-fn hold_shard(cluster: &CitusCluster, worker: usize, shard: i64) -> ShardHold {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let conninfo = format!("{} sslmode=disable", cluster.conninfo(worker));
-    let client = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the worker");
-        tokio::spawn(conn);
-        c.batch_execute(&format!(
-            "BEGIN; SET LOCAL citus.enable_manual_changes_to_shards = on;
-             LOCK TABLE trips_{shard} IN SHARE MODE"
-        ))
-        .await
-        .expect("lock the shard");
-        c
-    });
-    ShardHold {
-        _rt: rt,
-        _client: client,
-    }
-}
-
 #[test]
 fn loaders_on_one_coordinator_do_not_wait_for_each_other() {
     if skip_without_citus("loaders_on_one_coordinator_do_not_wait_for_each_other") {
@@ -106,8 +58,8 @@ fn loaders_on_one_coordinator_do_not_wait_for_each_other() {
     // a lock on A's shard holds A only (at most a few: 8 shards).
     let mut loaded = 0;
     let mut seed = 70;
-    while shard_of(&cluster, next_file_id(&cluster)).0
-        == shard_of(&cluster, next_file_id(&cluster) + 1).0
+    while trips_shard_of(&cluster, next_file_id(&cluster)).0
+        == trips_shard_of(&cluster, next_file_id(&cluster) + 1).0
     {
         seed += 1;
         write(
@@ -123,8 +75,8 @@ fn loaders_on_one_coordinator_do_not_wait_for_each_other() {
     // Loader A: its COPY waits on its shard's worker, its transaction open
     // on the coordinator (ledger row claimed, dictionaries' lock taken).
     let a_id = next_file_id(&cluster);
-    let (a_shard, a_worker) = shard_of(&cluster, a_id);
-    let hold = hold_shard(&cluster, a_worker, a_shard);
+    let hold = HeldShard::take(&cluster, a_id);
+    let (a_shard, a_worker) = (hold.shard, hold.worker);
     write(&dir.join("a/a.csv"), &tripload::gen::trips_csv(5_000, 62));
     let log_a = std::fs::File::create(dir.join("a.log")).expect("log");
     let mut a = tripload_cmd(&cluster, dir, &["load", "a"])
@@ -185,7 +137,7 @@ fn loaders_on_one_coordinator_do_not_wait_for_each_other() {
         "SELECT file_id FROM load_files WHERE file_name = 'b.csv' AND committed_at IS NOT NULL",
     )[0]
     .get(0);
-    assert_ne!(shard_of(&cluster, b_id).0, a_shard);
+    assert_ne!(trips_shard_of(&cluster, b_id).0, a_shard);
     assert_eq!(
         cluster.count(
             0,
@@ -279,7 +231,7 @@ fn per_worker(cluster: &CitusCluster) -> [i64; 2] {
     let mut n = [0; 2];
     for r in cluster.query(0, "SELECT file_id, count(*) FROM trips GROUP BY 1") {
         let (file_id, trips): (i32, i64) = (r.get(0), r.get(1));
-        n[shard_of(cluster, file_id).1 - 1] += trips;
+        n[trips_shard_of(cluster, file_id).1 - 1] += trips;
     }
     n
 }

@@ -473,6 +473,24 @@ pub fn groups_brute(cluster: &CitusCluster) -> BTreeMap<GroupKey, i64> {
         .collect()
 }
 
+/// The shard of `trips` that holds `file_id`, and the node index of its
+/// worker.
+pub fn trips_shard_of(cluster: &CitusCluster, file_id: i32) -> (i64, usize) {
+    let row = &cluster.query(
+        0,
+        &format!(
+            "SELECT shardid, nodeport FROM citus_shards
+             WHERE table_name = 'trips'::regclass
+               AND shardid = get_shard_id_for_distribution_column('trips', {file_id})"
+        ),
+    )[0];
+    let (shard, port): (i64, i32) = (row.get(0), row.get(1));
+    let worker = (1..=2)
+        .find(|&w| cluster.nodes[w].port as i32 == port)
+        .expect("the shard's worker");
+    (shard, worker)
+}
+
 /// A SHARE lock, held on its worker, on the shard of `trips` that holds a
 /// `file_id`: that file's COPY waits for it there (its ledger row already
 /// claimed on the coordinator), while attaching a new time partition does
@@ -489,18 +507,7 @@ pub struct HeldShard {
 impl HeldShard {
     /// Takes the lock for `file_id`'s shard of `trips`.
     pub fn take(cluster: &CitusCluster, file_id: i32) -> HeldShard {
-        let row = &cluster.query(
-            0,
-            &format!(
-                "SELECT shardid, nodeport FROM citus_shards
-                 WHERE table_name = 'trips'::regclass
-                   AND shardid = get_shard_id_for_distribution_column('trips', {file_id})"
-            ),
-        )[0];
-        let (shard, port): (i64, i32) = (row.get(0), row.get(1));
-        let worker = (1..=2)
-            .find(|&w| cluster.nodes[w].port as i32 == port)
-            .expect("the shard's worker");
+        let (shard, worker) = trips_shard_of(cluster, file_id);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
