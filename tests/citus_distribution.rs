@@ -329,14 +329,16 @@ impl Sampler {
 // ---- one run of one variant
 
 /// What one run of a variant measured.
-#[derive(Default)]
 struct Figures {
     /// (a) one file, --jobs 2: rows/s
     one_file: f64,
     /// (c) CPU seconds for (a): tripload, coordinator, worker 1, worker 2
     cpu: [f64; 4],
-    /// (a): the share of the file's trips (bytes) on worker 1, worker 2
+    /// (b) CPU seconds, as for (a)
+    cpu_b: [f64; 4],
+    /// (a), (b): the share of the trips on worker 1, worker 2
     share: [f64; 2],
+    share_b: [f64; 2],
     /// (a) and (b): most coordinator connections / prepared transactions on a worker
     conns: [(i64, i64); 2],
     /// (b) four files, --jobs 4: rows/s
@@ -471,6 +473,57 @@ fn unload_first(cluster: &CitusCluster, dir: &Path, key: Key, c: &Session) -> Re
     Ok(secs)
 }
 
+/// One measured `tripload load` of `sources` with `--jobs jobs`.
+struct Load {
+    rows_per_s: f64,
+    /// CPU seconds: tripload, coordinator, worker 1, worker 2
+    cpu: [f64; 4],
+    /// the share of the trips on worker 1, worker 2
+    share: [f64; 2],
+    /// most coordinator connections / prepared transactions on each worker
+    conns: [(i64, i64); 2],
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measured_load(
+    cluster: &CitusCluster,
+    dir: &Path,
+    key: Key,
+    c: &Session,
+    pids: &[u32],
+    jobs: &str,
+    sources: &[std::path::PathBuf],
+    rows: u64,
+) -> Load {
+    reset(c);
+    land(dir, sources);
+    let sampler = Sampler::start(cluster, key);
+    let (client0, servers0) = (children_cpu(), servers_cpu(pids));
+    let t = Instant::now();
+    run_ok(cluster, dir, key, &["load", "-q", "--jobs", jobs, "in"]);
+    let secs = t.elapsed().as_secs_f64();
+    let (client1, servers1) = (children_cpu(), servers_cpu(pids));
+    let conns = sampler.finish();
+    assert_eq!(c.count("SELECT count(*) FROM trips"), rows as i64);
+    // What autovacuum would do later (it is off in the bench, so that no
+    // run's aftermath lands in the next run's figures), done now, untimed.
+    c.batch(SETTLE);
+    Load {
+        rows_per_s: rows as f64 / secs,
+        cpu: [
+            client1 - client0,
+            servers1[0] - servers0[0],
+            servers1[1] - servers0[1],
+            servers1[2] - servers0[2],
+        ],
+        share: worker_shares(cluster, c),
+        conns,
+    }
+}
+
+const SETTLE: &str = "VACUUM ANALYZE trips, rollup_region_week, rollup_region_source,
+                      rollup_cell_week, rollup_cell_points, load_files";
+
 fn one_run(
     cluster: &CitusCluster,
     dir: &Path,
@@ -481,54 +534,42 @@ fn one_run(
 ) -> Figures {
     let c = Session::open(cluster, 0, key.db());
     let pids = postmaster_pids(cluster);
-    let mut f = Figures::default();
 
-    // (a) one file with --jobs 2, CPU per node.
-    reset(&c);
-    land(dir, big);
-    let sampler = Sampler::start(cluster, key);
-    let (client0, servers0) = (children_cpu(), servers_cpu(&pids));
-    let t = Instant::now();
-    run_ok(cluster, dir, key, &["load", "-q", "--jobs", "2", "in"]);
-    let secs = t.elapsed().as_secs_f64();
-    let (client1, servers1) = (children_cpu(), servers_cpu(&pids));
-    let conns_a = sampler.finish();
-    assert_eq!(c.count("SELECT count(*) FROM trips"), rows as i64);
-    f.one_file = rows as f64 / secs;
-    f.cpu = [
-        client1 - client0,
-        servers1[0] - servers0[0],
-        servers1[1] - servers0[1],
-        servers1[2] - servers0[2],
-    ];
-    f.share = worker_shares(cluster, &c);
-    let after_a = queries(cluster, dir, key, &c, "1 file", &mut f.answers);
-    f.unload.push(unload_first(cluster, dir, key, &c));
+    // (a) one file with --jobs 2, (c) CPU per node, (d), (e).
+    let a = measured_load(cluster, dir, key, &c, &pids, "2", big, rows);
+    let mut answers = Vec::new();
+    let after_a = queries(cluster, dir, key, &c, "1 file", &mut answers);
+    let unload_a = unload_first(cluster, dir, key, &c);
 
-    // (b) four files with --jobs 4.
+    // (b) four files with --jobs 4, (d), (e).
+    let b = measured_load(cluster, dir, key, &c, &pids, "4", small, rows);
+    let after_b = queries(cluster, dir, key, &c, "4 files", &mut answers);
+    let unload_b = unload_first(cluster, dir, key, &c);
+    // Nothing left for the other variant's run to meet.
     reset(&c);
-    land(dir, small);
-    let sampler = Sampler::start(cluster, key);
-    let t = Instant::now();
-    run_ok(cluster, dir, key, &["load", "-q", "--jobs", "4", "in"]);
-    let secs = t.elapsed().as_secs_f64();
-    let conns_b = sampler.finish();
-    assert_eq!(c.count("SELECT count(*) FROM trips"), rows as i64);
-    f.four_files = rows as f64 / secs;
-    let after_b = queries(cluster, dir, key, &c, "4 files", &mut f.answers);
-    f.unload.push(unload_first(cluster, dir, key, &c));
-    for w in 0..2 {
-        f.conns[w] = (
-            conns_a[w].0.max(conns_b[w].0),
-            conns_a[w].1.max(conns_b[w].1),
-        );
+    c.batch(SETTLE);
+
+    Figures {
+        one_file: a.rows_per_s,
+        cpu: a.cpu,
+        cpu_b: b.cpu,
+        share: a.share,
+        share_b: b.share,
+        conns: [0, 1].map(|w| {
+            (
+                a.conns[w].0.max(b.conns[w].0),
+                a.conns[w].1.max(b.conns[w].1),
+            )
+        }),
+        four_files: b.rows_per_s,
+        queries: after_a
+            .iter()
+            .zip(&after_b)
+            .map(|(a, b)| (a.0, a.1, b.1))
+            .collect(),
+        unload: vec![unload_a, unload_b],
+        answers,
     }
-    f.queries = after_a
-        .iter()
-        .zip(&after_b)
-        .map(|(a, b)| (a.0, a.1, b.1))
-        .collect();
-    f
 }
 
 // ---- the report
@@ -593,6 +634,20 @@ fn report(runs: &[(Key, Figures)], rows: u64) -> String {
         both(
             "(a) share of the file's trips on worker 1",
             &|f: &Figures| f.share[0],
+            2,
+        ),
+        both("(b) CPU s: tripload", &|f: &Figures| f.cpu_b[0], 2),
+        both("(b) CPU s: coordinator", &|f: &Figures| f.cpu_b[1], 2),
+        both("(b) CPU s: worker 1", &|f: &Figures| f.cpu_b[2], 2),
+        both("(b) CPU s: worker 2", &|f: &Figures| f.cpu_b[3], 2),
+        both(
+            "(b) CPU s: the three servers",
+            &|f: &Figures| f.cpu_b[1] + f.cpu_b[2] + f.cpu_b[3],
+            2,
+        ),
+        both(
+            "(b) share of the trips on worker 1",
+            &|f: &Figures| f.share_b[0],
             2,
         ),
     ];
@@ -673,6 +728,13 @@ fn bench_distribution_by_file_against_by_row() {
     let dir = work.path();
 
     form_row_database(&cluster);
+    // No autovacuum: what one run leaves for it would run during the next
+    // (the other variant's) run; each load is settled by hand instead.
+    for node in 0..cluster.nodes.len() {
+        let s = Session::open(&cluster, node, "postgres");
+        s.batch("ALTER SYSTEM SET autovacuum = off");
+        s.batch("SELECT pg_reload_conf()");
+    }
     run_ok(&cluster, dir, Key::File, &["db", "migrate"]);
     run_ok(&cluster, dir, Key::Row, &["db", "migrate"]);
     let sessions = [
@@ -728,12 +790,14 @@ fn bench_distribution_by_file_against_by_row() {
         for key in order {
             let f = one_run(&cluster, dir, key, &big, &small, rows);
             println!(
-                "round {round}, {}: 1 file {:.0} rows/s, 4 files {:.0} rows/s, CPU {:.2?}, worker shares {:.2?}, unload {:?}",
+                "round {round}, {}: 1 file {:.0} rows/s, 4 files {:.0} rows/s, CPU (a) {:.2?} (b) {:.2?}, worker shares (a) {:.2?} (b) {:.2?}, unload {:?}",
                 key.name(),
                 f.one_file,
                 f.four_files,
                 f.cpu,
+                f.cpu_b,
                 f.share,
+                f.share_b,
                 f.unload
             );
             runs.push((key, f));
