@@ -401,13 +401,17 @@ fn queries(
 ) -> Vec<(&'static str, f64)> {
     let prague: i16 = c.query("SELECT id FROM regions WHERE name = 'Prague'")[0].get(0);
     let file_id: i32 = c.query("SELECT min(file_id) FROM load_files")[0].get(0);
-    let cli: [(&'static str, Vec<&str>); 2] = [
+    let cli: [(&'static str, Vec<&str>); 3] = [
         (
-            "`weekly --region Prague` (process)",
+            "`weekly --region Prague` (rollups; process)",
             vec!["weekly", "--region", "Prague", "--format", "csv"],
         ),
         (
-            "`weekly --bbox … --by both` (process)",
+            "`weekly --bbox …` by origin (rollups; process)",
+            vec!["weekly", "--bbox", BBOX, "--format", "csv"],
+        ),
+        (
+            "`weekly --bbox … --by both` (reads trips; process)",
             vec!["weekly", "--bbox", BBOX, "--by", "both", "--format", "csv"],
         ),
     ];
