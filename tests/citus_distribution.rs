@@ -21,7 +21,9 @@
 //! The variants run alternately (file, row, row, file, ...), each run on
 //! emptied tables with file ids restarted and 2018's weekly partitions made
 //! beforehand (the generated year), so both load the same bytes into the
-//! same shape.
+//! same shape. Autovacuum is off on every node and each load is followed by
+//! an untimed `VACUUM ANALYZE`, so that no run's aftermath (autovacuum of
+//! its rows) lands in the next run's figures. Results: docs/benchmarks.md.
 
 mod common;
 use common::citus::{skip_without_citus, tripload_cmd, CitusCluster, DBNAME, USER};
