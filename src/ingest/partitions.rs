@@ -42,6 +42,9 @@ pub async fn prepare(
     name: &str,
 ) -> Result<(), Abort> {
     let env = |e: crate::db::DbError| Abort::Env(Cause::new(e.one_line()).sqlstate(e.code()));
+    // Citus retention drops partitions only under this lock. TimescaleDB's
+    // `drop_chunks` takes none: a chunk it drops before the COPY is made
+    // again by the COPY.
     if slots == TimeSlots::Partitions {
         partitions::hold_for_loading(client).await.map_err(env)?;
     }
