@@ -10,10 +10,10 @@
 //! [`TimeLayout::usability`], and its branch in migration 2. The Citus
 //! layout also distributes the tables (migration 7,
 //! `sql/migrations/007_citus.sql`) and partitions `trips` by time
-//! (migration 8; the loader makes each file's partitions before its
-//! transaction, see [`crate::db::partitions`]).
+//! (migration 8). Each file makes the time slots its rows need (Citus
+//! partitions, TimescaleDB chunks: [`TimeSlots`]) before its transaction.
 
-use crate::db::{query_err, DbError};
+use crate::db::{chunks, partitions, query_err, DbError};
 use tokio_postgres::GenericClient;
 
 /// How `trips` is laid out in time.
@@ -137,6 +137,59 @@ impl TimeLayout {
             .map_err(query_err("reading the time layout"))?
             .map(|r| r.get(0));
         Ok(name.as_deref().and_then(TimeLayout::from_name))
+    }
+}
+
+/// The time slots of `trips` (Citus partitions, TimescaleDB chunks) that a
+/// file makes for its rows before its transaction, in a short transaction
+/// of their own, so that no DDL runs inside a file's transaction (see
+/// `ingest::partitions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSlots {
+    /// Nothing to make: a plain table, or TimescaleDB under its `apache`
+    /// license (no chunk API: each COPY makes the chunks its rows need).
+    None,
+    /// Citus time partitions ([`crate::db::partitions`]).
+    Partitions,
+    /// TimescaleDB chunks ([`crate::db::chunks`]).
+    Chunks,
+}
+
+impl TimeSlots {
+    /// The slots of the database `client` is on (migrated).
+    pub async fn of(client: &impl GenericClient) -> Result<TimeSlots, DbError> {
+        Ok(match TimeLayout::recorded(client).await? {
+            Some(TimeLayout::Citus) if partitions::interval(client).await?.is_some() => {
+                TimeSlots::Partitions
+            }
+            Some(TimeLayout::Hypertable) if chunks::api_available(client).await? => {
+                TimeSlots::Chunks
+            }
+            Some(TimeLayout::Hypertable) => {
+                tracing::warn!("TimescaleDB runs under its apache license, which has no chunk API: a file that needs a new chunk creates it in its transaction and holds up the other loaders that need one until it commits");
+                TimeSlots::None
+            }
+            _ => TimeSlots::None,
+        })
+    }
+
+    /// Creates the missing slots that hold `days` (days since 1970-01-01,
+    /// UTC), committed before it returns; returns how many were created.
+    pub async fn make(self, client: &impl GenericClient, days: &[i32]) -> Result<i32, DbError> {
+        match self {
+            TimeSlots::None => Ok(0),
+            TimeSlots::Partitions => partitions::ensure(client, days).await,
+            TimeSlots::Chunks => chunks::ensure(client, days).await,
+        }
+    }
+
+    /// What one slot is called in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            TimeSlots::None => "time slots",
+            TimeSlots::Partitions => "time partitions",
+            TimeSlots::Chunks => "chunks",
+        }
     }
 }
 

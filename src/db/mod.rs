@@ -5,6 +5,7 @@
 //! (whether every node answers), [`dims`] (the dimension dictionaries), [`copy_in`] (feeding a
 //! COPY), [`pgtls`] (TLS).
 
+pub mod chunks;
 pub mod copy_in;
 pub mod dims;
 pub mod layout;

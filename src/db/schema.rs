@@ -83,6 +83,7 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ),
     ("weekly", include_str!("../../sql/functions/weekly.sql")),
     ("groups", include_str!("../../sql/functions/groups.sql")),
+    ("chunks", include_str!("../../sql/functions/chunks.sql")),
 ];
 
 /// The schema version this build creates.

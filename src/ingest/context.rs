@@ -31,9 +31,9 @@ pub struct LoadContext {
     /// The committed file a new file replaces (`load --replace`), unloaded
     /// in the new file's transaction.
     pub replace: crate::lifecycle::replace::Policy,
-    /// `trips` has time partitions (the Citus layout): each file makes the
-    /// ones it needs before its transaction (`ingest::partitions`).
-    pub time_partitions: bool,
+    /// The time slots of `trips` (Citus partitions, TimescaleDB chunks)
+    /// each file makes before its transaction (`ingest::partitions`).
+    pub time_slots: crate::db::layout::TimeSlots,
 }
 
 impl LoadContext {

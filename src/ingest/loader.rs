@@ -92,7 +92,7 @@ impl Loader {
         let (events, events_task) =
             Publisher::spawn(conninfo.clone(), db::connect(&conninfo).await?);
         let grid = grid(&client, role.rollups).await?;
-        let time_partitions = db::partitions::interval(&client).await?.is_some();
+        let time_slots = db::layout::TimeSlots::of(&client).await?;
         let ctx = Arc::new(LoadContext {
             conninfo,
             dims,
@@ -113,7 +113,7 @@ impl Loader {
             ),
             events,
             grid,
-            time_partitions,
+            time_slots,
         });
         Ok((Loader { ctx, events_task }, client))
     }

@@ -85,8 +85,8 @@ async fn load_inner(
         .map_err(|e| Failure::new(e.into()))?;
     refuse_duplicate(&client, &hash).await?;
     let (mapped, header) = map_with_header(ctx, opened, path).await?;
-    if ctx.time_partitions {
-        crate::ingest::partitions::prepare(&client, &mapped, &header, name)
+    if ctx.time_slots != crate::db::layout::TimeSlots::None {
+        crate::ingest::partitions::prepare(&client, ctx.time_slots, &mapped, &header, name)
             .await
             .map_err(Failure::new)?;
     }
