@@ -7,7 +7,7 @@
 
 mod common;
 use common::loaders::rollup_mismatch_queries;
-use common::{fresh_db, stderr, stdout, tripload, TestDb, Work};
+use common::{fresh_db, hypertable, stderr, stdout, tripload, TestDb, Work};
 
 fn ok(out: &std::process::Output) {
     assert!(
@@ -17,12 +17,6 @@ fn ok(out: &std::process::Output) {
         stdout(out),
         stderr(out)
     );
-}
-
-fn hypertable(db: &TestDb) -> bool {
-    db.count(
-        "SELECT count(*) FROM tripload_settings WHERE key = 'time_layout' AND value = 'timescaledb'",
-    ) > 0
 }
 
 /// `csv` (as `tripload::gen` writes it, all in 2018) moved to `year`.

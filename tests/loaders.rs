@@ -8,7 +8,7 @@
 
 mod common;
 use common::loaders::{exit_within, rollup_mismatch_queries, with_new_names, WAITING};
-use common::{fresh_db, stderr, tripload, tripload_cmd, TestDb, Work};
+use common::{fresh_db, hypertable, stderr, tripload, tripload_cmd, TestDb, Work};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -224,12 +224,6 @@ fn year_held(db: &TestDb) -> bool {
     db.count(&format!(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = {YEAR_KEY}"
     )) > 0
-}
-
-fn hypertable(db: &TestDb) -> bool {
-    db.count(
-        "SELECT count(*) FROM tripload_settings WHERE key = 'time_layout' AND value = 'timescaledb'",
-    ) > 0
 }
 
 /// The days of `days` that no committed chunk of `trips` holds.

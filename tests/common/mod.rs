@@ -429,6 +429,13 @@ pub fn mkfifo(p: &std::path::Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 
+/// Whether `db` has the hypertable (TimescaleDB) layout.
+pub fn hypertable(db: &TestDb) -> bool {
+    db.count(
+        "SELECT count(*) FROM tripload_settings WHERE key = 'time_layout' AND value = 'timescaledb'",
+    ) > 0
+}
+
 /// The statements of sql/examples/questions.sql (the comments before each
 /// one included), in order.
 pub fn questions() -> Vec<String> {
