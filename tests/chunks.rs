@@ -7,17 +7,7 @@
 
 mod common;
 use common::loaders::rollup_mismatch_queries;
-use common::{fresh_db, hypertable, stderr, stdout, tripload, TestDb, Work};
-
-fn ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
-}
+use common::{fresh_db, hypertable, ok, stderr, stdout, tripload, TestDb, Work};
 
 /// `csv` (as `tripload::gen` writes it, all in 2018) moved to `year`.
 fn in_year(csv: &[u8], year: u32) -> Vec<u8> {

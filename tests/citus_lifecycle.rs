@@ -12,21 +12,11 @@ use common::citus::{
     brute_weeks, groups_brute, groups_from_cli, prepared, skip_without_citus, tripload,
     tripload_cmd, weeks_from_csv, CitusCluster, HeldShard,
 };
-use common::{stderr, stdout};
+use common::{ok, stderr, stdout};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-fn ok(out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(out),
-        stderr(out)
-    );
-}
 
 /// Writes `name` into `dir/landing` whole (a dotfile renamed into place).
 fn land(dir: &Path, name: &str, content: &[u8]) {

@@ -16,16 +16,6 @@ fn csv(rows: u64, seed: u64) -> Vec<u8> {
     tripload::gen::trips_csv(rows, seed)
 }
 
-fn ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
-}
-
 /// Loads each file in its own `load` run (each compacts at its end).
 fn load_each(w: &Work, db: &TestDb, files: &[(&str, &[u8])]) {
     for (name, content) in files {

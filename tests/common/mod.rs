@@ -436,6 +436,17 @@ pub fn hypertable(db: &TestDb) -> bool {
     ) > 0
 }
 
+/// Asserts that a run of the binary exited 0, showing its output if not.
+pub fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+}
+
 /// The statements of sql/examples/questions.sql (the comments before each
 /// one included), in order.
 pub fn questions() -> Vec<String> {
